@@ -1,0 +1,30 @@
+# Set-up and everyday commands. `make test` and `make app` create .venv on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test test-fast app clean
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	@# a CPU wheel of another torch version breaks torchvision's compiled ops: fail here, not in a test
+	$(PY) -c "import torch, torchvision; torchvision.ops.nms(torch.tensor([[0., 0, 1, 1]]), torch.tensor([1.]), 0.5)" \
+		|| (echo "torchvision.ops.nms does not run: torch/torchvision mismatch (need torch==2.14.1 torchvision==0.29.1)"; exit 1)
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+app: $(STAMP)
+	$(VENV)/bin/streamlit run viewer/Home.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

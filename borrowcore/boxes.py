@@ -1,0 +1,55 @@
+"""Box coding and anchor matching (SPEC §5), on torchvision.ops."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torchvision.ops import box_convert, box_iou
+
+# exp() of a log-scale offset is clamped here, as torchvision does, so a wild prediction cannot overflow
+MAX_LOG_SCALE = math.log(1000.0 / 16)
+
+
+class BoxCoder:
+    """SSD box coding with variances (0.1, 0.2): torchvision's BoxCoder weights (10, 10, 5, 5).
+
+    offsets = ((cx - cx_a) / (w_a * 0.1), (cy - cy_a) / (h_a * 0.1), log(w / w_a) / 0.2, log(h / h_a) / 0.2)
+    """
+
+    def __init__(self, variances: tuple[float, float] = (0.1, 0.2)) -> None:
+        self.variances = variances
+
+    def encode(self, boxes: Tensor, anchors: Tensor) -> Tensor:
+        """boxes, anchors (..., 4) xyxy -> offsets (..., 4)."""
+        box = box_convert(boxes, "xyxy", "cxcywh")
+        anchor = box_convert(anchors, "xyxy", "cxcywh")
+        centre = (box[..., :2] - anchor[..., :2]) / (anchor[..., 2:] * self.variances[0])
+        size = torch.log(box[..., 2:] / anchor[..., 2:]) / self.variances[1]
+        return torch.cat([centre, size], dim=-1)
+
+    def decode(self, offsets: Tensor, anchors: Tensor) -> Tensor:
+        """offsets (..., 4), anchors (..., 4) xyxy (broadcast) -> boxes (..., 4) xyxy."""
+        anchor = box_convert(anchors, "xyxy", "cxcywh")
+        centre = anchor[..., :2] + offsets[..., :2] * self.variances[0] * anchor[..., 2:]
+        size = anchor[..., 2:] * torch.exp((offsets[..., 2:] * self.variances[1]).clamp(max=MAX_LOG_SCALE))
+        return box_convert(torch.cat([centre, size], dim=-1), "cxcywh", "xyxy")
+
+
+def match_anchors(boxes: Tensor, anchors: Tensor, iou_threshold: float = 0.5) -> Tensor:
+    """Index of the box each anchor is matched to, or -1 for background (SPEC §5).
+
+    An anchor is positive for its highest-IoU box when IoU >= ``iou_threshold``; each box's best anchor
+    is forced positive for that box.
+
+    boxes (G, 4), anchors (A, 4), xyxy -> (A,) int64.
+    """
+    if boxes.numel() == 0:
+        return torch.full((anchors.shape[0],), -1, dtype=torch.int64, device=anchors.device)
+    iou = box_iou(boxes, anchors)  # (G, A)
+    best_iou, matches = iou.max(dim=0)  # per anchor
+    matches[best_iou < iou_threshold] = -1
+    best_anchor = iou.argmax(dim=1)  # (G,): each box keeps at least its best anchor
+    matches[best_anchor] = torch.arange(boxes.shape[0], device=anchors.device)
+    return matches

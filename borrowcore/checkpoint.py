@@ -1,0 +1,157 @@
+"""One checkpoint format for every ablation, written atomically and read with weights-only loading.
+
+A checkpoint is a dict of plain types and tensors (``torch.load(weights_only=True)`` refuses
+dataclasses, paths and numpy objects):
+
+    format: "borrowcore-checkpoint", format_version: 1,
+    config: DetectorConfig as a dict, class_names: [str], state_dict: {name: Tensor},
+    versions: {torch, torchvision, borrowcore, python},
+    train_state: (optional) optimizer / scheduler / scaler / step / epoch / RNG states.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+
+from borrowcore.config import DetectorConfig, detector_config_from_dict
+
+FORMAT = "borrowcore-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A file that cannot be used as a borrowcore checkpoint; the message names the file and why."""
+
+
+def library_versions() -> dict[str, str]:
+    from borrowcore import __version__
+
+    # str(): torch.__version__ is a TorchVersion, which weights-only loading refuses
+    return {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
+            "borrowcore": str(__version__), "python": platform.python_version()}
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """torch.save to a temporary file beside ``path``, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: str | Path, detector: torch.nn.Module, config: DetectorConfig | None = None,
+                    train_state: dict[str, Any] | None = None) -> None:
+    """Write ``detector`` (and the trainer's state, when given) to ``path`` atomically."""
+    model = detector.module if hasattr(detector, "module") else detector  # unwrap DDP
+    config = config or model.config
+    checkpoint = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": dataclasses.asdict(config),
+        "class_names": list(model.class_names),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "versions": library_versions(),
+    }
+    if train_state is not None:
+        checkpoint["train_state"] = train_state
+    atomic_save(checkpoint, path)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load and validate a checkpoint dict with ``weights_only=True``; clear errors otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "Weights only load failed" in str(error):
+            detail = next((line.strip() for line in str(error).splitlines() if "WeightsUnpickler error" in line), "")
+            raise CheckpointError(
+                f"{path}: refused: the file holds Python objects that weights-only loading does not allow "
+                f"(a pickle payload can run code when loaded); borrowcore checkpoints hold only tensors and "
+                f"plain values. {detail}"
+            ) from error
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({error})") from error
+    except Exception as error:  # noqa: BLE001 - a corrupt file fails in many ways inside the unpickler
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(error).__name__}: {error})") from error
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        keys = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise CheckpointError(f"{path}: not a borrowcore checkpoint (no format '{FORMAT}'; found {keys})")
+    if checkpoint.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {checkpoint.get('format_version')}, "
+                              f"this borrowcore reads version {FORMAT_VERSION}")
+    for key, kind in (("config", dict), ("class_names", list), ("state_dict", dict)):
+        if not isinstance(checkpoint.get(key), kind):
+            raise CheckpointError(f"{path}: checkpoint field '{key}' missing or not a {kind.__name__}")
+    return checkpoint
+
+
+def checkpoint_config(checkpoint: dict[str, Any], path: str | Path = "checkpoint") -> DetectorConfig:
+    try:
+        return detector_config_from_dict(checkpoint["config"], f"{path}: config")
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: invalid model config in checkpoint: {error}") from error
+
+
+def load_state(detector: torch.nn.Module, checkpoint: dict[str, Any], path: str | Path = "checkpoint") -> None:
+    """Load a checkpoint's weights into ``detector``, naming what differs when the architecture does."""
+    model = detector.module if hasattr(detector, "module") else detector
+    saved = checkpoint_config(checkpoint, path)
+    own = getattr(model, "config", None)
+    if own is not None:
+        differences = [
+            f"{f.name}: checkpoint {getattr(saved, f.name)!r}, model {getattr(own, f.name)!r}"
+            for f in dataclasses.fields(DetectorConfig)
+            if getattr(saved, f.name) != getattr(own, f.name)
+            and f.name not in ("score_threshold", "nms_iou", "candidates_per_class", "detections_per_image")
+        ]
+        if differences:
+            raise CheckpointError(f"{path}: architecture differs from the model: " + "; ".join(differences))
+    state = checkpoint["state_dict"]
+    own_state = model.state_dict()
+    missing = sorted(set(own_state) - set(state))
+    unexpected = sorted(set(state) - set(own_state))
+    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)}, model {tuple(v.shape)}"
+                  for k, v in own_state.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+        if mismatched:
+            parts.append(f"shape mismatch {mismatched[:5]}{' ...' if len(mismatched) > 5 else ''}")
+        raise CheckpointError(f"{path}: weights do not fit the model: " + "; ".join(parts))
+    model.load_state_dict(state)
+
+
+def load_detector(path: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild the detector a checkpoint was saved from, in eval mode on ``device``."""
+    from borrowcore.model import build_detector
+
+    checkpoint = read_checkpoint(path)
+    config = checkpoint_config(checkpoint, path)
+    if len(checkpoint["class_names"]) != config.num_classes:
+        raise CheckpointError(f"{path}: {len(checkpoint['class_names'])} class names for "
+                              f"num_classes={config.num_classes}")
+    detector = build_detector(config, checkpoint["class_names"])
+    load_state(detector, checkpoint, path)
+    return detector.to(device).eval()

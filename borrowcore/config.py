@@ -1,0 +1,142 @@
+"""Typed, saved configuration: the detector's architecture and the training recipe.
+
+Configs are plain dataclasses (nanoGPT's ``GPTConfig`` style) that round-trip through YAML or JSON
+and through checkpoints as plain dicts, so ``torch.load(weights_only=True)`` can read them back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+NECKS = ("ssd", "context", "borrow", "full")
+SIMILARITIES = ("cosine", "dot")
+
+
+@dataclass
+class DetectorConfig:
+    """Architecture of the feature-borrowing SSD (SPEC §1-§5)."""
+
+    neck: str = "full"  # ssd | context | borrow | full (SPEC §4, "Ablations")
+    num_classes: int = 80  # foreground classes K; the head predicts K + 1 (0 = background)
+    input_size: int = 300  # S: images are resized (or tiled) to S x S
+    width: float = 1.0  # multiplies every backbone and neck channel count
+    batch_norm: bool = False  # BatchNorm after every backbone conv (for training from scratch)
+    fc6_dilation: int = 1  # 1 keeps Table 1's receptive fields; 3 takes converted fc6 weights
+    similarity: str = "cosine"  # FMB matching: cosine x learnable inverse temperature, or dot
+    borrow_channels: int = 256  # c, the FRB / deconvolution channels at width 1
+    anchor_scale: float = 4.0  # S_k = anchor_scale * stride_k (Table 1: 32, 64, 128, 256)
+    aspect_ratios: list[float] = field(default_factory=lambda: [1.5, 3.0])  # each r gives r and 1/r
+    score_threshold: float = 0.01
+    nms_iou: float = 0.45
+    candidates_per_class: int = 400
+    detections_per_image: int = 200
+
+    def __post_init__(self) -> None:
+        if self.neck not in NECKS:
+            raise ValueError(f"neck must be one of {NECKS}, got {self.neck!r}")
+        if self.similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
+        if self.input_size < 128:
+            raise ValueError(f"input_size must be >= 128 (SPEC §1), got {self.input_size}")
+        if self.width <= 0:
+            raise ValueError(f"width must be positive, got {self.width}")
+        if self.fc6_dilation not in (1, 3):
+            raise ValueError(f"fc6_dilation must be 1 or 3, got {self.fc6_dilation}")
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if any(r <= 1 for r in self.aspect_ratios):
+            raise ValueError(f"aspect_ratios lists the ratios r > 1 (each adds r and 1/r), got {self.aspect_ratios}")
+        self.aspect_ratios = [float(r) for r in self.aspect_ratios]
+
+
+@dataclass
+class TrainConfig:
+    """The training recipe (SPEC §6)."""
+
+    train_images: str = ""  # image folder
+    train_annotations: str = ""  # COCO json
+    val_images: str = ""
+    val_annotations: str = ""
+    augmentation: str = "ssd"  # a preset name from borrowcore.presets
+    epochs: int = 1
+    max_steps: int = 0  # > 0 stops after this many optimiser steps (overrides epochs)
+    batch_size: int = 32  # per process
+    lr: float = 0.01  # at batch_size * world size; scale linearly with the global batch
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_steps: int = 200
+    schedule: str = "cosine"  # cosine | multistep
+    milestones: list[float] = field(default_factory=lambda: [0.67, 0.89])  # fractions of the run
+    grad_clip: float = 0.0  # max gradient norm; 0 turns clipping off
+    amp: str = "bf16"  # on CUDA only: bf16 | fp16 | off
+    workers: int = 2
+    seed: int = 0
+    log_every: int = 10  # steps between log lines
+    checkpoint_every: int = 100  # steps between last.pt writes (and at each epoch end)
+    pretrained: str = ""  # torchvision vgg16(_bn) state-dict file
+    channels_last: bool = False
+    skip_bad: bool = False
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("cosine", "multistep"):
+            raise ValueError(f"schedule must be cosine or multistep, got {self.schedule!r}")
+        if self.amp not in ("bf16", "fp16", "off"):
+            raise ValueError(f"amp must be bf16, fp16 or off, got {self.amp!r}")
+
+
+@dataclass
+class ExperimentConfig:
+    """One file in configs/: a model and the recipe that trains it."""
+
+    model: DetectorConfig = field(default_factory=DetectorConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _from_dict(cls: type, values: dict[str, Any], source: str) -> Any:
+    """Build dataclass ``cls`` from a plain dict, naming unknown keys instead of ignoring them."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{source}: expected a mapping for {cls.__name__}, got {type(values).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"{source}: unknown {cls.__name__} field(s) {unknown}; known: {sorted(known)}")
+    kwargs = {}
+    for name, value in values.items():
+        if name in ("model", "train") and cls is ExperimentConfig:
+            value = _from_dict(DetectorConfig if name == "model" else TrainConfig, value or {}, f"{source}:{name}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def detector_config_from_dict(values: dict[str, Any], source: str = "config") -> DetectorConfig:
+    return _from_dict(DetectorConfig, values, source)
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read an ExperimentConfig from YAML (.yaml/.yml) or JSON (.json)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read config ({error.strerror})") from error
+    try:
+        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise ValueError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}") from error
+    return _from_dict(ExperimentConfig, values or {}, str(path))
+
+
+def save_config(config: ExperimentConfig, path: str | Path) -> None:
+    """Write an ExperimentConfig as YAML or JSON, by the file's suffix."""
+    path = Path(path)
+    values = dataclasses.asdict(config)
+    if path.suffix == ".json":
+        path.write_text(json.dumps(values, indent=2) + "\n")
+    else:
+        path.write_text(yaml.safe_dump(values, sort_keys=False))

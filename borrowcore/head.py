@@ -1,0 +1,38 @@
+"""The SSD head (SPEC §5): per layer a 3x3 conv to A x (K+1) class logits and one to A x 4 offsets."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def flatten_predictions(x: Tensor, per_anchor: int) -> Tensor:
+    """(B, A * P, H, W) -> (B, H * W * A, P): cells row-major, then anchors, as the anchor generator."""
+    b, _, h, w = x.shape
+    return x.view(b, -1, per_anchor, h, w).permute(0, 3, 4, 1, 2).reshape(b, -1, per_anchor)
+
+
+class SSDHead(nn.Module):
+    """Classification and box-regression convs on each detection layer.
+
+    Args:
+        in_channels: channels of each Y(n).
+        num_anchors: A, anchors per cell (from ``AnchorGenerator.num_anchors_per_location()``).
+        num_classes: K + 1, background included.
+    """
+
+    def __init__(self, in_channels: list[int], num_anchors: int, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.classification = nn.ModuleList(nn.Conv2d(c, num_anchors * num_classes, 3, padding=1) for c in in_channels)
+        self.regression = nn.ModuleList(nn.Conv2d(c, num_anchors * 4, 3, padding=1) for c in in_channels)
+        for conv in [*self.classification, *self.regression]:
+            nn.init.xavier_uniform_(conv.weight)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, features: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """[Y(n)] -> class logits (B, num_anchors_total, K+1), box offsets (B, num_anchors_total, 4)."""
+        logits = [flatten_predictions(conv(y), self.num_classes) for conv, y in zip(self.classification, features)]
+        offsets = [flatten_predictions(conv(y), 4) for conv, y in zip(self.regression, features)]
+        return torch.cat(logits, dim=1), torch.cat(offsets, dim=1)
+

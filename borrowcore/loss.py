@@ -1,0 +1,61 @@
+"""MultiBox loss (SPEC §5): smooth L1 on positives + cross-entropy with 3:1 hard negative mining."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from borrowcore.boxes import BoxCoder, match_anchors
+
+
+class MultiBoxLoss(nn.Module):
+    """SSD's loss, both parts divided by max(1, positives in the batch) as torchvision's SSD does.
+
+    Args:
+        box_coder: encodes matched boxes against their anchors.
+        iou_threshold: matching threshold.
+        negatives_per_positive: hard negatives kept per positive, ranked by their loss.
+    """
+
+    def __init__(self, box_coder: BoxCoder | None = None, iou_threshold: float = 0.5, negatives_per_positive: int = 3) -> None:
+        super().__init__()
+        self.box_coder = box_coder or BoxCoder()
+        self.iou_threshold = iou_threshold
+        self.negatives_per_positive = negatives_per_positive
+
+    def match(self, targets: list[dict[str, Tensor]], anchors: Tensor) -> list[Tensor]:
+        """Per image, the matched box index of each anchor (-1 background)."""
+        return [match_anchors(t["boxes"], anchors, self.iou_threshold) for t in targets]
+
+    def forward(self, cls_logits: Tensor, box_regression: Tensor, anchors: Tensor,
+                targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """cls_logits (B, A, K+1), box_regression (B, A, 4), anchors (A, 4) xyxy; targets with
+        ``boxes`` (G, 4) xyxy in input pixels and ``labels`` (G,) in 1..K -> {"loss_box", "loss_cls"}."""
+        matches = torch.stack(self.match(targets, anchors))  # (B, A)
+        positive = matches >= 0  # (B, A)
+
+        target_labels = torch.zeros_like(matches)
+        target_offsets = torch.zeros_like(box_regression)
+        for i, target in enumerate(targets):
+            anchor_idx = positive[i].nonzero().squeeze(1)
+            box_idx = matches[i, anchor_idx]
+            target_labels[i, anchor_idx] = target["labels"][box_idx].to(matches.dtype)
+            target_offsets[i, anchor_idx] = self.box_coder.encode(
+                target["boxes"][box_idx].to(box_regression.dtype), anchors[anchor_idx])
+
+        num_positive = positive.sum()
+        normaliser = num_positive.clamp(min=1).to(box_regression.dtype)
+        loss_box = F.smooth_l1_loss(box_regression[positive], target_offsets[positive], reduction="sum", beta=1.0)
+
+        cls_loss = F.cross_entropy(cls_logits.flatten(0, 1).float(), target_labels.flatten(), reduction="none")
+        cls_loss = cls_loss.view_as(target_labels)  # (B, A)
+        # hard negative mining: per image, the negatives with the highest loss, 3 per positive
+        negative_loss = cls_loss.detach().clone()
+        negative_loss[positive] = -float("inf")
+        order = negative_loss.sort(dim=1, descending=True)[1]
+        rank = order.sort(dim=1)[1]  # rank of each anchor among its image's negatives
+        num_negative = self.negatives_per_positive * positive.sum(dim=1, keepdim=True)  # (B, 1)
+        hard_negative = rank < num_negative
+        loss_cls = (cls_loss[positive].sum() + cls_loss[hard_negative].sum())
+        return {"loss_box": loss_box / normaliser, "loss_cls": loss_cls / normaliser}

@@ -1,0 +1,145 @@
+"""The detector: backbone, borrowing neck and head composed (STYLE: composed, not configured).
+
+``BorrowSSD`` is the core network (normalised S x S images in, raw tensors out: what ONNX export and the
+explain path use). ``Detector`` is the thin torchvision-compatible wrapper: a list of images of any size
+in; the loss parts in train mode, one dict of boxes / labels / scores per image in eval mode.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from borrowcore.anchors import AnchorGenerator
+from borrowcore.backbone import VGGBackbone, scaled_channels
+from borrowcore.boxes import BoxCoder
+from borrowcore.config import DetectorConfig
+from borrowcore.head import SSDHead
+from borrowcore.loss import MultiBoxLoss
+from borrowcore.neck import BorrowNeck, MatchingScores
+from borrowcore.postprocess import PostProcess
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class NetworkOutput(NamedTuple):
+    cls_logits: Tensor  # (B, num_anchors, K + 1)
+    box_regression: Tensor  # (B, num_anchors, 4)
+    grid_sizes: list[tuple[int, int]]  # (h_n, w_n) per detection layer
+    matching: list[MatchingScores]  # per borrowing layer, shallow first; empty unless asked
+
+
+class BorrowSSD(nn.Module):
+    """Backbone -> neck -> head on a normalised batch (B, 3, S, S)."""
+
+    def __init__(self, backbone: VGGBackbone, neck: BorrowNeck, head: SSDHead) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.neck = neck
+        self.head = head
+
+    def forward(self, images: Tensor, return_matching: bool = False) -> NetworkOutput:
+        features = self.backbone(images)  # [X(1)..X(N)], X(n) (B, c_n, h_n, w_n)
+        outputs, matching = self.neck(features, return_matching=return_matching)  # [Y(1)..Y(N)]
+        cls_logits, box_regression = self.head(outputs)
+        grid_sizes = [(f.shape[-2], f.shape[-1]) for f in features]
+        return NetworkOutput(cls_logits, box_regression, grid_sizes, matching)
+
+
+class Detector(nn.Module):
+    """torchvision-style detector around ``BorrowSSD``.
+
+    Args:
+        network: the core network.
+        anchors: anchor generator with the network's strides.
+        loss: the training criterion.
+        postprocess: decoding + NMS.
+        input_size: S; images are resized to S x S.
+        class_names: names of labels 1..K.
+    """
+
+    def __init__(self, network: BorrowSSD, anchors: AnchorGenerator, loss: MultiBoxLoss, postprocess: PostProcess,
+                 input_size: int, class_names: list[str], mean: tuple[float, ...] = IMAGENET_MEAN,
+                 std: tuple[float, ...] = IMAGENET_STD) -> None:
+        super().__init__()
+        self.network = network
+        self.anchors = anchors
+        self.loss = loss
+        self.postprocess = postprocess
+        self.input_size = input_size
+        self.class_names = list(class_names)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def preprocess(self, images: list[Tensor] | Tensor) -> tuple[Tensor, list[tuple[int, int]]]:
+        """Images (3, H, W) float in [0, 1] (uint8 is scaled) -> normalised (B, 3, S, S) and their (H, W)."""
+        if isinstance(images, Tensor) and images.dim() == 3:
+            images = [images]
+        sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        s = self.input_size
+        batch = []
+        for img in images:
+            if img.dim() != 3 or img.shape[0] != 3:
+                raise ValueError(f"expected images of shape (3, H, W), got {tuple(img.shape)}")
+            img = img.to(self.mean.device)
+            img = img.float() / 255 if img.dtype == torch.uint8 else img.float()
+            if img.shape[-2:] != (s, s):  # SPEC §1: a plain resize, no letterbox
+                img = F.interpolate(img[None], size=(s, s), mode="bilinear", align_corners=False, antialias=True)[0]
+            batch.append(img)
+        batch = torch.stack(batch)  # (B, 3, S, S)
+        return (batch - self.mean) / self.std, sizes
+
+    def scale_targets(self, targets: list[dict[str, Tensor]], sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+        """Targets' boxes from each image's pixels to the S x S input."""
+        scaled = []
+        for target, (h, w) in zip(targets, sizes):
+            factor = torch.tensor([self.input_size / w, self.input_size / h] * 2, device=self.mean.device)
+            scaled.append({"boxes": target["boxes"].to(self.mean.device).float().reshape(-1, 4) * factor,
+                           "labels": target["labels"].to(self.mean.device)})
+        return scaled
+
+    def forward(self, images: list[Tensor] | Tensor, targets: list[dict[str, Tensor]] | None = None,
+                return_matching: bool = False) -> dict[str, Tensor] | list[dict]:
+        """Train mode with targets: {"loss_box", "loss_cls"}. Eval mode: per image {"boxes" (D, 4) xyxy
+        in that image's pixels, "labels" (D,), "scores" (D,)}, plus "matching" (a list of
+        ``MatchingScores`` with (1, m_n, d_n) scores) when ``return_matching``."""
+        batch, sizes = self.preprocess(images)
+        output = self.network(batch, return_matching=return_matching)
+        anchors = self.anchors(output.grid_sizes, self.input_size, device=batch.device)
+        if self.training:
+            if targets is None:
+                raise ValueError("in train mode the detector needs targets")
+            return self.loss(output.cls_logits, output.box_regression, anchors, self.scale_targets(targets, sizes))
+        detections = self.postprocess(output.cls_logits, output.box_regression, anchors, self.input_size, sizes)
+        if return_matching:
+            for i, detection in enumerate(detections):
+                detection["matching"] = [
+                    MatchingScores(m.layer, m.scores[i:i + 1], m.query_grid, m.query_stride,
+                                   m.source_layers, m.source_grids, m.source_strides)
+                    for m in output.matching
+                ]
+        return detections
+
+
+def build_detector(config: DetectorConfig, class_names: list[str] | None = None) -> Detector:
+    """Wire a Detector from its config: the one place that reads a DetectorConfig."""
+    if class_names is None:
+        class_names = [f"class{i}" for i in range(1, config.num_classes + 1)]
+    if len(class_names) != config.num_classes:
+        raise ValueError(f"{len(class_names)} class names for num_classes={config.num_classes}")
+    backbone = VGGBackbone(config.width, config.batch_norm, config.fc6_dilation)
+    neck = BorrowNeck(backbone.out_channels, backbone.strides, config.neck,
+                      scaled_channels(config.borrow_channels, config.width), config.similarity)
+    anchors = AnchorGenerator(backbone.strides, config.anchor_scale, config.aspect_ratios)
+    head = SSDHead(backbone.out_channels, anchors.num_anchors_per_location(), config.num_classes + 1)
+    box_coder = BoxCoder()
+    postprocess = PostProcess(box_coder, config.score_threshold, config.candidates_per_class,
+                              config.nms_iou, config.detections_per_image)
+    detector = Detector(BorrowSSD(backbone, neck, head), anchors, MultiBoxLoss(box_coder), postprocess,
+                        config.input_size, class_names)
+    detector.config = config  # what a checkpoint records to rebuild it
+    return detector

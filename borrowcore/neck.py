@@ -1,0 +1,224 @@
+"""The borrowing neck (paper §3; SPEC §4): FMB, FRB and FFB, and the neck that wires them.
+
+For each shallow layer n < N, top-down so that Y(n + 1) exists when Y(n) needs it:
+
+    S_hat(n) = softmax_rows( tau_n * normalise(theta_n X(n)) normalise([phi_(n,n') X(n')]_n')^T )  (FMB, §3.1)
+    Z(n)     = S_hat(n) [g_(n,n') X(n')]_n'                                                     (FRB, §3.2)
+    Y(n)     = X(n) + C_n([X(n), Z(n), D_n(Y(n + 1))])                                          (FFB, §3.3)
+
+with Y(N) = X(N). C_n is zero-initialised, so every ablation starts as the plain SSD.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from borrowcore.config import NECKS
+
+
+@dataclass
+class MatchingScores:
+    """One borrowing layer's matching-score matrix and the grids that place its rows and columns.
+
+    ``scores`` is S_hat (B, m_n, d_n): row r is query cell r of layer n (row-major on ``query_grid``);
+    its columns run over the deeper layers ``source_layers`` in order, each row-major on its grid.
+    Layers are numbered 1..N as in the paper.
+    """
+
+    layer: int
+    scores: Tensor
+    query_grid: tuple[int, int]
+    query_stride: int
+    source_layers: list[int]
+    source_grids: list[tuple[int, int]]
+    source_strides: list[int]
+
+
+def flatten_cells(x: Tensor) -> Tensor:
+    """(B, C, H, W) -> (B, H*W, C), cells row-major."""
+    return x.flatten(2).transpose(1, 2)
+
+
+class FeatureMatchingBlock(nn.Module):
+    """FMB (§3.1): matching scores between the cells of X(n) and every cell of X(n+1..N).
+
+    Args:
+        channels: c_n, the channels of the shallow map X(n) (the embedding keeps them).
+        deeper_channels: c_n' for each deeper layer n' = n+1..N, in order.
+        similarity: "cosine" (normalised, times a learnable inverse temperature tau_n) or "dot"
+            (Q K^T / sqrt(c_n), non-local's embedded Gaussian).
+    """
+
+    def __init__(self, channels: int, deeper_channels: list[int], similarity: str = "cosine") -> None:
+        super().__init__()
+        if similarity not in ("cosine", "dot"):
+            raise ValueError(f"similarity must be cosine or dot, got {similarity!r}")
+        self.similarity = similarity
+        self.theta = nn.Conv2d(channels, channels, 1)
+        self.phi = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in deeper_channels)
+        # SPEC §4: tau_n stored as its log, init log 10
+        self.log_tau = nn.Parameter(torch.tensor(math.log(10.0))) if similarity == "cosine" else None
+
+    def embed(self, x: Tensor, deeper: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """Queries and keys scaled so that S = queries @ keys^T.
+
+        x: (B, c_n, h_n, w_n); deeper: [X(n'), (B, c_n', h_n', w_n')] -> (B, m_n, c_n), (B, d_n, c_n).
+        """
+        queries = flatten_cells(self.theta(x))  # (B, m_n, c_n)
+        keys = torch.cat([flatten_cells(phi(x_deep)) for phi, x_deep in zip(self.phi, deeper)], dim=1)  # (B, d_n, c_n)
+        if self.similarity == "cosine":
+            # "after normalization ... a perfect match approaches 1": cosine, sharpened by tau_n
+            queries = F.normalize(queries, dim=-1) * self.log_tau.exp()
+            keys = F.normalize(keys, dim=-1)
+        else:
+            queries = queries / math.sqrt(queries.shape[-1])
+        return queries, keys
+
+    def forward(self, x: Tensor, deeper: list[Tensor]) -> Tensor:
+        """S_hat (B, m_n, d_n): each row a softmax over all d_n deeper cells."""
+        queries, keys = self.embed(x, deeper)
+        return torch.softmax(queries @ keys.transpose(1, 2), dim=-1)  # (B, m_n, d_n)
+
+
+class FeatureRepresentingBlock(nn.Module):
+    """FRB (§3.2): the borrowed map Z(n) = S_hat V, V the deeper cells encapsulated to c channels.
+
+    Args:
+        deeper_channels: c_n' for each deeper layer n' = n+1..N.
+        channels: c, the borrowed map's channels.
+    """
+
+    def __init__(self, deeper_channels: list[int], channels: int) -> None:
+        super().__init__()
+        self.g = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in deeper_channels)
+
+    def values(self, deeper: list[Tensor]) -> Tensor:
+        """V (B, d_n, c): each deeper cell encapsulated by a 1x1 conv, concatenated as the FMB keys."""
+        return torch.cat([flatten_cells(g(x_deep)) for g, x_deep in zip(self.g, deeper)], dim=1)
+
+    def forward(self, matching_scores: Tensor, deeper: list[Tensor], grid: tuple[int, int]) -> Tensor:
+        """Z(n) (B, c, h_n, w_n) from a materialised S_hat (B, m_n, d_n)."""
+        borrowed = matching_scores @ self.values(deeper)  # (B, m_n, d_n) @ (B, d_n, c) -> (B, m_n, c)
+        return borrowed.transpose(1, 2).unflatten(2, grid)  # (B, c, h_n, w_n)
+
+    def fused(self, queries: Tensor, keys: Tensor, deeper: list[Tensor], grid: tuple[int, int]) -> Tensor:
+        """Z(n) without materialising S_hat: softmax(Q K^T) V is scaled-dot-product attention.
+
+        queries (B, m_n, c_n) and keys (B, d_n, c_n) already carry the scale, so scale=1.
+        """
+        values = self.values(deeper)  # (B, d_n, c)
+        # one attention head: (B, 1, L, E)
+        borrowed = F.scaled_dot_product_attention(
+            queries.unsqueeze(1), keys.unsqueeze(1), values.unsqueeze(1), scale=1.0
+        ).squeeze(1)  # (B, m_n, c)
+        return borrowed.transpose(1, 2).unflatten(2, grid)  # (B, c, h_n, w_n)
+
+
+class FeatureFusionBlock(nn.Module):
+    """FFB (§3.3): Y(n) = X(n) + C_n([X(n), Z(n), D_n(Y(n+1))]).
+
+    Args:
+        channels: c_n of X(n) (and of Y(n)).
+        borrowed_channels: c of Z(n), or 0 when the ablation does not borrow.
+        deeper_channels: c_(n+1) of Y(n+1) for the deconvolution context, or 0 without context.
+        context_channels: c, D_n's output channels.
+    """
+
+    def __init__(self, channels: int, borrowed_channels: int, deeper_channels: int, context_channels: int) -> None:
+        super().__init__()
+        self.deconv = None
+        if deeper_channels:
+            # D_n: stride-2 transposed conv, output_size picks the parity (38 <- 19, 19 <- 10, 10 <- 5)
+            self.deconv = nn.ConvTranspose2d(deeper_channels, context_channels, 3, stride=2, padding=1)
+        fused_channels = channels + borrowed_channels + (context_channels if deeper_channels else 0)
+        self.combine = nn.Conv2d(fused_channels, channels, 1)  # C_n: one weight vector per output channel
+        # zero-init C_n so the neck starts as identity: Y(n) = X(n), every ablation = ssd at step 0
+        nn.init.zeros_(self.combine.weight)
+        nn.init.zeros_(self.combine.bias)
+
+    def forward(self, x: Tensor, borrowed: Tensor | None = None, deeper_output: Tensor | None = None) -> Tensor:
+        """x (B, c_n, h, w), borrowed (B, c, h, w), deeper_output Y(n+1) -> Y(n) (B, c_n, h, w)."""
+        parts = [x]
+        if borrowed is not None:
+            parts.append(borrowed)
+        if self.deconv is not None:
+            if deeper_output is None:
+                raise ValueError("this FeatureFusionBlock has a deconvolution: pass Y(n+1)")
+            context = self.deconv(deeper_output, output_size=x.shape[-2:])  # (B, c, h_n, w_n)
+            parts.append(F.relu(context))
+        return x + self.combine(torch.cat(parts, dim=1))  # §3.3 residual
+
+
+class BorrowNeck(nn.Module):
+    """Wires FMB, FRB and FFB over the N detection layers for one ablation (SPEC §4, "Ablations").
+
+    Args:
+        in_channels: c_1..c_N from the backbone.
+        strides: the layers' strides, to place matching-score rows and columns on the image.
+        neck: "ssd" (identity), "context" (D_n only), "borrow" (FMB + FRB only) or "full".
+        borrow_channels: c, the channels of Z(n) and of D_n's output.
+        similarity: FMB's matching function.
+    """
+
+    def __init__(
+        self, in_channels: list[int], strides: tuple[int, ...] | list[int], neck: str = "full",
+        borrow_channels: int = 256, similarity: str = "cosine",
+    ) -> None:
+        super().__init__()
+        if neck not in NECKS:
+            raise ValueError(f"neck must be one of {NECKS}, got {neck!r}")
+        self.neck = neck
+        self.strides = list(strides)
+        self.borrows = neck in ("borrow", "full")
+        self.uses_context = neck in ("context", "full")
+        num_layers = len(in_channels)
+        self.matching = nn.ModuleList()
+        self.representing = nn.ModuleList()
+        self.fusion = nn.ModuleList()
+        if neck == "ssd":
+            return
+        for n in range(num_layers - 1):  # 0-based n: shallow layer n borrows from n+1..N-1
+            deeper = in_channels[n + 1:]
+            if self.borrows:
+                self.matching.append(FeatureMatchingBlock(in_channels[n], deeper, similarity))
+                self.representing.append(FeatureRepresentingBlock(deeper, borrow_channels))
+            self.fusion.append(FeatureFusionBlock(
+                in_channels[n],
+                borrowed_channels=borrow_channels if self.borrows else 0,
+                deeper_channels=in_channels[n + 1] if self.uses_context else 0,
+                context_channels=borrow_channels,
+            ))
+
+    def forward(self, features: list[Tensor], return_matching: bool = False) -> tuple[list[Tensor], list[MatchingScores]]:
+        """[X(1)..X(N)] -> ([Y(1)..Y(N)], matching scores per borrowing layer when asked, shallow first)."""
+        if self.neck == "ssd":
+            return list(features), []
+        outputs: list[Tensor] = [features[-1]]  # Y(N) = X(N)
+        matching: list[MatchingScores] = []
+        for n in range(len(features) - 2, -1, -1):  # top-down: Y(n) needs Y(n + 1)
+            x = features[n]
+            grid = (x.shape[-2], x.shape[-1])
+            deeper = features[n + 1:]  # the original X(n'), not Y(n') (SPEC §4)
+            borrowed = None
+            if self.borrows:
+                fmb, frb = self.matching[n], self.representing[n]
+                if return_matching:
+                    scores = fmb(x, deeper)  # (B, m_n, d_n)
+                    borrowed = frb(scores, deeper, grid)
+                    matching.append(MatchingScores(
+                        layer=n + 1, scores=scores, query_grid=grid, query_stride=self.strides[n],
+                        source_layers=list(range(n + 2, len(features) + 1)),
+                        source_grids=[(f.shape[-2], f.shape[-1]) for f in deeper],
+                        source_strides=self.strides[n + 1:],
+                    ))
+                else:
+                    queries, keys = fmb.embed(x, deeper)
+                    borrowed = frb.fused(queries, keys, deeper, grid)
+            outputs.insert(0, self.fusion[n](x, borrowed, outputs[0]))
+        matching.reverse()  # shallow layer first
+        return outputs, matching

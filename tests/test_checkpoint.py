@@ -1,0 +1,91 @@
+import pickle
+
+import pytest
+import torch
+
+from borrowcore import CheckpointError, DetectorConfig, load_detector, save_checkpoint
+from borrowcore.checkpoint import load_state, read_checkpoint
+
+from conftest import make_detector
+
+
+class Payload:
+    """A pickled object: weights-only loading must refuse it."""
+
+    def __reduce__(self):
+        return (print, ("this would run on load",))
+
+
+def test_round_trip_gives_identical_outputs(tmp_path, tiny_config):
+    detector = make_detector(tiny_config).eval()
+    with torch.no_grad():  # make C_n non-zero so the neck's weights matter
+        for block in detector.network.neck.fusion:
+            block.combine.weight.normal_(std=0.1)
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, detector, train_state={"step": 7, "rng": torch.get_rng_state()})
+    loaded = load_detector(path)
+    assert not loaded.training and loaded.class_names == detector.class_names
+    assert loaded.config == detector.config
+    images = torch.rand(2, 3, 128, 128)
+    with torch.no_grad():
+        a, b = detector.network(images), loaded.network(images)
+    assert torch.equal(a.cls_logits, b.cls_logits) and torch.equal(a.box_regression, b.box_regression)
+    checkpoint = read_checkpoint(path)
+    assert checkpoint["train_state"]["step"] == 7
+    assert set(checkpoint["versions"]) >= {"torch", "torchvision", "borrowcore"}
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary file left behind
+
+
+def test_wrong_architecture_names_what_differs(tmp_path, tiny_config):
+    path = tmp_path / "full.pt"
+    save_checkpoint(path, make_detector(tiny_config, "full"))
+    other = make_detector(DetectorConfig(**{**tiny_config.__dict__, "neck": "ssd", "width": 0.25}))
+    with pytest.raises(CheckpointError) as error:
+        load_state(other, read_checkpoint(path), path)
+    message = str(error.value)
+    assert "full.pt" in message and "neck: checkpoint 'full', model 'ssd'" in message
+    assert "width: checkpoint 0.125, model 0.25" in message
+
+
+def test_tampered_weights_are_named(tmp_path, tiny_config):
+    detector = make_detector(tiny_config)
+    path = tmp_path / "tampered.pt"
+    save_checkpoint(path, detector)
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["state_dict"].pop("network.head.regression.0.bias")
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError, match=r"tampered.pt: weights do not fit.*network.head.regression.0.bias"):
+        load_detector(path)
+
+
+def test_not_a_checkpoint(tmp_path):
+    text = tmp_path / "notes.pt"
+    text.write_text("hello, not a checkpoint")
+    with pytest.raises(CheckpointError, match="notes.pt: not a PyTorch checkpoint"):
+        load_detector(text)
+    plain = tmp_path / "plain.pt"
+    torch.save({"weights": torch.zeros(3)}, plain)
+    with pytest.raises(CheckpointError, match="plain.pt: not a borrowcore checkpoint"):
+        load_detector(plain)
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_detector(tmp_path / "missing.pt")
+
+
+def test_pickle_payload_is_refused(tmp_path, capsys):
+    for name, save in (("zip.pt", lambda obj, p: torch.save(obj, p)),
+                       ("raw.pkl", lambda obj, p: p.write_bytes(pickle.dumps(obj)))):
+        path = tmp_path / name
+        save({"format": "borrowcore-checkpoint", "payload": Payload()}, path)
+        with pytest.raises(CheckpointError, match=f"{name}: refused"):
+            load_detector(path)
+    assert "this would run on load" not in capsys.readouterr().out
+
+
+def test_bad_config_in_checkpoint(tmp_path, tiny_config):
+    path = tmp_path / "bad.pt"
+    save_checkpoint(path, make_detector(tiny_config))
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["config"]["neck"] = "magic"
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError, match="bad.pt: invalid model config.*magic"):
+        load_detector(path)

@@ -1,0 +1,212 @@
+import pytest
+import torch
+from torch import nn
+
+from borrowcore import DetectorConfig, build_detector
+from borrowcore.backbone import VGGBackbone, receptive_fields, scaled_channels
+from borrowcore.neck import BorrowNeck, FeatureMatchingBlock, FeatureRepresentingBlock
+
+from conftest import make_detector
+
+
+def features_at(size: int, channels=(16, 16, 32, 16), batch: int = 2, seed: int = 0):
+    """Random [X(1)..X(4)] with the grids of a 2^k-stride backbone at ``size``."""
+    g = torch.Generator().manual_seed(seed)
+    grids = [(size + 7) // 8, (size + 15) // 16, (size + 31) // 32]
+    grids.append((grids[-1] + 1) // 2)
+    return [torch.randn(batch, c, h, h, generator=g) for c, h in zip(channels, grids)]
+
+
+def test_backbone_grids_and_channels_at_300():
+    backbone = VGGBackbone(width=1.0)
+    with torch.no_grad():
+        xs = backbone(torch.zeros(1, 3, 300, 300))
+    assert [tuple(x.shape[1:]) for x in xs] == [(512, 38, 38), (512, 19, 19), (1024, 10, 10), (512, 5, 5)]
+    assert backbone.out_channels == [512, 512, 1024, 512]
+
+
+def test_backbone_grids_at_256_and_width():
+    backbone = VGGBackbone(width=0.125, batch_norm=True)
+    with torch.no_grad():
+        xs = backbone(torch.zeros(1, 3, 256, 256))
+    assert [x.shape[-1] for x in xs] == [32, 16, 8, 4]
+    assert backbone.out_channels == [64, 64, 128, 64]
+    assert scaled_channels(64, 0.1) == 8  # never below 8
+
+
+def test_receptive_fields_match_table_1():
+    assert receptive_fields(VGGBackbone(width=0.125)) == [108, 228, 340, 468]
+    # SPEC §2: dilation 3 in fc6 breaks Table 1
+    assert receptive_fields(VGGBackbone(width=0.125, fc6_dilation=3)) == [108, 228, 468, 596]
+
+
+def test_matching_dimensions_at_300():
+    detector = build_detector(DetectorConfig(neck="full", num_classes=2, width=0.125)).eval()
+    with torch.no_grad():
+        out = detector.network(torch.zeros(1, 3, 300, 300), return_matching=True)
+    assert [m.scores.shape[1:] for m in out.matching] == [(1444, 486), (361, 125), (100, 25)]
+    assert out.cls_logits.shape == (1, 11580, 3) and out.box_regression.shape == (1, 11580, 4)
+    first = out.matching[0]
+    assert first.source_layers == [2, 3, 4] and first.source_grids == [(19, 19), (10, 10), (5, 5)]
+    assert first.query_stride == 8 and first.source_strides == [16, 32, 64]
+
+
+@pytest.mark.parametrize("similarity", ["cosine", "dot"])
+def test_matching_rows_sum_to_one(similarity):
+    xs = features_at(128)
+    fmb = FeatureMatchingBlock(16, [16, 32, 16], similarity)
+    scores = fmb(xs[0], xs[1:])
+    assert scores.shape == (2, 16 * 16, 8 * 8 + 4 * 4 + 2 * 2)
+    torch.testing.assert_close(scores.sum(-1), torch.ones(2, 256))
+    assert (scores >= 0).all()
+
+
+def identity_conv(channels_in: int, channels_out: int) -> nn.Conv2d:
+    conv = nn.Conv2d(channels_in, channels_out, 1)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.bias.zero_()
+        conv.weight[:, :, 0, 0] = torch.eye(channels_out, channels_in)
+    return conv
+
+
+def test_equal_embedding_gets_the_highest_score():
+    """A deeper cell equal to the shallow cell's embedding is the best match."""
+    c = 8
+    fmb = FeatureMatchingBlock(c, [c, c])
+    fmb.theta = identity_conv(c, c)
+    fmb.phi = nn.ModuleList([identity_conv(c, c), identity_conv(c, c)])
+    g = torch.Generator().manual_seed(1)
+    shallow = torch.randn(1, c, 4, 4, generator=g)
+    deep1 = torch.randn(1, c, 2, 2, generator=g)
+    deep2 = torch.randn(1, c, 1, 1, generator=g)
+    target = shallow[0, :, 2, 3]  # shallow cell row 2, column 3 = row 11 of S_hat
+    deep1[0, :, 1, 0] = target  # deeper cell 2 of layer n+1 -> column 2
+    scores = fmb(shallow, [deep1, deep2])
+    assert scores[0, 11].argmax().item() == 2
+    # cosine: the perfect match's logit is tau * 1, the largest possible
+    assert scores[0, 11, 2] > 0.5
+
+
+def test_fused_and_materialised_paths_agree():
+    xs = features_at(128, seed=3)
+    torch.manual_seed(0)
+    fmb, frb = FeatureMatchingBlock(16, [16, 32, 16]), FeatureRepresentingBlock([16, 32, 16], 24)
+    grid = tuple(xs[0].shape[-2:])
+    materialised = frb(fmb(xs[0], xs[1:]), xs[1:], grid)
+    fused = frb.fused(*fmb.embed(xs[0], xs[1:]), xs[1:], grid)
+    assert materialised.shape == (2, 24, 16, 16)
+    torch.testing.assert_close(fused, materialised, rtol=1e-5, atol=1e-5)
+
+
+def test_neck_fused_and_materialised_agree_after_training_like_weights():
+    """With a non-zero C_n the borrowed map matters; both FRB paths still give the same Y(n)."""
+    torch.manual_seed(0)
+    neck = BorrowNeck([16, 16, 32, 16], (8, 16, 32, 64), "full", 24)
+    for block in neck.fusion:
+        nn.init.normal_(block.combine.weight, std=0.1)
+    xs = features_at(128, seed=5)
+    fused, none = neck(xs)
+    materialised, matching = neck(xs, return_matching=True)
+    assert none == [] and len(matching) == 3
+    for a, b in zip(fused, materialised):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def copy_shared_weights(source: nn.Module, target: nn.Module) -> None:
+    """Backbone and head weights of ``source`` into ``target`` (the neck's own weights stay)."""
+    shared = {k: v for k, v in source.state_dict().items() if not k.startswith("network.neck.")}
+    missing, unexpected = target.load_state_dict(shared, strict=False)
+    assert not unexpected and all(k.startswith("network.neck.") for k in missing)
+
+
+@pytest.mark.parametrize("neck", ["context", "borrow", "full"])
+def test_every_ablation_equals_ssd_at_initialisation(tiny_config, neck):
+    ssd = make_detector(tiny_config, "ssd", seed=0).eval()
+    other = make_detector(tiny_config, neck, seed=1).eval()
+    copy_shared_weights(ssd, other)
+    images = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = ssd.network(images), other.network(images)
+    assert torch.equal(a.cls_logits, b.cls_logits) and torch.equal(a.box_regression, b.box_regression)
+    # and the neck really is there: a non-zero C_n changes the outputs
+    with torch.no_grad():
+        for block in other.network.neck.fusion:
+            block.combine.weight.normal_(std=0.1)
+        c = other.network(images)
+    assert not torch.allclose(a.cls_logits, c.cls_logits)
+
+
+def neck_gradients(detector) -> dict[str, bool]:
+    neck = detector.network.neck
+    def has_grad(module):
+        return any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+    return {
+        "fmb": has_grad(neck.matching), "frb": has_grad(neck.representing),
+        "deconv": any(has_grad(b.deconv) for b in neck.fusion), "combine": any(has_grad(b.combine) for b in neck.fusion),
+    }
+
+
+def test_gradients_reach_every_block_after_one_step(tiny_config):
+    """SPEC §4: at init only C_n gets gradient (dL/dZ = C_n^T dL/dY = 0); after one step all blocks do."""
+    detector = make_detector(tiny_config, "full").train()
+    optimizer = torch.optim.SGD(detector.parameters(), lr=0.01)
+    images = torch.rand(2, 3, 128, 128)
+    targets = [{"boxes": torch.tensor([[10.0, 20, 50, 70]]), "labels": torch.tensor([1])},
+               {"boxes": torch.tensor([[30.0, 30, 100, 90], [5, 5, 30, 30]]), "labels": torch.tensor([2, 3])}]
+    loss = sum(detector(images, targets).values())
+    loss.backward()
+    assert neck_gradients(detector) == {"fmb": False, "frb": False, "deconv": False, "combine": True}
+    optimizer.step()
+    optimizer.zero_grad()
+    sum(detector(images, targets).values()).backward()
+    assert neck_gradients(detector) == {"fmb": True, "frb": True, "deconv": True, "combine": True}
+
+
+def test_eval_api_returns_boxes_in_each_images_pixels(tiny_config):
+    detector = make_detector(tiny_config).eval()
+    images = [torch.rand(3, 200, 300), torch.randint(0, 255, (3, 90, 60), dtype=torch.uint8)]
+    with torch.no_grad():
+        out = detector(images)
+    assert len(out) == 2
+    for detection, (h, w) in zip(out, [(200, 300), (90, 60)]):
+        assert set(detection) == {"boxes", "labels", "scores"}
+        boxes = detection["boxes"]
+        assert boxes.shape[1] == 4 and len(boxes) <= 200
+        assert (boxes[:, 0::2] <= w).all() and (boxes[:, 1::2] <= h).all() and (boxes >= 0).all()
+        assert (detection["labels"] >= 1).all() and (detection["labels"] <= 3).all()
+        assert (detection["scores"][:-1] >= detection["scores"][1:]).all()  # best first
+
+
+def test_return_matching_per_image(tiny_config):
+    detector = make_detector(tiny_config).eval()
+    with torch.no_grad():
+        out = detector([torch.rand(3, 128, 128), torch.rand(3, 64, 64)], return_matching=True)
+    matching = out[1]["matching"]
+    assert [m.scores.shape for m in matching] == [(1, 256, 84), (1, 64, 20), (1, 16, 4)]
+    ssd = make_detector(tiny_config, "ssd").eval()
+    with torch.no_grad():
+        assert ssd([torch.rand(3, 128, 128)], return_matching=True)[0]["matching"] == []
+
+
+def test_imagenet_vgg16_weights_load(tmp_path):
+    torchvision = pytest.importorskip("torchvision")
+    for bn in (False, True):
+        vgg = (torchvision.models.vgg16_bn if bn else torchvision.models.vgg16)(weights=None)
+        path = tmp_path / f"vgg16{'_bn' if bn else ''}.pth"
+        torch.save({f"features.{k}": v for k, v in vgg.features.state_dict().items()}, path)
+        backbone = VGGBackbone(width=1.0, batch_norm=bn)
+        backbone.load_vgg16(path)
+        convs = [m for m in vgg.features if isinstance(m, nn.Conv2d)]
+        ours = [m for m in backbone.vgg_layers() if isinstance(m, nn.Conv2d)]
+        assert len(convs) == len(ours) == 13
+        for theirs, mine in zip(convs, ours):
+            assert torch.equal(theirs.weight, mine.weight)
+        if bn:
+            theirs_bn = [m for m in vgg.features if isinstance(m, nn.BatchNorm2d)]
+            mine_bn = [m for m in backbone.vgg_layers() if isinstance(m, nn.BatchNorm2d)]
+            assert all(torch.equal(a.running_mean, b.running_mean) for a, b in zip(theirs_bn, mine_bn))
+    with pytest.raises(ValueError, match="width 1.0"):
+        VGGBackbone(width=0.5).load_vgg16(tmp_path / "vgg16.pth")
+    with pytest.raises(ValueError, match="batch_norm"):
+        VGGBackbone(width=1.0, batch_norm=True).load_vgg16(tmp_path / "vgg16.pth")
