@@ -47,6 +47,63 @@ def cmd_anchors(args: argparse.Namespace) -> int:
     return 0
 
 
+def apply_overrides(config, overrides: list[str]):
+    """``section.field=value`` pairs (value parsed as YAML) onto an ExperimentConfig, re-validated."""
+    import dataclasses
+
+    import yaml
+
+    from borrowcore.config import ExperimentConfig, _from_dict
+
+    values = dataclasses.asdict(config)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or section not in values or name not in values[section]:
+            raise ValueError(f"--set {item!r}: expected model.FIELD=VALUE or train.FIELD=VALUE with a known field")
+        values[section][name] = yaml.safe_load(raw)
+    return _from_dict(ExperimentConfig, values, "--set")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a detector from an experiment config (also under torchrun)."""
+    from borrowcore.config import load_config
+    from borrowcore.train import train
+
+    config = apply_overrides(load_config(args.config), args.set or [])
+    if args.data:
+        data = Path(args.data)
+        config.train.train_images, config.train.train_annotations = str(data / "train" / "images"), str(data / "train" / "annotations.json")
+        if (data / "val" / "annotations.json").exists():
+            config.train.val_images, config.train.val_annotations = str(data / "val" / "images"), str(data / "val" / "annotations.json")
+        else:
+            config.train.val_images = config.train.val_annotations = ""
+    out = args.out or str(Path("runs") / Path(args.config).stem)
+    result = train(config, out, resume=args.resume, device=args.device)
+    if int(__import__("os").environ.get("RANK", "0")) == 0:
+        print(json.dumps(result))
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    """Generate the borrow benchmark: images plus COCO json (twins, orphans, shuffled)."""
+    from borrowcore.synth import generate
+
+    summary = generate(args.out, args.images, seed=args.seed, image_size=args.image_size,
+                       twins_fraction=args.twins_fraction)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    """Box counts by size, aspect-ratio histogram and per-class counts of a COCO file."""
+    from borrowcore.stats import dataset_stats, format_stats
+
+    stats = dataset_stats(args.coco)
+    print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="borrowcore", description=__doc__.splitlines()[0] if __doc__ else None)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -66,6 +123,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--percentile", type=float, default=99.0, help="percentile of box ARs taken as mAR_obj")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_anchors)
+
+    p = commands.add_parser("train", help="train a detector (CPU, one GPU, or torchrun -m borrowcore train ...)")
+    p.add_argument("--config", required=True, help="experiment config, e.g. configs/full.yaml")
+    p.add_argument("--data", help="a folder with train/{images,annotations.json} (and val/...), e.g. from `synth`")
+    p.add_argument("--out", help="output folder (default runs/<config name>)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt when it exists")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--set", nargs="*", metavar="SECTION.FIELD=VALUE",
+                   help="override config fields, e.g. train.max_steps=50 model.width=0.25")
+    p.set_defaults(func=cmd_train)
+
+    p = commands.add_parser("synth", help="generate the borrow benchmark (images + COCO json)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--images", type=int, required=True, help="number of images (twins + orphans)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", dest="image_size", type=int, default=256)
+    p.add_argument("--twins-fraction", dest="twins_fraction", type=float, default=0.5)
+    p.set_defaults(func=cmd_synth)
+
+    p = commands.add_parser("stats", help="box counts by size, aspect ratios and classes of a COCO file")
+    p.add_argument("--coco", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_stats)
     return parser
 
 

@@ -102,18 +102,25 @@ class Detector(nn.Module):
                            "labels": target["labels"].to(self.mean.device)})
         return scaled
 
+    def compute_loss(self, images: list[Tensor] | Tensor, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """The loss parts in either mode (validation loss runs in eval mode)."""
+        batch, sizes = self.preprocess(images)
+        output = self.network(batch)
+        anchors = self.anchors(output.grid_sizes, self.input_size, device=batch.device)
+        return self.loss(output.cls_logits, output.box_regression, anchors, self.scale_targets(targets, sizes))
+
     def forward(self, images: list[Tensor] | Tensor, targets: list[dict[str, Tensor]] | None = None,
                 return_matching: bool = False) -> dict[str, Tensor] | list[dict]:
         """Train mode with targets: {"loss_box", "loss_cls"}. Eval mode: per image {"boxes" (D, 4) xyxy
         in that image's pixels, "labels" (D,), "scores" (D,)}, plus "matching" (a list of
         ``MatchingScores`` with (1, m_n, d_n) scores) when ``return_matching``."""
-        batch, sizes = self.preprocess(images)
-        output = self.network(batch, return_matching=return_matching)
-        anchors = self.anchors(output.grid_sizes, self.input_size, device=batch.device)
         if self.training:
             if targets is None:
                 raise ValueError("in train mode the detector needs targets")
-            return self.loss(output.cls_logits, output.box_regression, anchors, self.scale_targets(targets, sizes))
+            return self.compute_loss(images, targets)
+        batch, sizes = self.preprocess(images)
+        output = self.network(batch, return_matching=return_matching)
+        anchors = self.anchors(output.grid_sizes, self.input_size, device=batch.device)
         detections = self.postprocess(output.cls_logits, output.box_regression, anchors, self.input_size, sizes)
         if return_matching:
             for i, detection in enumerate(detections):

@@ -1,0 +1,100 @@
+"""Training and validation steps as free functions returning dicts of numbers (torchvision
+references' ``engine.py`` style). The loop around them, checkpoints and logs are in ``train.py``."""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+
+import torch
+from torch import Tensor, nn
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss part became NaN or inf; the message names the step and the part."""
+
+
+def autocast_context(device: torch.device, amp: str):
+    """bf16/fp16 autocast on CUDA; nothing on the CPU (SPEC §6: mixed precision on CUDA)."""
+    if device.type != "cuda" or amp == "off":
+        return nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def to_device(images: Tensor | list[Tensor], targets: list[dict], device: torch.device, channels_last: bool = False):
+    if isinstance(images, Tensor):
+        images = images.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+    else:
+        images = [img.to(device, non_blocking=True) for img in images]
+    targets = [{"boxes": t["boxes"].as_subclass(Tensor).to(device), "labels": t["labels"].to(device)} for t in targets]
+    return images, targets
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               images, targets: list[dict], step: int, device: torch.device, amp: str = "off",
+               grad_clip: float = 0.0) -> dict[str, float]:
+    """One optimiser step; returns the loss parts. Raises TrainingDiverged before any update on NaN/inf."""
+    with autocast_context(device, amp):
+        parts = model(images, targets)
+    for name, value in parts.items():
+        if not torch.isfinite(value).all():
+            raise TrainingDiverged(f"step {step}: loss part '{name}' is {value.item()} (not finite); "
+                                   f"the last checkpoint is intact")
+    loss = sum(parts.values())
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return {"loss": loss.item(), **{name: value.item() for name, value in parts.items()}}
+
+
+@torch.no_grad()
+def validation_loss(detector: nn.Module, loader, device: torch.device, amp: str = "off") -> dict[str, float]:
+    """Mean loss parts over a loader, the detector in eval mode (BatchNorm uses running stats)."""
+    was_training = detector.training
+    detector.eval()
+    totals: dict[str, float] = {}
+    batches = 0
+    for images, targets in loader:
+        images, targets = to_device(images, targets, device)
+        with autocast_context(device, amp):
+            parts = detector.compute_loss(images, targets)
+        for name, value in parts.items():
+            totals[name] = totals.get(name, 0.0) + value.item()
+        batches += 1
+    detector.train(was_training)
+    if batches == 0:
+        return {}
+    mean = {f"val_{name}": total / batches for name, total in totals.items()}
+    mean["val_loss"] = sum(mean.values())
+    mean["val_batches"] = batches
+    return mean
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, milestones: list[float]) -> float:
+    """Linear warm-up from 0.001x, then cosine to 0 or x0.1 at each milestone (fractions of the run)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        alpha = step / warmup_steps
+        return 0.001 * (1 - alpha) + alpha
+    if schedule == "cosine":
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return 0.1 ** sum(step >= m * total_steps for m in milestones)
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """SPEC §6: no weight decay on biases, norm parameters (BatchNorm, L2Norm scales) and tau."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim <= 1 or name.endswith("log_tau"):
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

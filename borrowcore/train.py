@@ -1,0 +1,243 @@
+"""The trainer: ``borrowcore train`` on one CPU, one GPU, or many under torchrun (DDP).
+
+Resumable: ``last.pt`` holds the model, optimizer, scheduler, grad scaler, step and RNG states, and
+augmentation is a pure function of (seed, epoch, index), so a run killed and resumed ends with the same
+weights as one that was not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from tqdm import tqdm
+
+from borrowcore.checkpoint import load_state, read_checkpoint, save_checkpoint
+from borrowcore.config import ExperimentConfig, save_config
+from borrowcore.data import CocoDetection, collate_detection
+from borrowcore.distributed import DistributedContext, barrier, cleanup, init_distributed, reduce_mean
+from borrowcore.engine import lr_factor, parameter_groups, to_device, train_step, validation_loss
+from borrowcore.model import build_detector
+from borrowcore.presets import build_preset
+
+REFERENCE_BATCH = 32  # SPEC §6: lr is given for a global batch of 32 and scaled linearly
+
+
+class SkipSampler(Sampler):
+    """The first ``skip`` indices of ``sampler`` dropped: resuming in the middle of an epoch."""
+
+    def __init__(self, sampler: Sampler, skip: int) -> None:
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self):
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.skip)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG as plain types and tensors (weights-only loading refuses numpy objects)."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": [list(random.getstate()[1]), random.getstate()[0]],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    key, version = state["python"]
+    random.setstate((version, tuple(key), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class JsonLog:
+    """One JSON object per line in OUT/log.jsonl (rank 0 only)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.path is not None:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def build_loaders(config: ExperimentConfig, context: DistributedContext):
+    t = config.train
+    size = config.model.input_size
+    train_set = CocoDetection(t.train_images, t.train_annotations, build_preset(t.augmentation, size),
+                              skip_bad=t.skip_bad, seed=t.seed)
+    val_set = None
+    if t.val_annotations:
+        val_set = CocoDetection(t.val_images, t.val_annotations, build_preset("eval", size), skip_bad=t.skip_bad,
+                                seed=t.seed)
+    return train_set, val_set
+
+
+def make_loader(dataset, sampler, batch_size: int, workers: int, drop_last: bool) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      collate_fn=collate_detection, drop_last=drop_last, pin_memory=torch.cuda.is_available(),
+                      persistent_workers=False)  # fresh workers each epoch see the dataset's new epoch
+
+
+def train(config: ExperimentConfig, out_dir: str | Path, resume: bool = False, device: str | None = None,
+          show_progress: bool = True) -> dict[str, Any]:
+    """Train ``config`` into ``out_dir`` (last.pt, best.pt, log.jsonl, config.yaml); returns a summary."""
+    context = init_distributed(device)
+    try:
+        return _train(config, Path(out_dir), resume, context, show_progress)
+    finally:
+        cleanup(context)
+
+
+def _train(config: ExperimentConfig, out_dir: Path, resume: bool, context: DistributedContext,
+           show_progress: bool) -> dict[str, Any]:
+    t = config.train
+    seed_everything(t.seed)
+    train_set, val_set = build_loaders(config, context)
+    if config.model.num_classes != len(train_set.class_names):
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, num_classes=len(train_set.class_names)))
+
+    detector = build_detector(config.model, train_set.class_names)
+    if t.pretrained:
+        detector.network.backbone.load_vgg16(t.pretrained)
+    detector.to(context.device)
+    if t.channels_last:
+        detector.to(memory_format=torch.channels_last)
+    model = detector
+    if context.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(
+            detector, device_ids=[context.local_rank] if context.device.type == "cuda" else None)
+
+    global_batch = t.batch_size * context.world_size
+    base_lr = t.lr * global_batch / REFERENCE_BATCH
+    optimizer = torch.optim.SGD(parameter_groups(detector, t.weight_decay), lr=base_lr, momentum=t.momentum)
+    sampler = DistributedSampler(train_set, num_replicas=context.world_size, rank=context.rank, shuffle=True,
+                                 seed=t.seed, drop_last=True)
+    steps_per_epoch = len(sampler) // t.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"{t.train_annotations}: {len(train_set)} images give no full batch of {t.batch_size} "
+                         f"per process ({context.world_size} processes)")
+    total_steps = t.max_steps if t.max_steps > 0 else t.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total_steps, t.warmup_steps, t.schedule, t.milestones))
+    use_fp16_scaler = context.device.type == "cuda" and t.amp == "fp16"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_fp16_scaler) if use_fp16_scaler else torch.amp.GradScaler("cpu", enabled=False)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    log = JsonLog(out_dir / "log.jsonl" if context.is_main else None)
+    step, best_val = 0, float("inf")
+    if not resume and last_path.exists():
+        raise ValueError(f"{out_dir} already holds a run (last.pt): pass --resume to continue it, "
+                         f"or choose another --out")
+    if resume and last_path.exists():
+        checkpoint = read_checkpoint(last_path)
+        load_state(detector, checkpoint, last_path)
+        state = checkpoint.get("train_state")
+        if not state:
+            raise ValueError(f"{last_path}: has no training state to resume from")
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        step, best_val = state["step"], state["best_val"]
+        set_rng_state(state["rng"])
+        log.write({"event": "resume", "step": step, "time": time.time()})
+    elif context.is_main:
+        save_config(config, out_dir / "config.yaml")
+        log.write({"event": "start", "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
+                   "world_size": context.world_size, "global_batch": global_batch, "lr": base_lr,
+                   "device": str(context.device), "train_images": len(train_set),
+                   "skipped_annotations": getattr(train_set, "skipped", {}), "time": time.time()})
+
+    def checkpoint_now(path: Path, epoch: int) -> None:
+        if not context.is_main:
+            return
+        save_checkpoint(path, detector, config.model, train_state={
+            "step": step, "epoch": epoch, "best_val": best_val, "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
+            "train_config": dataclasses.asdict(t),
+        })
+
+    val_loader = None
+    if val_set is not None:  # every rank computes the same validation loss; it is cheap next to training
+        val_loader = make_loader(val_set, None, t.batch_size, t.workers, drop_last=False)
+
+    progress = tqdm(total=total_steps, initial=step, disable=not (context.is_main and show_progress),
+                    desc=f"train {config.model.neck}", dynamic_ncols=True)
+    model.train()
+    window: dict[str, float] = {}
+    window_images, window_batches, window_start = 0, 0, time.perf_counter()
+    last_val: dict[str, float] = {}
+    while step < total_steps:
+        epoch, done_in_epoch = divmod(step, steps_per_epoch)
+        sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        loader = make_loader(train_set, SkipSampler(sampler, done_in_epoch * t.batch_size), t.batch_size,
+                             t.workers, drop_last=True)
+        for images, targets in loader:
+            images, targets = to_device(images, targets, context.device, t.channels_last)
+            parts = train_step(model, optimizer, scaler, images, targets, step + 1, context.device, t.amp, t.grad_clip)
+            scheduler.step()
+            step += 1
+            progress.update(1)
+            for name, value in parts.items():
+                window[name] = window.get(name, 0.0) + value
+            window_images += len(targets)
+            window_batches += 1
+            if step % t.log_every == 0 or step == total_steps:
+                seconds = time.perf_counter() - window_start
+                means = reduce_mean({k: v / window_batches for k, v in window.items()}, context)
+                record = {"event": "step", "step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
+                          **{k: round(v, 5) for k, v in means.items()},
+                          "images_per_s": round(window_images * context.world_size / seconds, 2)}
+                if context.device.type == "cuda":
+                    record["gpu_mem_mb"] = round(torch.cuda.max_memory_allocated(context.device) / 2**20, 1)
+                log.write(record)
+                progress.set_postfix(loss=f"{means['loss']:.3f}", lr=f"{record['lr']:.4g}")
+                window, window_images, window_batches, window_start = {}, 0, 0, time.perf_counter()
+            if step % t.checkpoint_every == 0 and step % steps_per_epoch != 0:
+                checkpoint_now(last_path, epoch)
+            if step >= total_steps:
+                break
+        # end of an epoch (or of the run): validate, keep best.pt, write last.pt
+        finished_epoch = (step - 1) // steps_per_epoch
+        record = {"event": "epoch", "epoch": finished_epoch, "step": step}
+        if val_loader is not None:
+            last_val = validation_loss(detector, val_loader, context.device, t.amp)
+            record.update({k: round(v, 5) for k, v in last_val.items()})
+            if last_val and last_val["val_loss"] < best_val:
+                best_val = last_val["val_loss"]
+                checkpoint_now(best_path, finished_epoch)
+                record["best"] = True
+            model.train()
+        checkpoint_now(last_path, finished_epoch)
+        log.write(record)
+    progress.close()
+    barrier(context)
+    return {"steps": step, "out_dir": str(out_dir), "best_val_loss": best_val if val_loader is not None else None,
+            **last_val}
