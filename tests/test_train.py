@@ -1,0 +1,139 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from borrowcore import ExperimentConfig, load_config, load_detector
+from borrowcore.checkpoint import read_checkpoint
+from borrowcore.engine import TrainingDiverged, lr_factor
+from borrowcore.loss import MultiBoxLoss
+from borrowcore.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "assets" / "synth-tiny"
+
+
+def tiny_experiment(**train_overrides) -> ExperimentConfig:
+    """configs/full.yaml at width 0.125, input 128, on the shipped tiny benchmark."""
+    config = load_config(ROOT / "configs" / "full.yaml")
+    config.model.input_size = 128
+    t = config.train
+    t.train_images, t.train_annotations = str(TINY / "images"), str(TINY / "annotations.json")
+    t.val_images = t.val_annotations = ""
+    t.batch_size, t.workers, t.warmup_steps, t.log_every, t.checkpoint_every = 4, 0, 2, 1, 2
+    t.augmentation = "ssd"
+    for name, value in train_overrides.items():
+        setattr(t, name, value)
+    return config
+
+
+def final_weights(out_dir: Path) -> dict[str, torch.Tensor]:
+    return read_checkpoint(out_dir / "last.pt")["state_dict"]
+
+
+def test_lr_schedule_shape():
+    assert lr_factor(0, 100, 10, "cosine", []) == pytest.approx(0.001)
+    assert lr_factor(10, 100, 10, "cosine", []) == pytest.approx(1.0)
+    assert lr_factor(100, 100, 10, "cosine", []) == pytest.approx(0.0)
+    assert lr_factor(55, 100, 10, "cosine", []) == pytest.approx(0.5)
+    assert lr_factor(70, 100, 0, "multistep", [0.67, 0.89]) == pytest.approx(0.1)
+    assert lr_factor(90, 100, 0, "multistep", [0.67, 0.89]) == pytest.approx(0.01)
+
+
+def test_train_writes_checkpoints_and_log(tmp_path):
+    config = tiny_experiment(max_steps=4)
+    config.train.val_images, config.train.val_annotations = str(TINY / "images"), str(TINY / "twins.json")
+    result = train(config, tmp_path, show_progress=False)
+    assert result["steps"] == 4
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r["event"] == "step"]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert all({"loss", "loss_box", "loss_cls", "lr", "images_per_s"} <= set(r) for r in steps)
+    assert any(r["event"] == "epoch" and "val_loss" in r for r in records)
+    detector = load_detector(tmp_path / "best.pt")
+    assert detector.class_names == [c["name"] for c in json.loads((TINY / "annotations.json").read_text())["categories"]]
+    assert read_checkpoint(tmp_path / "last.pt")["train_state"]["step"] == 4
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(config, tmp_path, show_progress=False)
+
+
+def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    # 48 images / batch 4 = 12 steps an epoch; run 14 steps so the resumed part crosses an epoch
+    config = tiny_experiment(max_steps=14, checkpoint_every=5)
+    train(config, tmp_path / "straight", show_progress=False)
+
+    import borrowcore.train as train_module
+
+    real_step = train_module.train_step
+    calls = {"n": 0}
+
+    def killed_at_step_8(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt  # the process dies during step 8; last.pt holds step 5
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_step", killed_at_step_8)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "resumed", show_progress=False)
+    interrupted = read_checkpoint(tmp_path / "resumed" / "last.pt")
+    assert interrupted["train_state"]["step"] == 5
+    at_step_5 = interrupted["state_dict"]
+    monkeypatch.setattr(train_module, "train_step", real_step)
+    torch.manual_seed(1234)  # a different global RNG state must not matter: it is restored
+    train(config, tmp_path / "resumed", resume=True, show_progress=False)
+
+    straight, resumed = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], rtol=1e-5, atol=1e-6, msg=name)
+    # and the resumed steps did move the weights (equality is not two frozen models)
+    key = "network.head.classification.0.weight"
+    assert not torch.allclose(at_step_5[key], resumed[key])
+
+
+def test_nan_loss_stops_with_clear_error(tmp_path, monkeypatch):
+    real_forward = MultiBoxLoss.forward
+    calls = {"n": 0}
+
+    def nan_at_third_call(self, *args, **kwargs):
+        calls["n"] += 1
+        parts = real_forward(self, *args, **kwargs)
+        if calls["n"] == 3:
+            parts["loss_box"] = parts["loss_box"] * float("nan")
+        return parts
+
+    monkeypatch.setattr(MultiBoxLoss, "forward", nan_at_third_call)
+    config = tiny_experiment(max_steps=6, checkpoint_every=1)
+    with pytest.raises(TrainingDiverged, match=r"step 3: loss part 'loss_box' is nan"):
+        train(config, tmp_path, show_progress=False)
+    checkpoint = read_checkpoint(tmp_path / "last.pt")
+    assert checkpoint["train_state"]["step"] == 2
+    detector = load_detector(tmp_path / "last.pt")
+    assert all(torch.isfinite(p).all() for p in detector.parameters())
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_on_cpu(tmp_path):
+    config_path = tmp_path / "tiny.yaml"
+    from borrowcore.config import save_config
+
+    config = tiny_experiment(max_steps=3, checkpoint_every=100)
+    config.train.log_every = 1
+    save_config(config, config_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+               "-m", "borrowcore", "train", "--config", str(config_path), "--out", str(tmp_path / "run"), "--device", "cpu"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "run"
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".pt") == ["last.pt"]
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    start = records[0]
+    assert start["world_size"] == 2 and start["global_batch"] == 8
+    assert len([r for r in records if r["event"] == "step"]) == 3  # rank 0 alone writes the log
+    assert read_checkpoint(out / "last.pt")["train_state"]["step"] == 3
