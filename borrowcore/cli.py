@@ -104,6 +104,36 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """COCO evaluation by object size of a checkpoint; writes the report and its detections."""
+    from borrowcore.evaluate import evaluate_checkpoint, format_metrics, parse_size_bins
+
+    out = args.out or str(Path(args.checkpoint).with_name(f"eval_{Path(args.coco).stem}.json"))
+    report = evaluate_checkpoint(args.checkpoint, args.coco, args.images, out, device=args.device,
+                                 split=args.split, dataset_name=args.name, size_bins=parse_size_bins(args.size_bins),
+                                 batch_size=args.batch_size, workers=args.workers)
+    if report is not None:
+        print(format_metrics(report))
+        print(f"report: {out}")
+    return 0
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    """Train and evaluate the four ablations over seeds; write the mean/std table."""
+    from borrowcore.ablation import format_table, run_ablation
+
+    overrides = list(args.set or [])
+    for field, value in (("model.width", args.width), ("model.input_size", args.input),
+                         ("train.epochs", args.epochs), ("train.max_steps", args.steps)):
+        if value is not None:
+            overrides.append(f"{field}={value}")
+    if args.epochs is not None and args.steps is None:
+        overrides.append("train.max_steps=0")  # epochs decide
+    rows = run_ablation(args.data, args.out, args.seeds, args.necks, overrides, args.configs, device=args.device)
+    print(format_table(rows))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="borrowcore", description=__doc__.splitlines()[0] if __doc__ else None)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -133,6 +163,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", nargs="*", metavar="SECTION.FIELD=VALUE",
                    help="override config fields, e.g. train.max_steps=50 model.width=0.25")
     p.set_defaults(func=cmd_train)
+
+    p = commands.add_parser("eval", help="COCO evaluation by object size (also under torchrun)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--coco", required=True, help="ground-truth COCO json")
+    p.add_argument("--images", required=True, help="image folder")
+    p.add_argument("--out", help="report json (default: beside the checkpoint, eval_<coco stem>.json)")
+    p.add_argument("--split", help="split name recorded in the report (default: the json's stem)")
+    p.add_argument("--name", help="dataset name recorded in the report (default: the json's folder)")
+    p.add_argument("--size-bins", dest="size_bins", default="0,16,32,64,96,128",
+                   help="edges on sqrt(area) in px; the last bin is open (default 0,16,32,64,96,128)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=8)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.set_defaults(func=cmd_eval)
+
+    p = commands.add_parser("ablate", help="train + evaluate ssd/context/borrow/full over seeds; mean/std table")
+    p.add_argument("--data", required=True, help="folder with train/ and val/ made by `borrowcore synth`")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--necks", nargs="+", default=["ssd", "context", "borrow", "full"])
+    p.add_argument("--width", type=float)
+    p.add_argument("--input", type=int, help="input size S")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--steps", type=int, help="optimiser steps per run (overrides epochs)")
+    p.add_argument("--configs", default="configs", help="folder with <neck>.yaml")
+    p.add_argument("--device")
+    p.add_argument("--set", nargs="*", metavar="SECTION.FIELD=VALUE", help="more config overrides")
+    p.set_defaults(func=cmd_ablate)
 
     p = commands.add_parser("synth", help="generate the borrow benchmark (images + COCO json)")
     p.add_argument("--out", required=True)

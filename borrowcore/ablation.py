@@ -1,0 +1,135 @@
+"""The ablation study: `ssd`, `context`, `borrow` and `full`, same recipe and seeds, evaluated on the
+borrow benchmark's twins, orphans and shuffled splits; a table of mean and std over seeds.
+
+Every run lives in OUT/<neck>/seed<k>/ (its checkpoints, log, reports), and training resumes, so
+re-running the same command after an interruption continues where it stopped and skips finished runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from borrowcore.config import NECKS, ExperimentConfig, load_config
+from borrowcore.report import load_report, save_report
+
+SPLITS = ("twins", "orphans", "shuffled")
+TABLE_METRICS = ("AP", "AP50", "AP_S", "AP_M", "AP_L")
+
+
+def ablation_config(config_dir: Path, neck: str, data: Path, seed: int, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    from borrowcore.cli import apply_overrides
+
+    config = apply_overrides(load_config(config_dir / f"{neck}.yaml"), list(overrides))
+    t = config.train
+    t.seed = seed
+    t.train_images, t.train_annotations = str(data / "train" / "images"), str(data / "train" / "annotations.json")
+    if (data / "val" / "annotations.json").exists():
+        t.val_images, t.val_annotations = str(data / "val" / "images"), str(data / "val" / "annotations.json")
+    return config
+
+
+def run_ablation(data: str | Path, out: str | Path, seeds: Sequence[int] = (0, 1, 2), necks: Sequence[str] = NECKS,
+                 overrides: Sequence[str] = (), config_dir: str | Path = "configs", splits: Sequence[str] = SPLITS,
+                 device: str | None = None, show_progress: bool = True) -> list[dict]:
+    """Train (or resume) and evaluate every (neck, seed); write OUT/ablation.{csv,md}; return the rows."""
+    from borrowcore.checkpoint import load_detector
+    from borrowcore.data import CocoDetection
+    from borrowcore.evaluate import evaluate_checkpoint
+    from borrowcore.explain import borrow_precision
+    from borrowcore.train import train
+
+    data, out, config_dir = Path(data), Path(out), Path(config_dir)
+    for neck in necks:
+        if neck not in NECKS:
+            raise ValueError(f"unknown neck {neck!r}; choose from {NECKS}")
+    for split in splits:
+        if not (data / "val" / f"{split}.json").exists():
+            raise ValueError(f"{data / 'val' / f'{split}.json'}: missing; make the set with `borrowcore synth --out {data / 'val'} ...`")
+    for neck in necks:
+        for seed in seeds:
+            run_dir = out / neck / f"seed{seed}"
+            config = ablation_config(config_dir, neck, data, seed, overrides)
+            train(config, run_dir, resume=True, device=device, show_progress=show_progress)
+            checkpoint = run_dir / "last.pt"  # the recipe's final weights
+            for split in splits:
+                report_path = run_dir / f"eval_{split}.json"
+                if report_path.exists():
+                    continue
+                report = evaluate_checkpoint(checkpoint, data / "val" / f"{split}.json", data / "val" / "images",
+                                             report_path, device=device, split=split, dataset_name="borrow-benchmark",
+                                             show_progress=show_progress)
+                if split == "twins" and neck in ("borrow", "full"):
+                    detector = load_detector(checkpoint, device or "cpu")
+                    dataset = CocoDetection(data / "val" / "images", data / "val" / f"{split}.json")
+                    report["extra"]["borrow_precision"] = borrow_precision(detector, dataset, device or "cpu")
+                report["extra"]["seed"] = seed
+                save_report(report, report_path)
+    rows = summarize_ablation(out, necks, seeds, splits)
+    write_tables(rows, out)
+    return rows
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if v >= 0]
+    if not values:
+        return -1.0, 0.0
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def summarize_ablation(out: str | Path, necks: Sequence[str] = NECKS, seeds: Sequence[int] | None = None,
+                       splits: Sequence[str] = SPLITS) -> list[dict]:
+    """One row per (neck, split): mean and std over the seeds' reports found under OUT."""
+    out = Path(out)
+    rows = []
+    for neck in necks:
+        for split in splits:
+            paths = sorted((out / neck).glob(f"seed*/eval_{split}.json"))
+            if seeds is not None:
+                paths = [p for p in paths if int(p.parent.name[4:]) in seeds]
+            reports = [load_report(p) for p in paths]
+            if not reports:
+                continue
+            row = {"neck": neck, "split": split, "seeds": len(reports)}
+            for key in TABLE_METRICS:
+                row[key], row[f"{key}_std"] = mean_std([r["metrics"][key] for r in reports])
+            precision = [r["extra"]["borrow_precision"] for r in reports if "borrow_precision" in r.get("extra", {})]
+            if precision:
+                row["borrow_precision"], row["borrow_precision_std"] = mean_std([p["borrow_precision"] for p in precision])
+                row["borrow_chance"], _ = mean_std([p["chance"] for p in precision])
+            rows.append(row)
+    return rows
+
+
+def write_tables(rows: list[dict], out: str | Path) -> None:
+    """OUT/ablation.csv (every number) and OUT/ablation.md (percent, mean ± std)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    columns = ["neck", "split", "seeds"] + [f"{k}{s}" for k in TABLE_METRICS for s in ("", "_std")] + [
+        "borrow_precision", "borrow_precision_std", "borrow_chance"]
+    with (out / "ablation.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "ablation.md").write_text(format_table(rows) + "\n")
+
+
+def format_table(rows: list[dict]) -> str:
+    def cell(mean: float, std: float) -> str:
+        if mean is None or (isinstance(mean, float) and (math.isnan(mean) or mean < 0)):
+            return "n/a"
+        return f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+    header = "| neck | split | seeds | " + " | ".join(TABLE_METRICS) + " | borrow precision (chance) |"
+    lines = [header, "|" + "---|" * (4 + len(TABLE_METRICS))]
+    for row in rows:
+        borrow = ""
+        if "borrow_precision" in row:
+            borrow = f"{cell(row['borrow_precision'], row['borrow_precision_std'])} ({100 * row['borrow_chance']:.1f})"
+        lines.append(f"| {row['neck']} | {row['split']} | {row['seeds']} | "
+                     + " | ".join(cell(row[k], row[f'{k}_std']) for k in TABLE_METRICS) + f" | {borrow} |")
+    return "\n".join(lines)

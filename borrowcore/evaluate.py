@@ -1,0 +1,244 @@
+"""COCO evaluation by object size (SPEC §7): batched inference, pycocotools' COCOeval, the report.
+
+Every number comes from COCOeval's arrays (``eval["precision"]`` (T, R, K, A, M) and ``eval["recall"]``
+(T, K, A, M)), never from its printed summary. Besides COCO's small / medium / large, finer size bins on
+sqrt(area) are evaluated through ``params.areaRng``. A metric is -1 where its range has no ground truth
+(COCO's convention).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from borrowcore.data import CocoDetection, collate_detection
+from borrowcore.distributed import DistributedContext, init_distributed
+from borrowcore.report import SCHEMA, SCHEMA_VERSION, save_report, sha256_file, write_json_atomic
+
+DEFAULT_SIZE_BINS: tuple[tuple[float, float], ...] = ((0, 16), (16, 32), (32, 64), (64, 96), (96, 128), (128, math.inf))
+COCO_RANGES = (("all", 0, math.inf), ("small", 0, 32), ("medium", 32, 96), ("large", 96, math.inf))
+MAX_AREA = 1e10  # COCO's stand-in for infinity (1e5 ** 2)
+
+
+def bin_label(low: float, high: float) -> str:
+    return f"{low:g}+" if math.isinf(high) else f"{low:g}-{high:g}"
+
+
+def parse_size_bins(text: str) -> tuple[tuple[float, float], ...]:
+    """"0,16,32,64" -> ((0, 16), (16, 32), (32, 64), (64, inf)): edges on sqrt(area) in pixels."""
+    edges = [float(x) for x in text.split(",") if x.strip()]
+    if len(edges) < 2 or edges != sorted(edges) or len(set(edges)) != len(edges):
+        raise ValueError(f"size bins {text!r}: need at least two increasing edges, e.g. 0,16,32,64,96,128")
+    return tuple(zip(edges, edges[1:] + [math.inf]))
+
+
+@torch.inference_mode()
+def predict(detector: torch.nn.Module, dataset: CocoDetection, device: torch.device | str = "cpu",
+            batch_size: int = 8, workers: int = 0, context: DistributedContext | None = None,
+            show_progress: bool = True) -> tuple[list[dict], float]:
+    """COCO results (image_id, category_id, bbox xywh, score) for this rank's shard, and the seconds taken.
+
+    ``dataset`` must have no transforms: the detector resizes each image itself and returns boxes in
+    the image's own pixels.
+    """
+    context = context or DistributedContext()
+    shard = Subset(dataset, range(context.rank, len(dataset), context.world_size))
+    loader = DataLoader(shard, batch_size=batch_size, num_workers=workers, collate_fn=collate_detection)
+    detector.eval().to(device)
+    results: list[dict] = []
+    seconds = 0.0
+    for images, targets in tqdm(loader, desc="eval", disable=not (show_progress and context.is_main), dynamic_ncols=True):
+        images = [img.to(device) for img in images]
+        start = time.perf_counter()
+        detections = detector(images)
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+        seconds += time.perf_counter() - start
+        for target, detection in zip(targets, detections):
+            boxes = detection["boxes"].cpu()
+            xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+            for box, score, label in zip(xywh, detection["scores"].cpu().tolist(), detection["labels"].cpu().tolist()):
+                results.append({"image_id": int(target["image_id"]), "category_id": dataset.label_to_cat_id[int(label)],
+                                "bbox": [round(v, 2) for v in box], "score": round(score, 5)})
+    return results, seconds
+
+
+def gather_results(results: list[dict], context: DistributedContext) -> list[dict]:
+    """Every rank's results on every rank (rank 0 evaluates)."""
+    if not context.distributed:
+        return results
+    gathered: list[list[dict] | None] = [None] * context.world_size
+    torch.distributed.all_gather_object(gathered, results)
+    return [r for part in gathered for r in part]
+
+
+def results_to_coco(coco_gt: COCO, results: list[dict]) -> COCO:
+    """A COCO object of detections; an empty one when there are none (loadRes cannot take [])."""
+    if results:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return coco_gt.loadRes(results)
+    coco_dt = COCO()
+    coco_dt.dataset = {"images": coco_gt.dataset["images"], "categories": coco_gt.dataset["categories"], "annotations": []}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt.createIndex()
+    return coco_dt
+
+
+def run_cocoeval(coco_gt: COCO, coco_dt: COCO, size_bins: Sequence[tuple[float, float]] = DEFAULT_SIZE_BINS,
+                 image_ids: Sequence[int] | None = None, iou_type: str = "bbox") -> tuple[COCOeval, list[tuple[str, float, float]]]:
+    """COCOeval over COCO's ranges plus ``size_bins``, evaluated and accumulated (prints silenced)."""
+    ranges = list(COCO_RANGES) + [(bin_label(lo, hi), lo, hi) for lo, hi in size_bins]
+    evaluator = COCOeval(coco_gt, coco_dt, iou_type)
+    evaluator.params.areaRng = [[lo ** 2, min(hi ** 2, MAX_AREA)] for _, lo, hi in ranges]
+    evaluator.params.areaRngLbl = [label for label, _, _ in ranges]
+    if image_ids is not None:
+        evaluator.params.imgIds = list(image_ids)
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator.evaluate()
+        evaluator.accumulate()
+    return evaluator, ranges
+
+
+def mean_valid(values: np.ndarray) -> float:
+    """Mean of the entries > -1 (COCO marks 'no ground truth' with -1), or -1 when there are none."""
+    valid = values[values > -1]
+    return float(valid.mean()) if valid.size else -1.0
+
+
+def coco_metrics(coco_gt: COCO, results: list[dict], size_bins: Sequence[tuple[float, float]] = DEFAULT_SIZE_BINS,
+                 image_ids: Sequence[int] | None = None) -> dict[str, Any]:
+    """AP / AR by size, per-class AP and PR curves from COCOeval's arrays."""
+    evaluator, ranges = run_cocoeval(coco_gt, results_to_coco(coco_gt, results), size_bins, image_ids)
+    precision = evaluator.eval["precision"]  # (T, R, K, A, M)
+    recall = evaluator.eval["recall"]  # (T, K, A, M)
+    params = evaluator.params
+    area = {label: i for i, (label, _, _) in enumerate(ranges)}
+    last = len(params.maxDets) - 1  # maxDets 100
+    t50, t75 = int(np.argmin(np.abs(params.iouThrs - 0.5))), int(np.argmin(np.abs(params.iouThrs - 0.75)))
+
+    def ap(a: str, t: int | None = None, k: int | None = None) -> float:
+        p = precision[:, :, :, area[a], last]
+        p = p if t is None else p[t:t + 1]
+        p = p if k is None else p[:, :, k:k + 1]
+        return mean_valid(p)
+
+    def ar(a: str, m: int = last) -> float:
+        return mean_valid(recall[:, :, area[a], m])
+
+    metrics = {"AP": ap("all"), "AP50": ap("all", t50), "AP75": ap("all", t75),
+               "AP_S": ap("small"), "AP_M": ap("medium"), "AP_L": ap("large"),
+               "AR1": ar("all", 0), "AR10": ar("all", 1), "AR100": ar("all"),
+               "AR_S": ar("small"), "AR_M": ar("medium"), "AR_L": ar("large")}
+
+    image_set = set(params.imgIds)
+    gt = [a for a in coco_gt.dataset["annotations"] if not a.get("iscrowd", 0) and a["image_id"] in image_set]
+    areas = np.array([a["area"] for a in gt], dtype=np.float64)
+    size_rows = []
+    for label, lo, hi in ranges[len(COCO_RANGES):]:
+        upper = min(hi ** 2, MAX_AREA)
+        size_rows.append({"label": label, "min": lo, "max": hi if math.isfinite(hi) else MAX_AREA ** 0.5,
+                          "num_gt": int(((areas >= lo ** 2) & (areas <= upper)).sum()),
+                          "AP": ap(label), "AP50": ap(label, t50), "AR100": ar(label)})
+
+    per_class = []
+    for k, cat_id in enumerate(params.catIds):
+        per_class.append({"name": coco_gt.cats[cat_id]["name"], "category_id": int(cat_id),
+                          "AP": ap("all", k=k), "AP50": ap("all", t50, k), "AP_S": ap("small", k=k),
+                          "num_gt": sum(1 for a in gt if a["category_id"] == cat_id)})
+
+    curves = {}
+    for label, _, _ in ranges:
+        p = precision[:, :, :, area[label], last]  # (T, R, K)
+        curves[label] = {
+            # mean over classes that have ground truth in this range; -1 where none has
+            "iou50": [round(mean_valid(p[t50, r]), 4) for r in range(p.shape[1])],
+            "iou50_95": [round(mean_valid(p[:, r]), 4) for r in range(p.shape[1])],
+        }
+    return {"metrics": metrics, "size_bins": size_rows, "per_class": per_class,
+            "pr_curves": {"recall": [round(float(r), 4) for r in params.recThrs],
+                          "iou": [round(float(t), 2) for t in params.iouThrs], "ranges": curves}}
+
+
+def format_metrics(report: dict) -> str:
+    """A plain-text table of a report's metrics (percent)."""
+    m = report["metrics"]
+    def pct(v: float) -> str:
+        return "  n/a" if v < 0 else f"{100 * v:5.1f}"
+    lines = ["  ".join(f"{k:>5}" for k in m), "  ".join(pct(v) for v in m.values()), "",
+             f"{'size bin':<10} {'GT':>6} {'AP':>6} {'AP50':>6} {'AR100':>6}"]
+    for row in report["size_bins"]:
+        lines.append(f"{row['label']:<10} {row['num_gt']:>6} {pct(row['AP']):>6} {pct(row['AP50']):>6} {pct(row['AR100']):>6}")
+    return "\n".join(lines)
+
+
+def evaluate_detector(detector: torch.nn.Module, annotations: str | Path, images: str | Path, out: str | Path | None = None,
+                      *, checkpoint: str | Path = "", split: str | None = None, dataset_name: str | None = None,
+                      size_bins: Sequence[tuple[float, float]] = DEFAULT_SIZE_BINS, batch_size: int = 8,
+                      workers: int = 0, device: str | torch.device = "cpu", context: DistributedContext | None = None,
+                      show_progress: bool = True) -> dict | None:
+    """Evaluate ``detector`` on a COCO file; returns the report (on rank 0; None elsewhere) and writes it
+    with its detections (``<out stem>.detections.json.gz``) when ``out`` is given."""
+    context = context or DistributedContext()
+    annotations, images = Path(annotations), Path(images)
+    dataset = CocoDetection(images, annotations)
+    results, seconds = predict(detector, dataset, device, batch_size, workers, context, show_progress)
+    results = gather_results(results, context)
+    if context.distributed:
+        seconds = max(s for s in gather_results([seconds], context))  # wall time of the slowest shard
+    if not context.is_main:
+        return None
+    evaluation = coco_metrics(dataset.coco, results, size_bins)
+    config = getattr(detector, "config", None)
+    report = {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": {"config": __import__("dataclasses").asdict(config) if config is not None else {},
+                  "class_names": list(detector.class_names), "checkpoint": str(checkpoint),
+                  "checkpoint_sha256": sha256_file(checkpoint) if checkpoint else "",
+                  "ablation": config.neck if config is not None else ""},
+        "dataset": {"name": dataset_name or annotations.parent.name, "split": split or annotations.stem,
+                    "annotations": str(annotations), "annotations_sha256": sha256_file(annotations),
+                    "images": str(images), "num_images": len(dataset),
+                    "num_boxes": sum(1 for a in dataset.coco.dataset["annotations"] if not a.get("iscrowd", 0))},
+        "detections": "",
+        **evaluation,
+        "timing": {"images": len(dataset), "seconds": round(seconds, 3),
+                   "images_per_s": round(len(dataset) / seconds, 2) if seconds > 0 else 0.0,
+                   "device": str(device) if torch.device(device).type != "cuda" else torch.cuda.get_device_name(device)},
+        "extra": {},
+    }
+    if out is not None:
+        out = Path(out)
+        detections_path = out.with_name(out.stem + ".detections.json.gz")
+        write_json_atomic(results, detections_path)
+        report["detections"] = detections_path.name
+        save_report(report, out)
+    return report
+
+
+def evaluate_checkpoint(checkpoint: str | Path, annotations: str | Path, images: str | Path,
+                        out: str | Path | None = None, device: str | None = None, **kwargs) -> dict | None:
+    """``borrowcore eval`` as a function: load the checkpoint, evaluate, write the report."""
+    from borrowcore.checkpoint import load_detector
+
+    context = init_distributed(device)
+    detector = load_detector(checkpoint, context.device)
+    try:
+        return evaluate_detector(detector, annotations, images, out, checkpoint=checkpoint, device=context.device,
+                                 context=context, **kwargs)
+    finally:
+        from borrowcore.distributed import cleanup
+
+        cleanup(context)

@@ -1,0 +1,49 @@
+import json
+
+import pytest
+
+from borrowcore.ablation import format_table, mean_std, run_ablation
+from borrowcore.cli import main
+
+from test_train import ROOT, TINY
+
+
+def test_mean_std_by_hand():
+    assert mean_std([0.5, 0.7]) == pytest.approx((0.6, 0.1414213))
+    assert mean_std([0.4]) == (0.4, 0.0)
+    assert mean_std([-1.0, 0.2]) == (0.2, 0.0)  # -1: no ground truth, left out
+    row = {"neck": "full", "split": "twins", "seeds": 2, **{k: 0.5 for k in ("AP", "AP50", "AP_S", "AP_M", "AP_L")},
+           **{f"{k}_std": 0.02 for k in ("AP", "AP50", "AP_S", "AP_M", "AP_L")},
+           "borrow_precision": 0.6, "borrow_precision_std": 0.0, "borrow_chance": 0.1}
+    row["AP_M"] = -1.0
+    line = format_table([row]).splitlines()[-1]
+    assert line == "| full | twins | 2 | 50.0 ± 2.0 | 50.0 ± 2.0 | 50.0 ± 2.0 | n/a | 50.0 ± 2.0 | 60.0 ± 0.0 (10.0) |"
+
+
+@pytest.mark.slow
+def test_ablate_end_to_end_and_resumable(tmp_path, capsys):
+    data = tmp_path / "data"
+    for part in ("train", "val"):
+        (data / part).mkdir(parents=True)
+        (data / part / "images").symlink_to(TINY / "images")
+        for name in ("annotations.json", "twins.json", "orphans.json", "shuffled.json"):
+            (data / part / name).symlink_to(TINY / name)
+    out = tmp_path / "ablation"
+    args = ["ablate", "--data", str(data), "--out", str(out), "--seeds", "0", "1", "--necks", "ssd", "full",
+            "--width", "0.125", "--input", "128", "--steps", "2", "--configs", str(ROOT / "configs"), "--device", "cpu",
+            "--set", "train.batch_size=4", "train.workers=0", "train.warmup_steps=1", "train.checkpoint_every=100"]
+    assert main(args) == 0
+    table = (out / "ablation.md").read_text()
+    assert table.count("\n| ssd |") + table.startswith("| ssd") == 3 and "| full | twins | 2 |" in table
+    rows = list((out / "ablation.csv").read_text().splitlines())
+    assert len(rows) == 1 + 2 * 3
+    report = json.loads((out / "full" / "seed1" / "eval_twins.json").read_text())
+    precision = report["extra"]["borrow_precision"]
+    assert 0 <= precision["borrow_precision"] <= 1 and 0 < precision["chance"] < 1 and precision["instances"] > 0
+    assert report["extra"]["seed"] == 1 and report["dataset"]["split"] == "twins"
+    assert "borrow_precision" not in json.loads((out / "ssd" / "seed0" / "eval_twins.json").read_text())["extra"]
+    # a second run finds everything done: no new training steps, same table
+    log = (out / "full" / "seed0" / "log.jsonl").read_text()
+    assert main(args) == 0
+    assert (out / "full" / "seed0" / "log.jsonl").read_text().count('"event": "step"') == log.count('"event": "step"')
+    assert (out / "ablation.md").read_text() == table

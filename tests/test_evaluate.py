@@ -1,0 +1,129 @@
+import contextlib
+import io
+import json
+import math
+
+import pytest
+import torch
+from pycocotools.coco import COCO
+
+from borrowcore import save_checkpoint
+from borrowcore.evaluate import coco_metrics, evaluate_checkpoint, parse_size_bins
+from borrowcore.report import ReportError, load_detections, load_report, validate_report
+
+from conftest import make_detector
+from test_train import TINY
+
+
+def make_coco(boxes_by_image: dict[int, list[list[float]]], category_id: int = 1) -> COCO:
+    images = [{"id": i, "file_name": f"{i}.png", "width": 400, "height": 400} for i in boxes_by_image]
+    annotations = []
+    for image_id, boxes in boxes_by_image.items():
+        for box in boxes:
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category_id,
+                                "bbox": box, "area": box[2] * box[3], "iscrowd": 0})
+    coco = COCO()
+    coco.dataset = {"images": images, "annotations": annotations,
+                    "categories": [{"id": 1, "name": "car"}, {"id": 2, "name": "bus"}]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+GT = {1: [[10, 10, 10, 10], [100, 100, 20, 20]], 2: [[50, 50, 50, 50], [200, 200, 110, 110], [5, 250, 150, 140]]}
+
+
+def detections_for(gt: dict, score: float = 0.9) -> list[dict]:
+    return [{"image_id": i, "category_id": 1, "bbox": box, "score": score} for i, boxes in gt.items() for box in boxes]
+
+
+def test_perfect_detections_give_ap_one():
+    m = coco_metrics(make_coco(GT), detections_for(GT))
+    for key in ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L", "AR100"):
+        assert m["metrics"][key] == pytest.approx(1.0), key
+    assert m["metrics"]["AR1"] == pytest.approx(2 / 5)  # one detection per image: 2 of 5 boxes
+
+
+def test_no_detections_give_zero():
+    m = coco_metrics(make_coco(GT), [])
+    assert m["metrics"]["AP"] == 0 and m["metrics"]["AP_S"] == 0 and m["metrics"]["AR100"] == 0
+
+
+def test_known_partial_cases():
+    coco = make_coco({1: [[10, 10, 40, 40], [100, 100, 40, 40]]})
+    # one of two boxes found: precision 1 up to recall 0.5 -> 51 of COCO's 101 recall points
+    half = coco_metrics(coco, [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 40, 40], "score": 0.9}])
+    assert half["metrics"]["AP"] == pytest.approx(51 / 101)
+    # a false positive ranked first, then both boxes: precision 0, 1/2, 2/3 -> interpolated 2/3 everywhere
+    fp_first = [{"image_id": 1, "category_id": 1, "bbox": [300, 300, 40, 40], "score": 0.95},
+                {"image_id": 1, "category_id": 1, "bbox": [10, 10, 40, 40], "score": 0.9},
+                {"image_id": 1, "category_id": 1, "bbox": [100, 100, 40, 40], "score": 0.8}]
+    assert coco_metrics(coco, fp_first)["metrics"]["AP"] == pytest.approx(2 / 3)
+    # the right box with the wrong class counts for nothing
+    wrong = [{"image_id": 1, "category_id": 2, "bbox": [10, 10, 40, 40], "score": 0.9}]
+    assert coco_metrics(coco, wrong)["metrics"]["AP"] == 0
+
+
+def test_size_bins_against_hand_counted_areas():
+    # sqrt(area): 10, 20 | 50, 110, sqrt(150 * 140) = 144.9
+    m = coco_metrics(make_coco(GT), detections_for(GT))
+    counts = {row["label"]: row["num_gt"] for row in m["size_bins"]}
+    assert counts == {"0-16": 1, "16-32": 1, "32-64": 1, "64-96": 0, "96-128": 1, "128+": 1}
+    ap = {row["label"]: row["AP"] for row in m["size_bins"]}
+    assert ap["64-96"] == -1 and ap["0-16"] == pytest.approx(1.0)
+    # only the 10 px box missed: its bin drops to 0, the others stay at 1
+    missed = [d for d in detections_for(GT) if d["bbox"] != [10, 10, 10, 10]]
+    rows = {row["label"]: row for row in coco_metrics(make_coco(GT), missed)["size_bins"]}
+    assert rows["0-16"]["AP"] == 0 and rows["16-32"]["AP"] == pytest.approx(1.0)
+    custom = coco_metrics(make_coco(GT), detections_for(GT), parse_size_bins("0,32,128"))
+    assert {r["label"]: r["num_gt"] for r in custom["size_bins"]} == {"0-32": 2, "32-128": 2, "128+": 1}
+
+
+def test_per_class_and_pr_curves():
+    m = coco_metrics(make_coco(GT), detections_for(GT))
+    car = next(c for c in m["per_class"] if c["name"] == "car")
+    bus = next(c for c in m["per_class"] if c["name"] == "bus")
+    assert car["AP"] == pytest.approx(1.0) and car["num_gt"] == 5
+    assert bus["AP"] == -1 and bus["num_gt"] == 0
+    curves = m["pr_curves"]
+    assert len(curves["recall"]) == 101 and curves["ranges"]["all"]["iou50"] == [1.0] * 101
+
+
+def test_parse_size_bins_rejects_bad_edges():
+    assert parse_size_bins("0,16") == ((0, 16), (16, math.inf))
+    with pytest.raises(ValueError):
+        parse_size_bins("32,16")
+
+
+def test_eval_checkpoint_writes_a_valid_report(tmp_path, tiny_config):
+    checkpoint = tmp_path / "model.pt"
+    config = tiny_config.__class__(**{**tiny_config.__dict__, "num_classes": 6})
+    save_checkpoint(checkpoint, make_detector(config))
+    out = tmp_path / "reports" / "twins.json"
+    report = evaluate_checkpoint(checkpoint, TINY / "twins.json", TINY / "images", out, device="cpu",
+                                 split="twins", show_progress=False)
+    loaded = load_report(out)
+    assert loaded == json.loads(json.dumps(report))
+    assert loaded["dataset"]["split"] == "twins" and loaded["dataset"]["num_images"] == 16
+    assert loaded["model"]["ablation"] == "full" and len(loaded["model"]["checkpoint_sha256"]) == 64
+    detections = load_detections(loaded, out)
+    assert {d["image_id"] for d in detections} <= {img["id"] for img in json.loads((TINY / "twins.json").read_text())["images"]}
+    # recomputing from the stored detections gives the stored numbers
+    from borrowcore.data import CocoDetection
+
+    again = coco_metrics(CocoDetection(TINY / "images", TINY / "twins.json").coco, detections)
+    assert again["metrics"] == pytest.approx(loaded["metrics"])
+
+
+def test_malformed_reports_are_rejected(tmp_path):
+    with pytest.raises(ReportError, match="not a borrowcore evaluation report"):
+        validate_report({"hello": 1}, "x.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ReportError, match="bad.json: not valid JSON"):
+        load_report(bad)
+    report = {"schema": "borrowcore-eval-report", "schema_version": 1}
+    with pytest.raises(ReportError, match=r"r.json: malformed report: report.created: missing"):
+        validate_report(report, "r.json")
+    with pytest.raises(ReportError, match="schema version 7"):
+        validate_report({**report, "schema_version": 7}, "r.json")
