@@ -134,6 +134,26 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """COCO error breakdown (C75, C50, Loc, Sim, Oth, BG, FN) per size range, stored in the report."""
+    from borrowcore.analysis import analyze_report, format_analysis
+
+    print(format_analysis(analyze_report(args.report, args.coco, write=not args.no_write)))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Head to head: per-size AP difference with a paired bootstrap interval, fixed and broken instances."""
+    from borrowcore.analysis import compare_reports, format_comparison
+    from borrowcore.report import write_json_atomic
+
+    comparison = compare_reports(args.a, args.b, args.coco, args.bootstrap, args.seed, args.score_threshold)
+    print(format_comparison(comparison))
+    if args.out:
+        write_json_atomic(comparison, args.out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="borrowcore", description=__doc__.splitlines()[0] if __doc__ else None)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -191,6 +211,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--set", nargs="*", metavar="SECTION.FIELD=VALUE", help="more config overrides")
     p.set_defaults(func=cmd_ablate)
+
+    p = commands.add_parser("analyze", help="COCO error analysis by size of an eval report")
+    p.add_argument("--report", required=True)
+    p.add_argument("--coco", help="ground truth (default: the path recorded in the report)")
+    p.add_argument("--no-write", dest="no_write", action="store_true", help="do not store the result in the report")
+    p.set_defaults(func=cmd_analyze)
+
+    p = commands.add_parser("compare", help="two reports on the same images, head to head by size")
+    p.add_argument("a", help="report A (the baseline)")
+    p.add_argument("b", help="report B")
+    p.add_argument("--coco", help="ground truth (default: the path recorded in report A)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap draws over images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--score-threshold", dest="score_threshold", type=float, default=0.5,
+                   help="a detection counts for fixed/broken lists above this score")
+    p.add_argument("--out", help="write the comparison as JSON")
+    p.set_defaults(func=cmd_compare)
 
     p = commands.add_parser("synth", help="generate the borrow benchmark (images + COCO json)")
     p.add_argument("--out", required=True)

@@ -1,0 +1,138 @@
+import contextlib
+import io
+import json
+
+import pytest
+from pycocotools.coco import COCO
+
+from borrowcore.analysis import compare_reports, detected_instances, error_analysis
+from borrowcore.evaluate import coco_metrics
+from borrowcore.report import SCHEMA, SCHEMA_VERSION, save_report, write_json_atomic
+
+CATEGORIES = [{"id": 1, "name": "circle-dots", "supercategory": "circle"},
+              {"id": 2, "name": "circle-stripes", "supercategory": "circle"},
+              {"id": 3, "name": "square-dots", "supercategory": "square"}]
+
+
+def coco_from(annotations: list[dict], images: int = 1) -> COCO:
+    coco = COCO()
+    coco.dataset = {"images": [{"id": i, "file_name": f"{i}.png", "width": 400, "height": 400} for i in range(1, images + 1)],
+                    "categories": CATEGORIES,
+                    "annotations": [{"id": i + 1, "iscrowd": 0, "area": a["bbox"][2] * a["bbox"][3], "image_id": 1, **a}
+                                    for i, a in enumerate(annotations)]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def det(bbox, score, category_id=1, image_id=1):
+    return {"image_id": image_id, "category_id": category_id, "bbox": bbox, "score": score}
+
+
+def test_each_error_kind_once_by_hand():
+    """Class 1 has 4 boxes. Ranked detections: a background FP, a confusion with another supercategory's
+    box (Oth), a confusion with the look-alike class (Sim), then a perfect hit, a hit at IoU 0.6 and a
+    hit at IoU 0.2 (Loc); the 4th box is never found (FN)."""
+    gt = coco_from([
+        {"category_id": 1, "bbox": [10, 10, 40, 40]},     # found perfectly
+        {"category_id": 1, "bbox": [100, 100, 40, 40]},   # found at IoU 0.6
+        {"category_id": 1, "bbox": [200, 200, 40, 40]},   # found at IoU 0.2
+        {"category_id": 1, "bbox": [300, 300, 40, 40]},   # missed
+        {"category_id": 2, "bbox": [10, 300, 40, 40]},    # look-alike class
+        {"category_id": 3, "bbox": [300, 10, 40, 40]},    # other supercategory
+    ])
+    detections = [det([150, 20, 30, 30], 0.97),            # background
+                  det([300, 10, 40, 40], 0.96),            # on the class-3 box
+                  det([10, 300, 40, 40], 0.95),            # on the class-2 box
+                  det([10, 10, 40, 40], 0.9), det([100, 100, 40, 24], 0.8), det([200, 200, 40, 8], 0.7)]
+    analysis = error_analysis(gt, detections)
+    ours = analysis["ranges"]["all"]["per_class"]["circle-dots"]
+    # precision at the hits: C75 1/4; C50 1/4, 2/5; Loc 1/4, 2/5, 3/6; without Sim 1/3, 2/4, 3/5;
+    # without Oth 1/2, 2/3, 3/4; interpolated (max to the right) over 101 recall points up to recall r
+    assert ours["C75"] == pytest.approx(26 / 101 * 1 / 4)
+    assert ours["C50"] == pytest.approx(51 / 101 * 2 / 5)
+    assert ours["Loc"] == pytest.approx(76 / 101 * 3 / 6)
+    assert ours["Sim"] == pytest.approx(76 / 101 * 3 / 5)
+    assert ours["Oth"] == pytest.approx(76 / 101 * 3 / 4)
+    assert ours["BG"] == pytest.approx(76 / 101)
+    assert ours["FN"] == 1.0
+    # C75 agrees with the evaluator's own per-class AP75 path
+    assert analysis["ranges"]["all"]["num_classes"] == 3
+    curves = analysis["ranges"]["all"]["curves"]
+    assert len(curves["C50"]) == 101 and curves["FN"] == [1.0] * 101
+
+
+def test_detected_instances():
+    gt = coco_from([{"category_id": 1, "bbox": [10, 10, 40, 40]}, {"category_id": 2, "bbox": [100, 100, 40, 40]}])
+    hits = detected_instances(gt, [det([12, 12, 40, 40], 0.9), det([100, 100, 40, 40], 0.9, category_id=1),
+                                   det([100, 100, 40, 40], 0.3, category_id=2)], score_threshold=0.5)
+    assert hits == {1}  # the second box: right place, wrong class; right class, score too low
+
+
+def write_report(tmp_path, name: str, gt_path, results: list[dict], coco: COCO) -> str:
+    metrics = coco_metrics(coco, results)
+    report = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "created": "2026-01-01T00:00:00",
+              "model": {"config": {}, "class_names": [c["name"] for c in CATEGORIES], "checkpoint": name,
+                        "checkpoint_sha256": "", "ablation": name},
+              "dataset": {"name": "hand", "split": "all", "annotations": str(gt_path), "annotations_sha256": "same",
+                          "images": "", "num_images": 4, "num_boxes": len(coco.dataset["annotations"])},
+              "detections": f"{name}.detections.json.gz", **metrics,
+              "timing": {"images": 4, "seconds": 1.0, "images_per_s": 4.0, "device": "cpu"}, "extra": {}}
+    write_json_atomic(results, tmp_path / f"{name}.detections.json.gz")
+    save_report(report, tmp_path / f"{name}.json")
+    return str(tmp_path / f"{name}.json")
+
+
+def hand_pair(tmp_path):
+    annotations = [{"id": i + 1, "image_id": i // 2 + 1, "category_id": 1, "bbox": [20 + 150 * (i % 2), 20, 40, 40],
+                    "area": 1600, "iscrowd": 0} for i in range(8)]
+    data = {"images": [{"id": i, "file_name": f"{i}.png", "width": 400, "height": 400} for i in range(1, 5)],
+            "categories": CATEGORIES, "annotations": annotations}
+    gt_path = tmp_path / "gt.json"
+    gt_path.write_text(json.dumps(data))
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(gt_path))
+    boxes = {a["id"]: a for a in annotations}
+    # A finds boxes 1-6; B finds 1-4 and 7-8: B fixes 7 and 8, breaks 5 and 6
+    a = [det(boxes[i]["bbox"], 0.9, image_id=boxes[i]["image_id"]) for i in range(1, 7)]
+    b = [det(boxes[i]["bbox"], 0.9, image_id=boxes[i]["image_id"]) for i in (1, 2, 3, 4, 7, 8)]
+    return write_report(tmp_path, "a", gt_path, a, coco), write_report(tmp_path, "b", gt_path, b, coco)
+
+
+def test_compare_fixed_and_broken(tmp_path):
+    path_a, path_b = hand_pair(tmp_path)
+    comparison = compare_reports(path_a, path_b, bootstrap=50, seed=0)
+    assert [r["annotation_id"] for r in comparison["fixed"]] == [7, 8]
+    assert [r["annotation_id"] for r in comparison["broken"]] == [5, 6]
+    assert comparison["ranges"]["all"]["AP_a"] == pytest.approx(comparison["ranges"]["all"]["AP_b"])
+
+
+def test_bootstrap_is_deterministic_and_covers_zero_for_the_same_model(tmp_path):
+    path_a, path_b = hand_pair(tmp_path)
+    same = compare_reports(path_a, path_a, bootstrap=50, seed=3)
+    assert same["ranges"]["all"]["diff"] == 0 and same["ranges"]["all"]["ci"] == [0.0, 0.0]
+    one, two = compare_reports(path_a, path_b, bootstrap=50, seed=3), compare_reports(path_a, path_b, bootstrap=50, seed=3)
+    assert one["ranges"] == two["ranges"]
+    low, high = one["ranges"]["all"]["ci"]
+    assert low < 0 < high  # A and B each miss 2 of 8 boxes: the interval straddles 0
+    assert compare_reports(path_a, path_b, bootstrap=50, seed=4)["ranges"]["all"]["ci"] != [low, high]
+
+
+def test_resampled_ap_equals_cocoeval_on_those_images(tmp_path):
+    from borrowcore.analysis import _ap_on_sample, _bootstrap_evaluator, _prepare_bootstrap, _ranges
+    from borrowcore.evaluate import DEFAULT_SIZE_BINS
+    from borrowcore.report import load_detections, load_report
+    import numpy as np
+
+    path_a, _ = hand_pair(tmp_path)
+    report = load_report(path_a)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(report["dataset"]["annotations"])
+    results = load_detections(report, path_a)
+    evaluator = _bootstrap_evaluator(coco, results, _ranges(DEFAULT_SIZE_BINS))
+    ids = _prepare_bootstrap(evaluator)
+    subset = np.array([0, 2])
+    direct = coco_metrics(coco, results, image_ids=[ids[0], ids[2]])["metrics"]["AP"]
+    assert _ap_on_sample(evaluator, ids, subset)[0] == pytest.approx(direct)
+    # image 3 (boxes 5, 6 found) counted twice, image 4 (nothing found) once: recall 4/6 at precision 1
+    assert _ap_on_sample(evaluator, ids, np.array([2, 2, 3]))[0] == pytest.approx(67 / 101)
