@@ -1,0 +1,28 @@
+from borrowcore.bench import cpu_peak_memory_mb, flop_rows, format_markdown, targets
+
+
+def test_fmb_frb_flops_match_the_analytic_count():
+    rows = {r["model"]: r for r in flop_rows(num_classes=3, input_size=128, width=0.125)}
+    for neck in ("borrow", "full"):
+        assert rows[neck]["fmb_frb_gmacs_measured"] == rows[neck]["fmb_frb_gmacs_analytic"] > 0
+    assert rows["ssd"]["gmacs"] < rows["context"]["gmacs"] < rows["full"]["gmacs"]
+    assert rows["ssd"]["gmacs"] < rows["borrow"]["gmacs"] < rows["full"]["gmacs"]
+
+
+def test_targets_pass_and_fail():
+    rows = [{"model": m, "batch": 1, "precision": "fp32", "median_ms": v}
+            for m, v in (("ssd", 100.0), ("full", 109.0), ("torchvision", 80.0), ("full+explain", 130.0))]
+    result = {t["target"]: t for t in targets(rows)}
+    assert result["full vs ssd latency"]["result"] == "PASS" and result["full vs ssd latency"]["ratio"] == 1.09
+    assert result["full vs torchvision ssd300_vgg16"]["result"] == "FAIL"  # 109 / 80 = 1.36 > 1.25
+    assert result["full explain vs plain"]["result"] == "FAIL"  # 130 / 109 = 1.19 > 1.15
+    text = format_markdown({"machine": {"cpu": "x", "cores": 2, "threads": 2, "torch": "t"}, "command": "c",
+                            "latency": [{**r, "device": "cpu", "p90_ms": 1, "images_per_s": 1} for r in rows],
+                            "targets": list(result.values())})
+    assert "| full vs ssd latency | 1 | fp32 | 1.09 | 1.1 | PASS |" in text
+
+
+def test_peak_memory_grows_with_batch():
+    # activations of 16 images at 128 px, width 0.25, take tens of MiB more than one image's
+    one, sixteen = cpu_peak_memory_mb("ssd", 1, 128, 3, 0.25), cpu_peak_memory_mb("ssd", 16, 128, 3, 0.25)
+    assert 0 < one < sixteen
