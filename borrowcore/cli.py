@@ -205,6 +205,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    """YOLO txt or Pascal VOC xml labels -> one COCO json."""
+    from borrowcore.formats import read_names, read_voc, read_yolo
+    from borrowcore.report import write_json_atomic
+
+    if args.source == "yolo":
+        if not args.names:
+            raise ValueError("--from yolo needs --names (a names file or an ultralytics data.yaml)")
+        coco = read_yolo(args.images, args.labels, read_names(args.names))
+    else:
+        coco = read_voc(args.images, args.labels, read_names(args.names) if args.names else None)
+    write_json_atomic(coco, args.out)
+    print(f"{args.out}: {len(coco['images'])} images, {len(coco['annotations'])} boxes, "
+          f"{len(coco['categories'])} classes")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="borrowcore", description=__doc__.splitlines()[0] if __doc__ else None)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -294,6 +311,14 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["latency", "memory", "flops", "training", "eval"])
     p.add_argument("--eval-images", dest="eval_images", type=int, default=5000)
     p.set_defaults(func=cmd_bench)
+
+    p = commands.add_parser("convert", help="YOLO txt or Pascal VOC xml labels to COCO json")
+    p.add_argument("--from", dest="source", choices=["yolo", "voc"], required=True)
+    p.add_argument("--images", required=True, help="image folder")
+    p.add_argument("--labels", required=True, help="YOLO labels folder (<stem>.txt) or VOC Annotations folder (*.xml)")
+    p.add_argument("--names", help="class names: a names file (one per line) or an ultralytics data.yaml")
+    p.add_argument("--out", required=True, help="COCO json to write")
+    p.set_defaults(func=cmd_convert)
 
     p = commands.add_parser("synth", help="generate the borrow benchmark (images + COCO json)")
     p.add_argument("--out", required=True)

@@ -15,7 +15,7 @@ from torchvision.transforms import v2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 
-PRESET_NAMES = ("ssd", "overhead", "flip", "eval")
+PRESET_NAMES = ("ssd", "overhead", "tiles", "flip", "eval")
 
 
 def ssd_train_preset(size: int, mean: Sequence[float] = IMAGENET_MEAN) -> v2.Compose:
@@ -47,6 +47,54 @@ def overhead_train_preset(size: int) -> v2.Compose:
     ])
 
 
+def crop_boxes(boxes: torch.Tensor, left: int, top: int, size: int, min_visibility: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boxes (n, 4) xyxy in the image -> (kept boxes in the window's pixels, clipped; kept mask).
+
+    A box cut by the window is kept when at least ``min_visibility`` of its area is inside.
+    """
+    shifted = boxes - torch.tensor([left, top, left, top], dtype=boxes.dtype)
+    clipped = shifted.clamp(0, size)
+    area = (shifted[:, 2] - shifted[:, 0]) * (shifted[:, 3] - shifted[:, 1])
+    inside = (clipped[:, 2] - clipped[:, 0]).clamp(min=0) * (clipped[:, 3] - clipped[:, 1]).clamp(min=0)
+    keep = inside >= min_visibility * area.clamp(min=1e-9)
+    return clipped[keep], keep
+
+
+class RandomTileCrop:
+    """A random ``size`` x ``size`` window at native resolution (SPEC §1: no resize that erases small
+    objects). Images smaller than the window are padded right and bottom with the mean colour."""
+
+    def __init__(self, size: int, min_visibility: float = 0.5, mean: Sequence[float] = IMAGENET_MEAN) -> None:
+        self.size, self.min_visibility = size, min_visibility
+        self.fill = [int(round(255 * m)) for m in mean]
+
+    def __call__(self, image: tv_tensors.Image, target: dict) -> tuple[tv_tensors.Image, dict]:
+        height, width = image.shape[-2:]
+        if height < self.size or width < self.size:
+            pad = [0, 0, max(0, self.size - width), max(0, self.size - height)]  # left, top, right, bottom
+            image = v2.functional.pad(image, pad, fill=self.fill)
+            height, width = image.shape[-2:]
+        top = int(torch.randint(0, height - self.size + 1, ()))
+        left = int(torch.randint(0, width - self.size + 1, ()))
+        boxes, keep = crop_boxes(target["boxes"].as_subclass(torch.Tensor), left, top, self.size, self.min_visibility)
+        target = {**target, "labels": target["labels"][keep],
+                  "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(self.size, self.size))}
+        image = tv_tensors.Image(image[..., top:top + self.size, left:left + self.size])
+        return image, target
+
+
+def tiles_train_preset(size: int, min_visibility: float = 0.5) -> v2.Compose:
+    """Large overhead images: a random native-resolution window, flips both ways, photometric (SPEC §6)."""
+    return v2.Compose([
+        RandomTileCrop(size, min_visibility),
+        v2.RandomPhotometricDistort(),
+        v2.RandomHorizontalFlip(),
+        v2.RandomVerticalFlip(),
+        v2.SanitizeBoundingBoxes(),
+        v2.ToDtype(torch.float32, scale=True),
+    ])
+
+
 def flip_train_preset(size: int) -> v2.Compose:
     """Horizontal flips only: the recipe of SPEC §10's reference run."""
     return v2.Compose([
@@ -71,6 +119,8 @@ def build_preset(name: str, size: int) -> v2.Compose:
         return ssd_train_preset(size)
     if name == "overhead":
         return overhead_train_preset(size)
+    if name == "tiles":
+        return tiles_train_preset(size)
     if name == "flip":
         return flip_train_preset(size)
     if name == "eval":
