@@ -82,10 +82,13 @@ class TrainConfig:
     pretrained: str = ""  # torchvision vgg16(_bn) state-dict file
     channels_last: bool = False
     skip_bad: bool = False
+    val_metric: str = "loss"  # best.pt by lowest validation loss, or by highest COCO AP ("AP")
 
     def __post_init__(self) -> None:
         if self.schedule not in ("cosine", "multistep"):
             raise ValueError(f"schedule must be cosine or multistep, got {self.schedule!r}")
+        if self.val_metric not in ("loss", "AP"):
+            raise ValueError(f"val_metric must be loss or AP, got {self.val_metric!r}")
         if self.amp not in ("bf16", "fp16", "off"):
             raise ValueError(f"amp must be bf16, fp16 or off, got {self.amp!r}")
 

@@ -104,6 +104,18 @@ def make_loader(dataset, sampler, batch_size: int, workers: int, drop_last: bool
                       persistent_workers=False)  # fresh workers each epoch see the dataset's new epoch
 
 
+def validation_ap(detector, t, context: DistributedContext) -> float:
+    """COCO AP of the detector on the validation set (every rank a shard; the same value on all ranks)."""
+    from borrowcore.evaluate import coco_metrics, gather_results, predict
+
+    dataset = CocoDetection(t.val_images, t.val_annotations, skip_bad=t.skip_bad)
+    results, _ = predict(detector, dataset, context.device, t.batch_size, 0, context, show_progress=False)
+    results = gather_results(results, context)
+    ap = coco_metrics(dataset.coco, results)["metrics"]["AP"]
+    detector.train()
+    return max(ap, 0.0)
+
+
 def train(config: ExperimentConfig, out_dir: str | Path, resume: bool = False, device: str | None = None,
           show_progress: bool = True) -> dict[str, Any]:
     """Train ``config`` into ``out_dir`` (last.pt, best.pt, log.jsonl, config.yaml); returns a summary."""
@@ -229,9 +241,13 @@ def _train(config: ExperimentConfig, out_dir: Path, resume: bool, context: Distr
         record = {"event": "epoch", "epoch": finished_epoch, "step": step}
         if val_loader is not None:
             last_val = validation_loss(detector, val_loader, context.device, t.amp)
+            if t.val_metric == "AP":
+                last_val["val_AP"] = validation_ap(detector, t, context)
             record.update({k: round(v, 5) for k, v in last_val.items()})
-            if last_val and last_val["val_loss"] < best_val:
-                best_val = last_val["val_loss"]
+            # best_val is minimised: the loss, or minus the AP
+            current = -last_val["val_AP"] if t.val_metric == "AP" else last_val.get("val_loss", float("inf"))
+            if last_val and current < best_val:
+                best_val = current
                 checkpoint_now(best_path, finished_epoch)
                 record["best"] = True
             model.train()

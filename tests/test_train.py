@@ -61,6 +61,17 @@ def test_train_writes_checkpoints_and_log(tmp_path):
         train(config, tmp_path, show_progress=False)
 
 
+def test_best_checkpoint_by_validation_ap(tmp_path):
+    config = tiny_experiment(max_steps=4, val_metric="AP")
+    config.train.val_images, config.train.val_annotations = str(TINY / "images"), str(TINY / "twins.json")
+    train(config, tmp_path, show_progress=False)
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r["event"] == "epoch"]
+    assert epochs and all(0 <= r["val_AP"] <= 1 for r in epochs)
+    best = read_checkpoint(tmp_path / "best.pt")["train_state"]
+    assert best["best_val"] == pytest.approx(-max(r["val_AP"] for r in epochs), abs=1e-5)
+
+
 def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
     # 48 images / batch 4 = 12 steps an epoch; run 14 steps so the resumed part crosses an epoch
     config = tiny_experiment(max_steps=14, checkpoint_every=5)
