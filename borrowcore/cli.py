@@ -111,7 +111,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = args.out or str(Path(args.checkpoint).with_name(f"eval_{Path(args.coco).stem}.json"))
     report = evaluate_checkpoint(args.checkpoint, args.coco, args.images, out, device=args.device,
                                  split=args.split, dataset_name=args.name, size_bins=parse_size_bins(args.size_bins),
-                                 batch_size=args.batch_size, workers=args.workers)
+                                 batch_size=args.batch_size, workers=args.workers, tile=args.tile, overlap=args.overlap)
     if report is not None:
         print(format_metrics(report))
         print(f"report: {out}")
@@ -264,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", dest="batch_size", type=int, default=8)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--tile", type=int, help="sliced inference: tile x tile windows at native resolution")
+    p.add_argument("--overlap", type=float, default=0.2, help="share of a tile that neighbouring tiles overlap")
     p.set_defaults(func=cmd_eval)
 
     p = commands.add_parser("ablate", help="train + evaluate ssd/context/borrow/full over seeds; mean/std table")

@@ -47,11 +47,12 @@ def parse_size_bins(text: str) -> tuple[tuple[float, float], ...]:
 @torch.inference_mode()
 def predict(detector: torch.nn.Module, dataset: CocoDetection, device: torch.device | str = "cpu",
             batch_size: int = 8, workers: int = 0, context: DistributedContext | None = None,
-            show_progress: bool = True) -> tuple[list[dict], float]:
+            show_progress: bool = True, tile: int | None = None, overlap: float = 0.2) -> tuple[list[dict], float]:
     """COCO results (image_id, category_id, bbox xywh, score) for this rank's shard, and the seconds taken.
 
     ``dataset`` must have no transforms: the detector resizes each image itself and returns boxes in
-    the image's own pixels.
+    the image's own pixels. With ``tile``, each image is cut into overlapping tile x tile windows at
+    native resolution (borrowcore.tiling) instead of being resized whole.
     """
     context = context or DistributedContext()
     shard = Subset(dataset, range(context.rank, len(dataset), context.world_size))
@@ -62,7 +63,13 @@ def predict(detector: torch.nn.Module, dataset: CocoDetection, device: torch.dev
     for images, targets in tqdm(loader, desc="eval", disable=not (show_progress and context.is_main), dynamic_ncols=True):
         images = [img.to(device) for img in images]
         start = time.perf_counter()
-        detections = detector(images)
+        if tile:
+            from borrowcore.tiling import detect_tiled
+
+            detections = [detect_tiled(detector, img, tile, overlap, batch_size,
+                                       max_detections=detector.postprocess.detections_per_image) for img in images]
+        else:
+            detections = detector(images)
         if torch.device(device).type == "cuda":
             torch.cuda.synchronize()
         seconds += time.perf_counter() - start
@@ -187,13 +194,13 @@ def evaluate_detector(detector: torch.nn.Module, annotations: str | Path, images
                       *, checkpoint: str | Path = "", split: str | None = None, dataset_name: str | None = None,
                       size_bins: Sequence[tuple[float, float]] = DEFAULT_SIZE_BINS, batch_size: int = 8,
                       workers: int = 0, device: str | torch.device = "cpu", context: DistributedContext | None = None,
-                      show_progress: bool = True) -> dict | None:
+                      show_progress: bool = True, tile: int | None = None, overlap: float = 0.2) -> dict | None:
     """Evaluate ``detector`` on a COCO file; returns the report (on rank 0; None elsewhere) and writes it
     with its detections (``<out stem>.detections.json.gz``) when ``out`` is given."""
     context = context or DistributedContext()
     annotations, images = Path(annotations), Path(images)
     dataset = CocoDetection(images, annotations)
-    results, seconds = predict(detector, dataset, device, batch_size, workers, context, show_progress)
+    results, seconds = predict(detector, dataset, device, batch_size, workers, context, show_progress, tile, overlap)
     results = gather_results(results, context)
     if context.distributed:
         seconds = max(s for s in gather_results([seconds], context))  # wall time of the slowest shard
@@ -217,7 +224,7 @@ def evaluate_detector(detector: torch.nn.Module, annotations: str | Path, images
         "timing": {"images": len(dataset), "seconds": round(seconds, 3),
                    "images_per_s": round(len(dataset) / seconds, 2) if seconds > 0 else 0.0,
                    "device": str(device) if torch.device(device).type != "cuda" else torch.cuda.get_device_name(device)},
-        "extra": {},
+        "extra": {"inference": f"tiles {tile} px, overlap {overlap}" if tile else f"resize to {detector.input_size}"},
     }
     if out is not None:
         out = Path(out)
