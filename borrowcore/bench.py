@@ -238,9 +238,29 @@ def coco_eval_rows(num_images: int = 5000, seed: int = 0) -> list[dict]:
     return rows
 
 
+def onnx_rows(batches: tuple[int, ...] = (1, 8), input_size: int = 300, width: float = 1.0, num_classes: int = 80,
+              repeats: int = 5, warmup: int = 1) -> list[dict]:
+    """onnxruntime against PyTorch eager on the same exported computation (network + box decoding)."""
+    from borrowcore.export import benchmark_onnx, export_onnx
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for neck in ("ssd", "full"):
+            torch.manual_seed(0)
+            detector = build_detector(DetectorConfig(neck=neck, num_classes=num_classes, input_size=input_size, width=width)).eval()
+            path = Path(tmp) / f"{neck}.onnx"
+            export_onnx(detector, path, input_size=input_size, with_nms=False, dynamic_batch=True)
+            for batch in batches:
+                result = benchmark_onnx(detector, path, batch, repeats, warmup)
+                rows.append({"model": neck, "batch": batch, "threads": result["threads"],
+                             "eager_ms": round(1000 * result["eager_s"], 2), "onnxruntime_ms": round(1000 * result["onnxruntime_s"], 2),
+                             "speedup": round(result["speedup"], 2)})
+    return rows
+
+
 def run_benchmark(out: str | Path = "reports/bench", repeats: int = 10, warmup: int = 3, batches: tuple[int, ...] = (1, 16),
                   input_size: int = 300, width: float = 1.0, num_classes: int = 80, threads: int | None = None,
-                  device: str | None = None, sections: tuple[str, ...] = ("latency", "memory", "flops", "training", "eval"),
+                  device: str | None = None, sections: tuple[str, ...] = ("latency", "memory", "flops", "onnx", "training", "eval"),
                   eval_images: int = 5000) -> dict[str, Any]:
     """Run the benchmark; write OUT/bench.json and OUT/bench.md; return the results."""
     if threads:
@@ -273,6 +293,8 @@ def run_benchmark(out: str | Path = "reports/bench", repeats: int = 10, warmup: 
             for batch in batches for name in (*NECKS, "full+explain")]
     if "flops" in sections:
         results["flops"] = flop_rows(num_classes, input_size, width)
+    if "onnx" in sections and torch_device.type == "cpu":
+        results["onnx"] = onnx_rows(input_size=input_size, width=width, num_classes=num_classes)
     if "training" in sections:
         results["training"] = training_rows()
     if "eval" in sections:
@@ -316,6 +338,10 @@ def format_markdown(results: dict[str, Any]) -> str:
         lines += ["", "| model | GMACs | FMB+FRB GMACs measured | analytic |", "|---|---|---|---|"]
         lines += [f"| {r['model']} | {r['gmacs']} | {r.get('fmb_frb_gmacs_measured', '')} | {r.get('fmb_frb_gmacs_analytic', '')} |"
                   for r in results["flops"]]
+    if "onnx" in results:
+        keys = [k for k in results["onnx"][0] if k not in ("model", "batch")] if results["onnx"] else []
+        lines += ["", "| onnx vs eager | batch | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+        lines += [f"| {r['model']} | {r['batch']} | " + " | ".join(str(r[k]) for k in keys) + " |" for r in results["onnx"]]
     if "training" in results:
         lines += ["", "| training | processes | threads each | batch/process | images/s |", "|---|---|---|---|---|"]
         lines += [f"| {r['model']} w{r['width']} @{r['input']} | {r['processes']} | {r['threads_each']} | {r['batch_per_process']} | {r['images_per_s']} |"

@@ -309,8 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", dest="num_classes", type=int, default=80)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--sections", nargs="+", default=["latency", "memory", "flops", "training", "eval"],
-                   choices=["latency", "memory", "flops", "training", "eval"])
+    p.add_argument("--sections", nargs="+", default=["latency", "memory", "flops", "onnx", "training", "eval"],
+                   choices=["latency", "memory", "flops", "onnx", "training", "eval"])
     p.add_argument("--eval-images", dest="eval_images", type=int, default=5000)
     p.set_defaults(func=cmd_bench)
 

@@ -1,0 +1,520 @@
+"""ONNX export (backbone, neck with FMB/FRB attention, head, box decoding; NMS optional) and onnxruntime.
+
+The exported graph takes ``images`` (B, 3, S, S) float32 RGB in [0, 1], already resized to S x S with no
+letterbox (SPEC §1); the ImageNet normalisation is inside the graph. Outputs, in input pixels:
+
+- default: ``scores`` (B, A, K) softmax probabilities of classes 1..K, ``boxes`` (B, A, 4) xyxy decoded
+  against the anchors of S (not clipped): the post-processing's inputs.
+- ``with_nms``: SPEC §5's post-processing in the graph, ending in ONNX NonMaxSuppression, so that
+  onnxruntime alone gives final detections: ``boxes`` (B, D, 4) xyxy clipped to [0, S], ``scores``
+  (B, D), ``labels`` (B, D) int64 in 1..K, ``num_detections`` (B,); D = detections_per_image, rows past
+  num_detections are zero. Scale x by W / S and y by H / S for an H x W image (IoU, hence NMS, does not
+  change under that scaling).
+
+The file's metadata (``read_metadata``) holds the class names, input size, normalisation, ablation,
+post-processing settings, the exporter used and the library versions. ``OnnxDetector`` runs a file like a
+``Detector``; ``verify_export`` measures its parity with PyTorch; ``benchmark_onnx`` times it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import io
+import json
+import logging
+import os
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.onnx import symbolic_helper
+from torchvision.ops import batched_nms, clip_boxes_to_image, nms
+
+from borrowcore.boxes import BoxCoder
+from borrowcore.config import NECKS
+from borrowcore.model import BorrowSSD, Detector
+
+FORMAT = "borrowcore-onnx"
+FORMAT_VERSION = 1
+EXPORTERS = ("auto", "dynamo", "torchscript")
+TORCHSCRIPT_OPSET = 17
+INPUT_DESCRIPTION = "images: float32 (B, 3, S, S), RGB in [0, 1], resized to S x S with no letterbox"
+
+
+# ---- SPEC §5's NMS as one op: eager in PyTorch, ONNX NonMaxSuppression in the graph ----
+
+@torch.library.custom_op("borrowcore::multiclass_nms", mutates_args=())
+def multiclass_nms(boxes: Tensor, scores: Tensor, max_per_class: int, iou_threshold: float,
+                   score_threshold: float) -> Tensor:
+    """ONNX NonMaxSuppression's semantics: boxes (B, A, 4) xyxy, scores (B, K, A) -> selected (N, 3)
+    int64 rows (batch, class, anchor), per (batch, class) the scores > ``score_threshold`` that NMS keeps,
+    best first, at most ``max_per_class``."""
+    selected = []
+    for b in range(boxes.shape[0]):
+        for c in range(scores.shape[1]):
+            candidates = (scores[b, c] > score_threshold).nonzero().squeeze(1)
+            keep = candidates[nms(boxes[b, candidates], scores[b, c, candidates], iou_threshold)[:max_per_class]]
+            selected.append(torch.stack([torch.full_like(keep, b), torch.full_like(keep, c), keep], dim=1))
+    return torch.cat(selected) if selected else boxes.new_zeros((0, 3), dtype=torch.int64)
+
+
+@multiclass_nms.register_fake
+def _multiclass_nms_fake(boxes: Tensor, scores: Tensor, max_per_class: int, iou_threshold: float,
+                         score_threshold: float) -> Tensor:
+    count = torch.library.get_ctx().new_dynamic_size()  # N depends on the data
+    return boxes.new_empty((count, 3), dtype=torch.int64)
+
+
+def _nms_onnxscript(boxes, scores, max_per_class: int, iou_threshold: float, score_threshold: float):
+    """The dynamo exporter's translation of ``borrowcore::multiclass_nms``."""
+    from onnxscript import opset18 as op
+
+    return op.NonMaxSuppression(boxes, scores, op.Constant(value_ints=[max_per_class]),
+                                op.Constant(value_floats=[iou_threshold]), op.Constant(value_floats=[score_threshold]))
+
+
+@symbolic_helper.parse_args("v", "v", "i", "f", "f")
+def _nms_torchscript_symbolic(g, boxes, scores, max_per_class: int, iou_threshold: float, score_threshold: float):
+    """The TorchScript exporter's translation of ``borrowcore::multiclass_nms``."""
+    constant = lambda value, dtype: g.op("Constant", value_t=torch.tensor([value], dtype=dtype))  # noqa: E731
+    return g.op("NonMaxSuppression", boxes, scores, constant(max_per_class, torch.int64),
+                constant(iou_threshold, torch.float32), constant(score_threshold, torch.float32))
+
+
+# ---- the exported modules ----
+
+class ExportableDetector(nn.Module):
+    """RGB images (B, 3, S, S) in [0, 1] -> scores (B, A, K), boxes (B, A, 4) xyxy in input pixels.
+
+    Normalisation, the network and box decoding against the fixed anchors of S: what PostProcess
+    receives, with the softmax applied and the background column dropped.
+    """
+
+    def __init__(self, network: BorrowSSD, anchors: Tensor, box_coder: BoxCoder, mean: Tensor, std: Tensor) -> None:
+        super().__init__()
+        self.network = network
+        self.box_coder = box_coder
+        self.register_buffer("anchors", anchors.detach().clone())  # (A, 4)
+        self.register_buffer("mean", mean.detach().reshape(1, 3, 1, 1).clone())
+        self.register_buffer("std", std.detach().reshape(1, 3, 1, 1).clone())
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        output = self.network((images - self.mean) / self.std)  # fused attention path: no S_hat kept
+        scores = torch.softmax(output.cls_logits, dim=-1)[..., 1:]  # (B, A, K): background dropped
+        boxes = self.box_coder.decode(output.box_regression, self.anchors)  # (B, A, 4)
+        return scores, boxes
+
+
+class ExportableDetectorWithNMS(nn.Module):
+    """``ExportableDetector`` followed by SPEC §5's post-processing, ending in NonMaxSuppression.
+
+    Per class the ``candidates_per_class`` best anchors with scores > ``score_threshold``, class-wise NMS
+    at ``nms_iou``, then the ``detections_per_image`` best of each image: PostProcess's steps, in input
+    pixels. Returns boxes (B, D, 4), scores (B, D), labels (B, D), num_detections (B,), best first.
+    """
+
+    def __init__(self, detector: ExportableDetector, input_size: int, score_threshold: float = 0.01,
+                 candidates_per_class: int = 400, nms_iou: float = 0.45, detections_per_image: int = 200) -> None:
+        super().__init__()
+        self.detector = detector
+        self.input_size = input_size
+        self.score_threshold = score_threshold
+        self.candidates_per_class = candidates_per_class
+        self.nms_iou = nms_iou
+        self.detections_per_image = detections_per_image
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        scores, boxes = self.detector(images)  # (B, A, K), (B, A, 4)
+        boxes = boxes.clamp(0, self.input_size)  # PostProcess clips; clipping commutes with the rescale
+        k = min(self.candidates_per_class, scores.shape[1])
+        kth_best = scores.topk(k, dim=1).values[:, k - 1:k]  # (B, 1, K)
+        scores = torch.where(scores >= kth_best, scores, torch.zeros_like(scores))  # top-k per class
+        # at most D per class can reach an image's best D
+        selected = torch.ops.borrowcore.multiclass_nms(boxes, scores.transpose(1, 2), self.detections_per_image,
+                                                       self.nms_iou, self.score_threshold)  # (N, 3)
+        batch, label, anchor = selected[:, 0], selected[:, 1], selected[:, 2]
+        kept_scores = scores[batch, anchor, label]  # (N,)
+        order = kept_scores.argsort(descending=True)
+        batch, label, anchor, kept_scores = batch[order], label[order], anchor[order], kept_scores[order]
+        # rank of each detection within its image, best first: a running count per image
+        images_range = torch.arange(images.shape[0], device=images.device)
+        in_image = (batch[:, None] == images_range[None, :]).long()  # (N, B)
+        rank = in_image.cumsum(0).gather(1, batch[:, None]).squeeze(1) - 1  # (N,)
+        # ranks past D all land in a spare slot D, cut off below
+        slot = rank.clamp(max=self.detections_per_image)
+        d = self.detections_per_image + 1
+        out_boxes = boxes.new_zeros((images.shape[0], d, 4)).index_put((batch, slot), boxes[batch, anchor])
+        out_scores = scores.new_zeros((images.shape[0], d)).index_put((batch, slot), kept_scores)
+        out_labels = torch.zeros_like(out_scores, dtype=torch.int64).index_put((batch, slot), label + 1)
+        num_detections = in_image.sum(0).clamp(max=self.detections_per_image)  # (B,)
+        return out_boxes[:, :-1], out_scores[:, :-1], out_labels[:, :-1], num_detections
+
+
+def exportable(detector: Detector, input_size: int | None = None, with_nms: bool = False) -> nn.Module:
+    """The module that ``export_onnx`` exports, in eval mode on the CPU (its eager outputs are the reference)."""
+    neck = detector.config.neck if hasattr(detector, "config") else detector.network.neck.neck
+    if neck not in NECKS:
+        raise ValueError(f"cannot export ablation {neck!r}: the exporter knows {', '.join(NECKS)}")
+    size = int(input_size or detector.input_size)
+    if size < 128:
+        raise ValueError(f"input size must be >= 128 (SPEC §1), got {size}")
+    detector = copy.deepcopy(detector).cpu().eval()  # export traces on the CPU; the caller's model stays put
+    with torch.no_grad():
+        grid_sizes = detector.network(torch.zeros(1, 3, size, size)).grid_sizes
+    anchors = detector.anchors(grid_sizes, size)  # (A, 4): fixed by S, so the graph's input is S x S
+    module = ExportableDetector(detector.network, anchors, detector.postprocess.box_coder, detector.mean, detector.std)
+    if with_nms:
+        post = detector.postprocess
+        module = ExportableDetectorWithNMS(module, size, post.score_threshold, post.candidates_per_class,
+                                           post.nms_iou, post.detections_per_image)
+    return module.eval()
+
+
+# ---- export and metadata ----
+
+def _export_dynamo(module: nn.Module, example: Tensor, output_names: list[str], dynamic_batch: bool):
+    dynamic_shapes = {"images": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
+    ir_logger = logging.getLogger("onnx_ir")  # notes on empty attribute lists in its own translations
+    level = ir_logger.level
+    ir_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning)
+            program = torch.onnx.export(
+                module, (example,), dynamo=True, input_names=["images"], output_names=output_names,
+                dynamic_shapes=dynamic_shapes, verbose=False,
+                custom_translation_table={torch.ops.borrowcore.multiclass_nms.default: _nms_onnxscript},
+            )
+    finally:
+        ir_logger.setLevel(level)
+    return program.model_proto
+
+
+def _export_torchscript(module: nn.Module, example: Tensor, output_names: list[str], dynamic_batch: bool):
+    import onnx
+
+    torch.onnx.register_custom_op_symbolic("borrowcore::multiclass_nms", _nms_torchscript_symbolic, TORCHSCRIPT_OPSET)
+    dynamic_axes = {"images": {0: "batch"}} if dynamic_batch else None
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore")  # its deprecation notice and tracer warnings on shape arithmetic
+        torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=TORCHSCRIPT_OPSET,
+                          input_names=["images"], output_names=output_names, dynamic_axes=dynamic_axes)
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def export_onnx(detector: Detector, path: str | Path, *, input_size: int | None = None, with_nms: bool = False,
+                dynamic_batch: bool = False, batch_size: int = 1, exporter: str = "auto",
+                checkpoint: str | Path = "") -> dict[str, Any]:
+    """Export ``detector`` to ``path`` (one self-contained .onnx file, written atomically); returns its metadata.
+
+    Args:
+        input_size: S of the graph (default the detector's); the anchors are those of S.
+        with_nms: end the graph in NonMaxSuppression (final detections) instead of scores and boxes.
+        dynamic_batch: a symbolic batch dimension; otherwise the batch is fixed at ``batch_size``.
+        exporter: "dynamo" (torch.export-based), "torchscript" (the legacy tracer), or "auto": dynamo,
+            falling back to torchscript when it fails (the metadata records which ran, and why).
+    """
+    import onnx
+
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
+    module = exportable(detector, input_size, with_nms)
+    size = int(input_size or detector.input_size)
+    output_names = ["boxes", "scores", "labels", "num_detections"] if with_nms else ["scores", "boxes"]
+    # torch.export specialises a dimension whose example is 1, so a dynamic batch is traced at 2
+    example = torch.rand(2 if dynamic_batch else batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
+    note = ""
+    if exporter == "torchscript":
+        proto, used = _export_torchscript(module, example, output_names, dynamic_batch), "torchscript"
+    else:
+        try:
+            proto, used = _export_dynamo(module, example, output_names, dynamic_batch), "dynamo"
+        except Exception as error:  # noqa: BLE001 - torch.export fails in many ways; auto falls back
+            if exporter == "dynamo":
+                raise
+            note = f"dynamo exporter failed ({type(error).__name__}: {str(error).splitlines()[0][:300]}); used torchscript"
+            warnings.warn(note, stacklevel=2)
+            proto, used = _export_torchscript(module, example, output_names, dynamic_batch), "torchscript"
+
+    num_anchors = len(module.detector.anchors if with_nms else module.anchors)
+    metadata = export_metadata(detector, size, num_anchors, with_nms, dynamic_batch, batch_size, used, note, proto,
+                               checkpoint)
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+    onnx.checker.check_model(proto)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(proto.SerializeToString())  # weights inside: well under protobuf's 2 GB at width 1
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return metadata
+
+
+def export_metadata(detector: Detector, input_size: int, num_anchors: int, with_nms: bool, dynamic_batch: bool, batch_size: int,
+                    exporter: str, exporter_note: str, proto: Any, checkpoint: str | Path = "") -> dict[str, Any]:
+    """What the file says about itself: each value is stored JSON-encoded under its key."""
+    import onnx
+    import onnxscript
+
+    from borrowcore.checkpoint import library_versions
+    from borrowcore.report import sha256_file
+
+    post = detector.postprocess
+    config = dataclasses.asdict(detector.config) if hasattr(detector, "config") else {}
+    outputs = ({"boxes": "(B, D, 4) xyxy in input pixels, clipped to [0, S]", "scores": "(B, D)",
+                "labels": "(B, D) int64 in 1..K", "num_detections": "(B,) valid rows, best first"}
+               if with_nms else {"scores": "(B, A, K) softmax of classes 1..K",
+                                 "boxes": "(B, A, 4) xyxy in input pixels, not clipped"})
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "class_names": list(detector.class_names),
+        "input_size": input_size,
+        "input": INPUT_DESCRIPTION,
+        "normalization": {"mean": detector.mean.flatten().tolist(), "std": detector.std.flatten().tolist(),
+                          "in_graph": True},
+        "ablation": config.get("neck", detector.network.neck.neck),
+        "config": config,
+        "with_nms": with_nms,
+        "postprocess": {"score_threshold": post.score_threshold, "candidates_per_class": post.candidates_per_class,
+                        "nms_iou": post.nms_iou, "detections_per_image": post.detections_per_image},
+        "outputs": outputs,
+        "num_anchors": num_anchors,
+        "dynamic_batch": dynamic_batch, "batch_size": None if dynamic_batch else batch_size,
+        "exporter": exporter, "exporter_note": exporter_note,
+        "opset": next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None),
+        "versions": {**library_versions(), "onnx": onnx.__version__, "onnxscript": onnxscript.__version__},
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": sha256_file(checkpoint) if checkpoint else "",
+    }
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata ``export_onnx`` wrote, decoded; a clear error for other files."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such ONNX file")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # noqa: BLE001 - protobuf's decode errors have no common base
+        raise ValueError(f"{path}: not an ONNX file ({type(error).__name__}: {error})") from error
+    return _decode_metadata({p.key: p.value for p in proto.metadata_props}, path)
+
+
+def _decode_metadata(props: dict[str, str], path: str | Path) -> dict[str, Any]:
+    try:
+        metadata = {key: json.loads(value) for key, value in props.items()}
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not a borrowcore ONNX export (metadata is not JSON: {error})") from error
+    if metadata.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a borrowcore ONNX export (no metadata format '{FORMAT}'; "
+                         f"found keys {sorted(metadata)[:8]})")
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: borrowcore ONNX format version {metadata.get('format_version')}, "
+                         f"this borrowcore reads version {FORMAT_VERSION}")
+    return metadata
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, **kwargs) -> dict[str, Any]:
+    """``borrowcore export`` as a function: load a checkpoint (its ablation checked) and export it."""
+    from borrowcore.checkpoint import load_detector
+
+    return export_onnx(load_detector(checkpoint, "cpu"), out, checkpoint=checkpoint, **kwargs)
+
+
+# ---- running an exported file ----
+
+def resize_to_input(images: Sequence[Tensor], size: int) -> Tensor:
+    """Images (3, H, W) uint8 or float in [0, 1] -> (B, 3, S, S) float in [0, 1]: Detector.preprocess's
+    resize (SPEC §1: plain, antialiased, no letterbox), without the normalisation the graph applies."""
+    batch = []
+    for image in images:
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError(f"expected images of shape (3, H, W), got {tuple(image.shape)}")
+        image = image.float() / 255 if image.dtype == torch.uint8 else image.float()
+        if image.shape[-2:] != (size, size):
+            image = F.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+        batch.append(image)
+    return torch.stack(batch)
+
+
+def select_detections(scores: Tensor, boxes: Tensor, input_size: int, image_sizes: Sequence[tuple[int, int]],
+                      score_threshold: float = 0.01, candidates_per_class: int = 400, nms_iou: float = 0.45,
+                      detections_per_image: int = 200) -> list[dict[str, Tensor]]:
+    """PostProcess's steps after softmax and decoding (SPEC §5), for a graph exported without NMS.
+
+    scores (B, A, K), boxes (B, A, 4) in the S x S input -> per image {"boxes" (D, 4) in its pixels,
+    "scores" (D,), "labels" (D,) in 1..K}, best first.
+    """
+    num_anchors, num_classes = scores.shape[1:]
+    k = min(candidates_per_class, num_anchors)
+    detections = []
+    for image_scores, image_boxes, (height, width) in zip(scores, boxes, image_sizes):
+        top_scores, top_anchor = image_scores.topk(k, dim=0)  # (k, K)
+        labels = torch.arange(1, num_classes + 1).expand(k, -1)  # (k, K)
+        keep = top_scores > score_threshold
+        top_scores, top_anchor, labels = top_scores[keep], top_anchor[keep], labels[keep]
+        scale = torch.tensor([width / input_size, height / input_size] * 2)
+        candidate_boxes = clip_boxes_to_image(image_boxes[top_anchor] * scale, (height, width))
+        keep = batched_nms(candidate_boxes, top_scores, labels, nms_iou)[:detections_per_image]
+        detections.append({"boxes": candidate_boxes[keep], "scores": top_scores[keep], "labels": labels[keep]})
+    return detections
+
+
+class OnnxDetector:
+    """An exported file run by onnxruntime, called like a ``Detector`` in eval mode.
+
+    ``detector(images)``: images (3, H, W) uint8 or float in [0, 1], any size -> per image {"boxes" (D, 4)
+    xyxy in its pixels, "scores" (D,), "labels" (D,)}. Files without NMS get PostProcess's selection in
+    PyTorch; a file with a fixed batch is fed in chunks of that batch (the last one padded).
+    """
+
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        self.metadata = read_metadata(self.path)
+        self.class_names: list[str] = list(self.metadata["class_names"])
+        self.input_size: int = int(self.metadata["input_size"])
+        self.with_nms: bool = bool(self.metadata["with_nms"])
+        self.postprocess: dict[str, Any] = dict(self.metadata["postprocess"])
+        self.nms_iou: float = float(self.postprocess["nms_iou"])
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        providers = ["CPUExecutionProvider"]
+        if str(device).startswith("cuda"):
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                warnings.warn("onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu); running on CPU",
+                              stacklevel=2)
+            else:
+                providers.insert(0, "CUDAExecutionProvider")
+        self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        batch = self.session.get_inputs()[0].shape[0]
+        self.fixed_batch = batch if isinstance(batch, int) else None
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, batch: Tensor) -> list[np.ndarray]:
+        """The graph's outputs for a (B, 3, S, S) batch in [0, 1], any B."""
+        if self.fixed_batch is None:
+            return self.session.run(None, {"images": batch.numpy()})
+        parts = []
+        for start in range(0, len(batch), self.fixed_batch):
+            chunk = batch[start:start + self.fixed_batch]
+            count = len(chunk)
+            if count < self.fixed_batch:
+                chunk = torch.cat([chunk, chunk.new_zeros((self.fixed_batch - count, *chunk.shape[1:]))])
+            parts.append([output[:count] for output in self.session.run(None, {"images": chunk.numpy()})])
+        return [np.concatenate(column) for column in zip(*parts)]
+
+    def __call__(self, images: Sequence[Tensor] | Tensor) -> list[dict[str, Tensor]]:
+        if isinstance(images, Tensor) and images.dim() == 3:
+            images = [images]
+        sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
+        outputs = dict(zip(self.output_names, self.run(resize_to_input([image.cpu() for image in images],
+                                                                       self.input_size))))
+        s = self.input_size
+        if not self.with_nms:
+            return select_detections(torch.from_numpy(outputs["scores"]), torch.from_numpy(outputs["boxes"]), s,
+                                     sizes, **self.postprocess)
+        detections = []
+        for i, (height, width) in enumerate(sizes):
+            n = int(outputs["num_detections"][i])
+            scale = torch.tensor([width / s, height / s] * 2)
+            detections.append({"boxes": torch.from_numpy(outputs["boxes"][i, :n]) * scale,
+                               "scores": torch.from_numpy(outputs["scores"][i, :n]),
+                               "labels": torch.from_numpy(outputs["labels"][i, :n])})
+        return detections
+
+
+# ---- parity and timing ----
+
+@torch.inference_mode()
+def verify_export(detector: Detector, path: str | Path, images: Sequence[Tensor]) -> dict[str, Any]:
+    """onnxruntime against PyTorch eager on ``images`` (3, H, W): max abs differences.
+
+    Without NMS: the graph's scores and boxes (input pixels, before NMS) against the exported module run
+    eagerly. With NMS: the final detections against ``detector(images)``, each matched to the nearest
+    onnxruntime detection of its label.
+    """
+    onnx_detector = OnnxDetector(path)
+    size = onnx_detector.input_size
+    batch = resize_to_input(images, size)
+    if not onnx_detector.with_nms:
+        scores, boxes = exportable(detector, size)(batch)
+        onnx_scores, onnx_boxes = (torch.from_numpy(o) for o in onnx_detector.run(batch))
+        return {"images": len(images), "with_nms": False,
+                "max_abs_scores": float((scores - onnx_scores).abs().max()),
+                "max_abs_boxes_px": float((boxes - onnx_boxes).abs().max())}
+    if size != detector.input_size:  # the same network run at the file's S (SPEC §3: anchors follow S)
+        detector = copy.deepcopy(detector)
+        detector.input_size = size
+    expected, found = detector(list(images)), onnx_detector(list(images))
+    result = {"images": len(images), "with_nms": True, "detections": sum(len(e["scores"]) for e in expected),
+              "same_counts": all(len(e["scores"]) == len(f["scores"]) for e, f in zip(expected, found)),
+              "max_abs_scores": 0.0, "max_abs_boxes_px": 0.0}
+    for e, f in zip(expected, found):
+        if len(e["scores"]) == 0 or len(f["scores"]) == 0:
+            continue
+        # each PyTorch detection against its nearest onnxruntime one of the same label: order-free, so
+        # that scores tied to 1e-6 may come out in either order
+        distance = (e["boxes"].cpu()[:, None] - f["boxes"][None]).abs().amax(-1)  # (D_e, D_f)
+        distance[e["labels"].cpu()[:, None] != f["labels"][None]] = float("inf")
+        nearest, match = distance.min(1)
+        result["max_abs_boxes_px"] = max(result["max_abs_boxes_px"], float(nearest.max()))
+        result["max_abs_scores"] = max(result["max_abs_scores"], float((e["scores"].cpu() - f["scores"][match]).abs().max()))
+    return result
+
+
+@torch.inference_mode()
+def benchmark_onnx(detector: Detector, path: str | Path, batch_size: int = 1, repeats: int = 10, warmup: int = 2,
+                   threads: int | None = None) -> dict[str, Any]:
+    """Median seconds per batch of onnxruntime and of PyTorch eager on the exported computation (network
+    and box decoding, at the file's input size), runs interleaved so that load drifts hit both alike.
+
+    Give a file exported without NMS and with a dynamic batch or a fixed batch of ``batch_size``.
+    """
+    threads = threads or torch.get_num_threads()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        onnx_detector = OnnxDetector(path, threads=threads)
+        if onnx_detector.with_nms:
+            raise ValueError(f"{path}: benchmark a file exported without NMS (eager runs the same computation)")
+        module = exportable(detector, onnx_detector.input_size)
+        size = onnx_detector.input_size
+        batch = torch.rand(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
+        eager_times, onnx_times = [], []
+        for i in range(warmup + repeats):
+            start = time.perf_counter()
+            module(batch)
+            middle = time.perf_counter()
+            onnx_detector.run(batch)
+            end = time.perf_counter()
+            if i >= warmup:
+                eager_times.append(middle - start)
+                onnx_times.append(end - middle)
+    finally:
+        torch.set_num_threads(previous)
+    eager, onnx_median = statistics.median(eager_times), statistics.median(onnx_times)
+    return {"ablation": onnx_detector.metadata["ablation"], "input_size": size, "batch_size": batch_size,
+            "threads": threads, "repeats": repeats, "eager_s": eager, "onnxruntime_s": onnx_median,
+            "eager_images_per_s": batch_size / eager, "onnxruntime_images_per_s": batch_size / onnx_median,
+            "speedup": eager / onnx_median}
