@@ -127,3 +127,20 @@ def test_malformed_reports_are_rejected(tmp_path):
         validate_report(report, "r.json")
     with pytest.raises(ReportError, match="schema version 7"):
         validate_report({**report, "schema_version": 7}, "r.json")
+
+
+def test_tiled_eval_matches_whole_image_eval_when_one_tile_covers_the_image(tmp_path, tiny_config):
+    """A 256 px tile over a 256 px image is the same computation as resizing the image to 256."""
+    config = tiny_config.__class__(**{**tiny_config.__dict__, "num_classes": 6, "input_size": 256})
+    checkpoint = tmp_path / "model.pt"
+    detector = make_detector(config)
+    with torch.no_grad():
+        for block in detector.network.neck.fusion:
+            block.combine.weight.normal_(std=0.1)
+    save_checkpoint(checkpoint, detector)
+    whole = evaluate_checkpoint(checkpoint, TINY / "orphans.json", TINY / "images", device="cpu", show_progress=False)
+    tiled = evaluate_checkpoint(checkpoint, TINY / "orphans.json", TINY / "images", device="cpu", show_progress=False,
+                                tile=256, overlap=0.2)
+    assert tiled["extra"]["inference"] == "tiles 256 px, overlap 0.2"
+    assert whole["extra"]["inference"] == "resize to 256"
+    assert tiled["metrics"] == pytest.approx(whole["metrics"], abs=1e-6)
