@@ -133,3 +133,53 @@ def format_table(rows: list[dict]) -> str:
         lines.append(f"| {row['neck']} | {row['split']} | {row['seeds']} | "
                      + " | ".join(cell(row[k], row[f'{k}_std']) for k in TABLE_METRICS) + f" | {borrow} |")
     return "\n".join(lines)
+
+
+def release_ablation(runs: str | Path, assets: str | Path, necks: Sequence[str] = NECKS, name: str = "synth") -> list[Path]:
+    """Copy an ablation's results into the app's assets: weights without training state as
+    ``checkpoints/<name>-<neck>.pt`` (seed 0; other seeds ``-s<k>``), reports with their detections under
+    ``reports/ablation/``, training logs under ``logs/``, and the tables. Reports are pointed at the
+    shipped checkpoint (same weights; its sha256). Returns the files written."""
+    import shutil
+
+    from borrowcore.checkpoint import read_checkpoint, save_checkpoint
+    from borrowcore.model import build_detector
+    from borrowcore.checkpoint import checkpoint_config, load_state
+    from borrowcore.report import load_report, sha256_file
+
+    runs, assets = Path(runs), Path(assets)
+    written: list[Path] = []
+    for neck in necks:
+        for run_dir in sorted((runs / neck).glob("seed*")):
+            seed = int(run_dir.name[4:])
+            source = run_dir / "last.pt"
+            if not source.exists():
+                continue
+            checkpoint = read_checkpoint(source)
+            detector = build_detector(checkpoint_config(checkpoint, source), checkpoint["class_names"])
+            load_state(detector, checkpoint, source)
+            target = assets / "checkpoints" / f"{name}-{neck}{'' if seed == 0 else f'-s{seed}'}.pt"
+            save_checkpoint(target, detector)  # weights, config and versions; no optimizer state
+            written.append(target)
+            log = run_dir / "log.jsonl"
+            if log.exists():
+                log_target = assets / "logs" / f"{name}-{neck}-seed{seed}.log.jsonl"
+                log_target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(log, log_target)
+                written.append(log_target)
+            for report_path in sorted(run_dir.glob("eval_*.json")):
+                report = load_report(report_path)
+                report_dir = assets / "reports" / "ablation" / neck / run_dir.name
+                report_dir.mkdir(parents=True, exist_ok=True)
+                detections = report_path.parent / report["detections"]
+                shutil.copyfile(detections, report_dir / detections.name)
+                report["extra"]["evaluated_checkpoint"] = report["model"]["checkpoint"]
+                report["model"]["checkpoint"] = str(target)
+                report["model"]["checkpoint_sha256"] = sha256_file(target)
+                save_report(report, report_dir / report_path.name)
+                written += [report_dir / detections.name, report_dir / report_path.name]
+    for table in ("ablation.md", "ablation.csv"):
+        if (runs / table).exists():
+            shutil.copyfile(runs / table, assets / "reports" / "ablation" / table)
+            written.append(assets / "reports" / "ablation" / table)
+    return written

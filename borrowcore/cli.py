@@ -222,6 +222,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_release(args: argparse.Namespace) -> int:
+    """Copy an ablation's checkpoints (without training state), reports and logs into assets/."""
+    from borrowcore.ablation import release_ablation
+
+    for path in release_ablation(args.runs, args.assets, args.necks, args.name):
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="borrowcore", description=__doc__.splitlines()[0] if __doc__ else None)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -321,6 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--names", help="class names: a names file (one per line) or an ultralytics data.yaml")
     p.add_argument("--out", required=True, help="COCO json to write")
     p.set_defaults(func=cmd_convert)
+
+    p = commands.add_parser("release", help="ship an ablation's weights, reports and logs in assets/")
+    p.add_argument("--runs", required=True, help="the ablate --out folder")
+    p.add_argument("--assets", default="assets")
+    p.add_argument("--name", default="synth", help="prefix of the shipped checkpoint names")
+    p.add_argument("--necks", nargs="+", default=["ssd", "context", "borrow", "full"])
+    p.set_defaults(func=cmd_release)
 
     p = commands.add_parser("synth", help="generate the borrow benchmark (images + COCO json)")
     p.add_argument("--out", required=True)

@@ -47,3 +47,19 @@ def test_ablate_end_to_end_and_resumable(tmp_path, capsys):
     assert main(args) == 0
     assert (out / "full" / "seed0" / "log.jsonl").read_text().count('"event": "step"') == log.count('"event": "step"')
     assert (out / "ablation.md").read_text() == table
+    # release: weights without training state, reports re-pointed at them, logs and tables
+    from borrowcore import load_detector
+    from borrowcore.checkpoint import read_checkpoint
+    from borrowcore.report import load_report, sha256_file
+
+    assets = tmp_path / "assets"
+    assert main(["release", "--runs", str(out), "--assets", str(assets), "--necks", "ssd", "full"]) == 0
+    shipped = assets / "checkpoints" / "synth-full.pt"
+    assert "train_state" not in read_checkpoint(shipped) and (assets / "checkpoints" / "synth-full-s1.pt").exists()
+    report = load_report(assets / "reports" / "ablation" / "full" / "seed0" / "eval_twins.json")
+    assert report["model"]["checkpoint_sha256"] == sha256_file(shipped)
+    assert (assets / "reports" / "ablation" / "full" / "seed0" / report["detections"]).exists()
+    assert (assets / "logs" / "synth-ssd-seed1.log.jsonl").exists() and (assets / "reports" / "ablation" / "ablation.md").exists()
+    import torch
+    before, after = load_detector(out / "full" / "seed0" / "last.pt"), load_detector(shipped)
+    assert all(torch.equal(a, b) for a, b in zip(before.state_dict().values(), after.state_dict().values()))
