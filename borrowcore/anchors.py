@@ -2,6 +2,8 @@
 
 Sizes are tied to strides: S_k = anchor_scale * stride_k (32, 64, 128, 256 at the default 4), a second
 ratio-1 anchor of S'_k = sqrt(S_k S_(k+1)) (S'_N = the input size), and the aspect ratios R on S_k.
+Anchor recall (SPEC §9) measures what they can reach: the share of a dataset's boxes whose best anchor
+has IoU >= 0.5, by size.
 """
 
 from __future__ import annotations
@@ -118,3 +120,91 @@ def design_aspect_ratios(boxes_xywh: np.ndarray, iou: float = 0.5, percentile: f
         # the config's form: the ratios r > 1, each giving r and 1/r
         "config_aspect_ratios": sorted(r for r in ratios if r > 1),
     }
+
+
+# ---- Anchor recall (SPEC §9): can any anchor reach IoU 0.5 with each box? ----
+
+SIDE_BINS = (0, 16, 32, 64, 96, 128)  # px on sqrt(area) at the network input; the last bin is open
+
+
+def feature_grid_sizes(input_size: int) -> list[tuple[int, int]]:
+    """(h_n, w_n) of each detection layer at input S x S, from the backbone's own pooling (a thin trunk
+    run on zeros, so the rounding is the model's, not a copy of it)."""
+    from borrowcore.backbone import VGGBackbone
+
+    backbone = VGGBackbone(width=0.01).eval()  # 8 channels everywhere: the grids only
+    with torch.no_grad():
+        return [tuple(x.shape[-2:]) for x in backbone(torch.zeros(1, 3, input_size, input_size))]
+
+
+def anchor_recall(boxes_xywh: np.ndarray, image_sizes: np.ndarray, anchors: Tensor, input_size: int,
+                  iou: float = 0.5, side_bins: Sequence[float] = SIDE_BINS) -> dict:
+    """Share of boxes whose best anchor has IoU >= ``iou``, overall and by size (SPEC §9).
+
+    Boxes are scaled to the S x S input as the detector resizes (a plain resize), and binned by their
+    side sqrt(w h) there.
+
+    Args:
+        boxes_xywh: (n, 4) boxes in their images' pixels.
+        image_sizes: (n, 2) (H, W) of each box's image.
+        anchors: (A, 4) xyxy in input pixels (``AnchorGenerator(...)(grids, S)``).
+    Returns ``{"iou", "boxes", "recalled", "recall", "best_iou" (n,), "side" (n,), "bins": [{"label",
+    "boxes", "recalled", "recall"}]}``; a recall is -1 where a bin has no boxes.
+    """
+    from torchvision.ops import box_iou
+
+    boxes = torch.as_tensor(np.asarray(boxes_xywh, dtype=np.float64).reshape(-1, 4))
+    sizes = torch.as_tensor(np.asarray(image_sizes, dtype=np.float64).reshape(-1, 2))
+    factor = torch.stack([input_size / sizes[:, 1], input_size / sizes[:, 0]], dim=1).repeat(1, 2)  # (n, 4)
+    xyxy = box_convert(boxes, "xywh", "xyxy") * factor  # (n, 4) input pixels
+    anchors = anchors.to(torch.float64)
+    best = torch.cat([box_iou(chunk, anchors).max(dim=1).values for chunk in xyxy.split(2048)]) \
+        if len(xyxy) else torch.zeros(0, dtype=torch.float64)  # (n,), chunked: n x A IoUs can be large
+    side = ((xyxy[:, 2] - xyxy[:, 0]).clamp_min(0) * (xyxy[:, 3] - xyxy[:, 1]).clamp_min(0)).sqrt()
+    recalled = best >= iou
+    edges = list(side_bins) + [math.inf]
+    bins = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (side >= lo) & (side < hi)
+        count = int(inside.sum())
+        bins.append({"label": f"{lo:g}+" if math.isinf(hi) else f"{lo:g}-{hi:g}", "boxes": count,
+                     "recalled": int(recalled[inside].sum()),
+                     "recall": float(recalled[inside].double().mean()) if count else -1.0})
+    return {"iou": iou, "boxes": len(boxes), "recalled": int(recalled.sum()),
+            "recall": float(recalled.double().mean()) if len(boxes) else -1.0,
+            "best_iou": best.numpy(), "side": side.numpy(), "bins": bins}
+
+
+def dataset_anchor_recall(coco_file, input_size: int, anchor_scale: float = 4.0,
+                          aspect_ratios: Sequence[float] = (1.5, 3.0), iou: float = 0.5) -> dict:
+    """:func:`anchor_recall` of a COCO file's non-crowd boxes with positive size, for a detector of
+    input ``input_size`` and the given anchor settings (ValueError naming the file when malformed)."""
+    from borrowcore.backbone import STRIDES
+    from borrowcore.coco import read_coco_json
+
+    coco = read_coco_json(coco_file)
+    sizes = {}
+    for image in coco["images"]:
+        if not (isinstance(image, dict) and isinstance(image.get("width"), (int, float))
+                and isinstance(image.get("height"), (int, float)) and image["width"] > 0 and image["height"] > 0):
+            raise ValueError(f"{coco_file}: image entry {image!r:.80} needs a positive width and height")
+        sizes[image.get("id")] = (image["height"], image["width"])
+    boxes, image_sizes, skipped = [], [], 0
+    for ann in coco["annotations"]:
+        bbox = ann.get("bbox") if isinstance(ann, dict) else None
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+            raise ValueError(f"{coco_file}: annotation {ann!r:.80} has no [x, y, w, h] bbox")
+        if ann.get("image_id") not in sizes:
+            raise ValueError(f"{coco_file}: annotation {ann.get('id')} refers to unknown image {ann.get('image_id')}")
+        if ann.get("iscrowd", 0) or bbox[2] <= 0 or bbox[3] <= 0:
+            skipped += 1
+            continue
+        boxes.append(bbox)
+        image_sizes.append(sizes[ann["image_id"]])
+    generator = AnchorGenerator(STRIDES, anchor_scale, aspect_ratios)
+    anchors = generator(feature_grid_sizes(input_size), input_size)
+    result = anchor_recall(np.array(boxes).reshape(-1, 4), np.array(image_sizes).reshape(-1, 2), anchors,
+                           input_size, iou)
+    result["skipped"] = skipped  # crowd and zero-size boxes
+    result["aspect_ratios"] = list(aspect_ratios)
+    return result

@@ -2,14 +2,17 @@
 
 The explain path runs the detector with ``return_matching=True`` and turns each borrowing layer's S_hat
 (m_n x d_n) into things a person can look at: per-cell heatmaps over the deeper layers, the top source
-cells, and which other detections a small detection borrowed from. ``borrow_precision`` measures the
-paper's claim on the borrow benchmark: how much of a small instance's matching mass lands on a larger
-instance of the same class, against the chance level.
+cells, and which other detections a small detection borrowed from; ``borrow_view`` gathers all of it
+for one query (a detection or a cell), placed in image pixels, for the app to draw. ``borrow_precision``
+measures the paper's claim on the borrow benchmark: how much of a small instance's matching mass lands on
+a larger instance of the same class, against the chance level.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -28,6 +31,11 @@ class Explanation:
     image_size: tuple[int, int]  # (H, W) of the image
     input_size: int  # S of the network input
     class_names: list[str]
+    # per detection, the 1-based layer of its best anchor (where it was most likely detected); empty
+    # for checkpoints that do not borrow
+    detection_layers: list[int] = field(default_factory=list)
+    anchors: Tensor | None = None  # (A, 4) xyxy in input pixels, when the checkpoint borrows
+    anchors_per_layer: list[int] = field(default_factory=list)
 
     @property
     def borrows(self) -> bool:
@@ -128,32 +136,48 @@ def best_anchor_layer(box_input: Tensor, anchors: Tensor, anchors_per_layer: lis
     return int(np.searchsorted(np.cumsum(anchors_per_layer), best, side="right")) + 1
 
 
-def borrowed_from(explanation: Explanation, index: int, layer: int | None = None) -> list[dict]:
+def borrowed_from(explanation: Explanation, index: int, layer: int | None = None,
+                  among: Sequence[int] | None = None) -> list[dict]:
     """Which other detections detection ``index`` borrowed from, with the share of its mass on each.
 
     Its query cells are those inside its box on ``layer`` (default: the shallowest borrowing layer);
-    a deeper cell counts for a detection when its centre lies inside that detection's box.
+    a deeper cell counts for a detection when its centre lies inside that detection's box. ``among``
+    limits the candidates (default: every detection). ``chance`` is the share a uniform row would give.
     """
     if not explanation.borrows:
         return []
     matching = explanation.layer(layer) if layer else explanation.matching[0]
-    sx, sy = explanation.scale()
-    to_input = torch.tensor([1 / sx, 1 / sy, 1 / sx, 1 / sy])
-    boxes = explanation.detections["boxes"].cpu().float() * to_input  # network-input pixels
+    boxes = detection_boxes_input(explanation)
     rows = cells_in_box(matching.query_grid, matching.query_stride, boxes[index])
-    scores = matching.scores[0] if matching.scores.dim() == 3 else matching.scores
-    mass = scores[rows].float().mean(0)  # (d_n,)
+    mass = row_mass(matching, rows)  # (d_n,)
     centres = source_cell_centres(matching)
     links = []
-    for other, box in enumerate(boxes):
+    for other in range(len(boxes)) if among is None else among:
         if other == index:
             continue
-        inside = ((centres[:, 0] >= box[0]) & (centres[:, 0] <= box[2]) & (centres[:, 1] >= box[1]) & (centres[:, 1] <= box[3]))
-        share = float(mass[inside].sum())
+        inside = points_in_box(centres, boxes[other])
         if inside.any():
-            links.append({"detection": other, "share": share, "cells": int(inside.sum()),
+            links.append({"detection": other, "share": float(mass[inside].sum()), "cells": int(inside.sum()),
+                          "chance": float(inside.float().mean()),
                           "label": int(explanation.detections["labels"][other])})
     return sorted(links, key=lambda link: -link["share"])
+
+
+def points_in_box(points: Tensor, box: Tensor) -> Tensor:
+    """(n,) mask of the points (n, 2) (x, y) inside ``box`` (xyxy, edges included)."""
+    return (points[:, 0] >= box[0]) & (points[:, 0] <= box[2]) & (points[:, 1] >= box[1]) & (points[:, 1] <= box[3])
+
+
+def detection_boxes_input(explanation: Explanation) -> Tensor:
+    """(D, 4) detection boxes in network-input pixels."""
+    sx, sy = explanation.scale()
+    return explanation.detections["boxes"].cpu().float() / torch.tensor([sx, sy, sx, sy])
+
+
+def row_mass(matching: MatchingScores, rows: Tensor | Sequence[int]) -> Tensor:
+    """(d_n,) mean S_hat row of the query cells ``rows``: a distribution over all deeper cells."""
+    scores = matching.scores[0] if matching.scores.dim() == 3 else matching.scores  # (m_n, d_n)
+    return scores[torch.as_tensor(rows)].float().mean(0)
 
 
 @torch.inference_mode()
@@ -164,8 +188,33 @@ def explain(detector: torch.nn.Module, image: Tensor) -> Explanation:
     [detection] = detector([image.to(device)], return_matching=True)
     matching = [MatchingScores(m.layer, m.scores[0].cpu(), m.query_grid, m.query_stride, m.source_layers,
                                m.source_grids, m.source_strides) for m in detection.pop("matching")]
-    return Explanation({k: v.cpu() for k, v in detection.items()}, matching, tuple(image.shape[-2:]),
-                       detector.input_size, list(detector.class_names))
+    explanation = Explanation({k: v.cpu() for k, v in detection.items()}, matching, tuple(image.shape[-2:]),
+                              detector.input_size, list(detector.class_names))
+    if matching and matching[0].layer == 1:  # layer 1 borrows from all the others: every grid is known
+        grids = [matching[0].query_grid, *matching[0].source_grids]
+        explanation.anchors = detector.anchors(grids, detector.input_size, device=torch.device("cpu")).clone()
+        explanation.anchors_per_layer = [h * w * detector.anchors.num_anchors_per_location() for h, w in grids]
+        explanation.detection_layers = instance_layers(explanation, explanation.detections["boxes"])
+    return explanation
+
+
+def instance_layers(explanation: Explanation, boxes: Tensor) -> list[int]:
+    """The layer of each box's best anchor; boxes (n, 4) xyxy in image pixels."""
+    if explanation.anchors is None:
+        return []
+    sx, sy = explanation.scale()
+    boxes = boxes.cpu().float() / torch.tensor([sx, sy, sx, sy])
+    return [best_anchor_layer(box, explanation.anchors, explanation.anchors_per_layer) for box in boxes]
+
+
+def with_instances(explanation: Explanation, boxes: Tensor, labels: Tensor, class_names: list[str]) -> Explanation:
+    """The same matching scores with other instances (e.g. the ground truth) in place of the detections,
+    so queries and links use them; boxes (n, 4) xyxy in image pixels, labels 1-based into ``class_names``."""
+    boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    instances = {"boxes": boxes, "labels": torch.as_tensor(labels, dtype=torch.int64).reshape(-1),
+                 "scores": torch.ones(len(boxes))}
+    return dataclasses.replace(explanation, detections=instances, class_names=list(class_names),
+                               detection_layers=instance_layers(explanation, boxes))
 
 
 @torch.inference_mode()
@@ -215,3 +264,224 @@ def borrow_precision(detector: torch.nn.Module, dataset, device: str | torch.dev
         return {"borrow_precision": -1.0, "chance": -1.0, "instances": 0, "skipped": skipped}
     return {"borrow_precision": float(np.mean(shares)), "chance": float(np.mean(chances)),
             "instances": len(shares), "skipped": skipped}
+
+
+# ---- What the app draws for one query, placed on the image (image pixels throughout) ----
+
+@dataclass
+class GridMap:
+    """Values on one layer's cells, placed on the image: cell (i, j) is centred at
+    ``origin + (j * cell_size[0], i * cell_size[1])`` in image pixels."""
+
+    layer: int
+    values: np.ndarray  # (h, w)
+    origin: tuple[float, float]  # (x, y) of cell (0, 0)'s centre
+    cell_size: tuple[float, float]  # (w, h) of one cell
+
+    def centre(self, row: int, col: int) -> tuple[float, float]:
+        return self.origin[0] + col * self.cell_size[0], self.origin[1] + row * self.cell_size[1]
+
+
+@dataclass
+class BorrowView:
+    """One query (a detection or a cell of a shallow layer) and where its matching mass went.
+
+    ``maps`` hold the share of the query's S_hat row on each deeper cell (together they sum to 1);
+    ``combined`` spreads each cell's share evenly over the finest deeper grid, so it too sums to 1 and
+    cells of different layers compare as mass per area. ``links`` are the instances it borrowed from.
+    """
+
+    layer: int  # the shallow (query) layer
+    rows: list[int]  # its query cells, row-major on the layer's grid
+    query_boxes: np.ndarray  # (q, 4) xyxy of those cells
+    maps: list[GridMap]  # one per deeper layer, shallow first
+    combined: GridMap
+    sources: list[dict]  # top-k deeper cells: layer, row, col, share, box (xyxy)
+    links: list[dict]  # detection, label, same_class, share, chance, lift, borrowed, start (x, y) at the query, end
+    detection: int | None = None  # the queried detection, if any
+    anchor_layer: int | None = None  # that detection's best-anchor layer (may be the deepest, which borrows nothing)
+    entropy: float = 0.0  # of the query's mean row, divided by log(d_n): 0 = one cell, 1 = uniform
+    uniform_share: float = 0.0  # 1 / d_n: what an unfocused row puts on each deeper cell
+    uniform_combined: float = 0.0  # the same row's value on the combined map (away from the edges)
+
+
+def place_grid(layer: int, values: np.ndarray, stride: float, scale: tuple[float, float]) -> GridMap:
+    """A layer's (h, w) values at their image positions: cell centres at (j + 0.5, i + 0.5) * stride."""
+    sx, sy = scale
+    return GridMap(layer, values, (stride / 2 * sx, stride / 2 * sy), (stride * sx, stride * sy))
+
+
+def combined_mass(matching: MatchingScores, mass: Tensor) -> tuple[np.ndarray, int]:
+    """A (d_n,) mass vector on one grid: each cell's share split evenly over the finest deeper grid's
+    cells it covers. Returns the (h, w) map (sums to 1 when the grids tile the input) and its stride."""
+    finest = min(matching.source_strides)
+    h, w = matching.source_grids[matching.source_strides.index(finest)]
+    combined = np.zeros((h, w))
+    for values, stride in zip(split_by_source_layer(matching, mass), matching.source_strides):
+        k = stride // finest  # strides are powers of two: a deeper cell covers k x k finest cells
+        spread = np.kron(values.numpy(), np.ones((k, k))) / (k * k)  # (h' k, w' k)
+        hh, ww = min(h, spread.shape[0]), min(w, spread.shape[1])  # deeper grids round up: crop the overhang
+        combined[:hh, :ww] += spread[:hh, :ww]
+    return combined, finest
+
+
+def query_rows(explanation: Explanation, layer: int, detection: int | None = None,
+               cell: tuple[int, int] | None = None) -> list[int]:
+    """The query cells of a detection (cells whose centre lies in its box) or of one (row, col) cell."""
+    matching = explanation.layer(layer)
+    h, w = matching.query_grid
+    if cell is not None:
+        row, col = cell
+        if not (0 <= row < h and 0 <= col < w):
+            raise ValueError(f"cell {cell} is outside layer {layer}'s {h} x {w} grid")
+        return [row * w + col]
+    if detection is None:
+        raise ValueError("give a detection or a cell")
+    box = detection_boxes_input(explanation)[detection]
+    return cells_in_box(matching.query_grid, matching.query_stride, box).tolist()
+
+
+def cell_at(explanation: Explanation, layer: int, x: float, y: float) -> tuple[int, int]:
+    """(row, col) of the cell of ``layer`` under image point (x, y)."""
+    matching = explanation.layer(layer)
+    sx, sy = explanation.scale()
+    h, w = matching.query_grid
+    s = matching.query_stride
+    return min(h - 1, max(0, int(y / sy // s))), min(w - 1, max(0, int(x / sx // s)))
+
+
+def borrow_view(explanation: Explanation, *, detection: int | None = None, cell: tuple[int, int] | None = None,
+                layer: int | None = None, among: Sequence[int] | None = None, k: int = 5,
+                min_area_ratio: float = 2.0, min_lift: float = 1.25) -> BorrowView:
+    """Everything to draw for one query, in image pixels.
+
+    Args:
+        detection: query a detection: its cells on ``layer``, by default the layer of its best anchor
+            (the deepest borrowing layer when that is the last layer, which borrows nothing).
+        cell: or query one (row, col) cell of ``layer``.
+        among: detections that may be linked (default all); for a detection query only those at least
+            ``min_area_ratio`` times its area count as larger instances it borrowed from.
+        k: how many top source cells.
+        min_lift: a link counts as ``borrowed`` when its share is at least this many times ``chance``
+            (the share an unfocused, uniform row would put on that instance).
+    """
+    if not explanation.borrows:
+        raise ValueError("this checkpoint does not borrow: it has no matching scores to show")
+    borrowing = [m.layer for m in explanation.matching]
+    anchor_layer = None
+    if detection is not None and explanation.detection_layers:
+        anchor_layer = explanation.detection_layers[detection]
+    if layer is None:
+        if cell is not None:
+            raise ValueError("a cell query needs its layer")
+        layer = min(anchor_layer or borrowing[0], borrowing[-1])
+    matching = explanation.layer(layer)
+    scale = explanation.scale()
+    rows = query_rows(explanation, layer, detection, cell)
+    mass = row_mass(matching, rows)  # (d_n,)
+    maps = [place_grid(n, values.numpy(), stride, scale) for n, values, stride in
+            zip(matching.source_layers, split_by_source_layer(matching, mass), matching.source_strides)]
+    combined, finest = combined_mass(matching, mass)
+    query_boxes = cell_boxes(matching.query_grid, matching.query_stride, scale)[torch.as_tensor(rows)].numpy()
+
+    sources = []
+    for source in top_sources(matching, rows, k):
+        n = matching.source_layers.index(source["layer"])
+        grid, stride = matching.source_grids[n], matching.source_strides[n]
+        box = cell_boxes(grid, stride, scale)[source["row"] * grid[1] + source["col"]]
+        sources.append({"layer": source["layer"], "row": source["row"], "col": source["col"],
+                        "share": source["share"], "box": box.tolist()})
+
+    boxes = explanation.detections["boxes"].cpu().float()  # image pixels
+    if detection is not None:
+        start = ((boxes[detection, :2] + boxes[detection, 2:]) / 2).tolist()
+        area = float((boxes[detection, 2:] - boxes[detection, :2]).prod())
+    else:
+        start = query_boxes[0].reshape(2, 2).mean(0).tolist()
+        area = 0.0
+    candidates = range(len(boxes)) if among is None else among
+    centres = source_cell_centres(matching)  # input pixels
+    to_input = torch.tensor([1 / scale[0], 1 / scale[1]] * 2)
+    links = []
+    for other in candidates:
+        if other == detection:
+            continue
+        box = boxes[other]
+        if detection is not None and float((box[2:] - box[:2]).prod()) < min_area_ratio * area:
+            continue
+        if detection is None and bool(points_in_box(torch.tensor([start]), box)[0]):
+            continue  # a cell inside a detection does not borrow "from" it
+        inside = points_in_box(centres, box * to_input)
+        if inside.any():
+            share, chance = float(mass[inside].sum()), float(inside.float().mean())
+            label = int(explanation.detections["labels"][other])
+            same_class = detection is not None and label == int(explanation.detections["labels"][detection])
+            links.append({"detection": int(other), "label": label, "same_class": same_class,
+                          "share": share, "chance": chance, "lift": share / chance,
+                          "borrowed": share >= min_lift * chance,
+                          "start": start, "end": ((box[:2] + box[2:]) / 2).tolist()})
+    links.sort(key=lambda link: -link["share"])
+    entropy = float(-(mass * mass.clamp_min(1e-12).log()).sum() / np.log(mass.numel())) if mass.numel() > 1 else 0.0
+    uniform, _ = combined_mass(matching, torch.full_like(mass, 1.0 / mass.numel()))
+    return BorrowView(layer, rows, query_boxes, maps, place_grid(0, combined, finest, scale), sources, links,
+                      detection, anchor_layer, entropy, 1.0 / mass.numel(), float(np.median(uniform)))
+
+
+def layer_maps(explanation: Explanation, layer: int) -> dict[str, GridMap]:
+    """The layer view on the image: for every cell of ``layer``, the deeper layer holding its arg-max
+    ("source_layer"), its row's entropy over log(d_n) ("entropy", 0..1) and its largest share ("peak")."""
+    matching = explanation.layer(layer)
+    view = layer_view(matching)
+    scores = (matching.scores[0] if matching.scores.dim() == 3 else matching.scores).float()  # (m_n, d_n)
+    h, w = matching.query_grid
+    source_layer = torch.tensor(matching.source_layers)[view["source_layer_index"]]
+    scale = explanation.scale()
+    place = lambda values: place_grid(layer, values.numpy(), matching.query_stride, scale)  # noqa: E731
+    return {"source_layer": place(source_layer), "entropy": place(view["entropy"] / view["max_entropy"]),
+            "peak": place(scores.max(dim=1).values.reshape(h, w))}
+
+
+def default_query(explanation: Explanation, among: Sequence[int], min_area_ratio: float = 2.0,
+                  min_lift: float = 1.25, candidates: int = 30) -> int | None:
+    """The detection to show first, the smallest of ``among`` (on a borrowing layer) that, in this order:
+    borrowed from a larger instance of its own class (what the paper says borrowing is for); borrowed
+    from any larger instance; has a larger instance of its class; has any larger instance. Else the
+    smallest; None when ``among`` is empty. Only the ``candidates`` smallest are examined."""
+    if not among:
+        return None
+    boxes = explanation.detections["boxes"].cpu().float()
+    labels = explanation.detections["labels"]
+    areas = {i: float((boxes[i, 2:] - boxes[i, :2]).prod()) for i in among}
+    borrowing = {m.layer for m in explanation.matching}
+    by_size = sorted(among, key=lambda i: areas[i])
+    on_borrowing_layer = [i for i in by_size[:candidates]
+                          if not explanation.detection_layers or explanation.detection_layers[i] in borrowing]
+    links = {i: borrow_view(explanation, detection=i, among=among, k=1, min_area_ratio=min_area_ratio,
+                            min_lift=min_lift).links if explanation.borrows else [] for i in on_borrowing_layer}
+    larger = {i: [j for j in among if j != i and areas[j] >= min_area_ratio * areas[i]] for i in on_borrowing_layer}
+    tiers = [lambda i: any(link["borrowed"] and link["same_class"] for link in links[i]),
+             lambda i: any(link["borrowed"] for link in links[i]),
+             lambda i: any(labels[j] == labels[i] for j in larger[i]),
+             lambda i: bool(larger[i])]
+    for tier in tiers:
+        found = next((i for i in on_borrowing_layer if tier(i)), None)
+        if found is not None:
+            return found
+    return by_size[0]
+
+
+def detections_to_coco(explanation: Explanation, file_name: str, keep: Sequence[int] | None = None,
+                       image_id: int = 1) -> dict:
+    """Detections as a COCO detection file (images, categories, annotations with scores; xywh boxes)."""
+    det = explanation.detections
+    h, w = explanation.image_size
+    annotations = []
+    for n, i in enumerate(range(len(det["boxes"])) if keep is None else keep, start=1):
+        x0, y0, x1, y1 = (round(float(v), 2) for v in det["boxes"][i])
+        annotations.append({"id": n, "image_id": image_id, "category_id": int(det["labels"][i]),
+                            "bbox": [x0, y0, round(x1 - x0, 2), round(y1 - y0, 2)],
+                            "area": round((x1 - x0) * (y1 - y0), 2), "iscrowd": 0,
+                            "score": round(float(det["scores"][i]), 4)})
+    return {"images": [{"id": image_id, "file_name": file_name, "width": w, "height": h}],
+            "categories": [{"id": k, "name": name} for k, name in enumerate(explanation.class_names, start=1)],
+            "annotations": annotations}

@@ -1,0 +1,95 @@
+"""Compare: evaluation reports side by side, object size by object size."""
+
+import pandas as pd
+import streamlit as st
+
+from borrowcore.compare import (borrow_precision_table, coco_size_table, per_class_table, pr_curves,
+                                size_bin_table)
+from viewer import assets, figures
+from viewer.loaders import report_from_path, report_from_upload
+
+st.title("Compare: what does borrowing buy, by object size?")
+
+bundled = {assets.report_name(path): path for path in assets.reports()}
+left, right = st.columns([3, 2])
+if bundled:
+    picked = left.multiselect("Bundled reports", list(bundled), default=list(bundled), key="compare_reports")
+else:
+    picked = []
+    left.info(f"No evaluation reports are bundled yet (nothing matches `{assets.assets_root()}/reports/**/*.json`): "
+              "upload some.")
+uploads = right.file_uploader("Upload reports (json from `borrowcore eval`)", type=["json"],
+                              accept_multiple_files=True, key="compare_uploads")
+
+reports, problems = [], []
+loaded = [(name, *report_from_path(bundled[name])) for name in picked]
+loaded += [(upload.name, *report_from_upload(upload.name, upload.getvalue())) for upload in uploads or []]
+for name, report, error in loaded:
+    if error:
+        problems.append(error)
+    else:
+        reports.append((name, report))
+for problem in problems:
+    st.error(f"Cannot use this report: {problem}", icon=":material/error:")
+if not reports:
+    st.stop()
+
+by = st.radio("One bar per", ["ablation", "report"], horizontal=True, key="compare_by",
+              format_func={"ablation": "ablation (mean ± std over its seeds)", "report": "report"}.get)
+splits = sorted({r["dataset"]["split"] for _, r in reports})
+st.caption(f"{len(reports)} reports; splits: {', '.join(splits)}. Error bars: std over the reports in a bar "
+           "(seeds); bars are missing where a size range has no ground truth.")
+
+coco_rows = pd.DataFrame(coco_size_table(reports, by, "AP"))
+st.plotly_chart(figures.size_bars(coco_rows, "AP by COCO size (small < 32², medium, large ≥ 96² px)", "AP"),
+                key="compare_coco")
+metric = st.radio("Fine size bins", ["AP", "AP50", "AR100"], horizontal=True, key="compare_metric")
+bin_rows = pd.DataFrame(size_bin_table(reports, by, metric))
+st.plotly_chart(figures.size_bars(bin_rows, f"{metric} by box side sqrt(area) in px", metric), key="compare_bins")
+
+if {"twins", "orphans"} <= set(splits):
+    st.subheader("Twins against orphans")
+    st.caption("Twins: each small instance has a larger instance of its class in the image to borrow from; orphans: "
+               "it has none. Borrowing should help small twins more than small orphans.")
+    small = coco_rows[(coco_rows["size"] == "small") & coco_rows["split"].isin(["twins", "orphans", "shuffled"])]
+    pivot = small.pivot_table(index="group", columns="split", values="mean", aggfunc="first")
+    if {"twins", "orphans"} <= set(pivot.columns):
+        pivot["twins − orphans"] = pivot["twins"] - pivot["orphans"]
+    st.plotly_chart(figures.split_bars(small, "AP of small instances (AP_S) by split", "AP_S"), key="compare_twins")
+    st.dataframe(pivot.reset_index(), hide_index=True,
+                 column_config={c: st.column_config.NumberColumn(format="percent") for c in pivot.columns})
+
+precision = borrow_precision_table(reports, by)
+if precision:
+    st.subheader("Borrow precision")
+    st.caption("Share of a small instance's matching mass on larger instances of its class, against the share a "
+               "uniform row would give (chance).")
+    st.dataframe(pd.DataFrame(precision), hide_index=True,
+                 column_config={c: st.column_config.NumberColumn(format="percent") for c in ("mean", "std", "chance")})
+
+st.subheader("Precision-recall curves")
+left, right = st.columns(2)
+ranges = list(reports[0][1]["pr_curves"]["ranges"])
+size = left.selectbox("Size range", ranges, index=ranges.index("small") if "small" in ranges else 0, key="compare_pr_size")
+iou = right.radio("IoU", ["iou50", "iou50_95"], horizontal=True, key="compare_pr_iou",
+                  format_func={"iou50": "0.5", "iou50_95": "0.5:0.95 (mean)"}.get)
+curves = pr_curves(reports, by, size, iou)
+if curves and any(c["recall"] for c in curves):
+    st.plotly_chart(figures.pr_figure(curves, f"precision vs recall, {size} objects, IoU {iou[3:].replace('_', ':')}"),
+                    key="compare_pr")
+else:
+    st.info(f"No ground truth in the '{size}' range of these reports.")
+
+st.subheader("AP per class")
+classes = pd.DataFrame(per_class_table(reports, by, "AP"))
+classes["mean"] = classes["mean"].where(classes["mean"] >= 0)
+wide = classes.pivot_table(index="class", columns=["group", "split"], values="mean", aggfunc="first", sort=False)
+wide.columns = [f"{group} · {split}" for group, split in wide.columns]
+st.dataframe(wide.reset_index(), hide_index=True,
+             column_config={c: st.column_config.NumberColumn(format="percent") for c in wide.columns})
+
+table = pd.concat([coco_rows, bin_rows], ignore_index=True)
+st.download_button("Size table (CSV)", table.to_csv(index=False), file_name="borrowscope_by_size.csv", mime="text/csv")
+for path in assets.ablation_tables():
+    with st.expander(f"Bundled ablation table: {assets.display_path(path)}"):
+        st.markdown(path.read_text())

@@ -1,0 +1,178 @@
+"""End to end in a real headless Chromium: the app served by `streamlit run`, driven through Playwright.
+
+Uploads a bundled sample and a COCO photograph, waits for detections and the borrowing heatmap, saves
+screenshots (copied to /tmp/borrowscope-shots/ for people to look at), then uploads a corrupt file and
+an oversized one and reads the messages. Skips only where no `chromium` is installed (never in CI).
+"""
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHOTS = Path("/tmp/borrowscope-shots")
+SAMPLE = ROOT / "assets" / "synth-tiny" / "images" / "000001.png"  # a twins image: small shapes beside large ones
+PHOTO = ROOT / "assets" / "photos" / "images" / "000000000110.jpg"  # COCO: small and large people
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+WAIT_MS = 180_000  # generous: CI machines have two cores
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def checkpoint_for(root: Path) -> None:
+    """checkpoints/ with a bundled `full` checkpoint when one exists (its pictures mean something), else a
+    tiny untrained one with the synthetic classes."""
+    target = root / "checkpoints"
+    target.mkdir(parents=True)
+    for assets in (os.environ.get("BORROWSCOPE_ASSETS"), ROOT / "assets"):
+        found = sorted(Path(assets).glob("checkpoints/*full*.pt")) if assets else []
+        if found:
+            (target / found[0].name).symlink_to(found[0].resolve())
+            return
+    from borrowcore import DetectorConfig, build_detector, save_checkpoint
+
+    names = [c["name"] for c in json.loads((ROOT / "assets" / "synth-tiny" / "twins.json").read_text())["categories"]]
+    torch.manual_seed(0)
+    detector = build_detector(DetectorConfig(neck="full", num_classes=len(names), input_size=256, width=0.125,
+                                             batch_norm=True), names)
+    save_checkpoint(target / "tiny-full.pt", detector)
+
+
+@pytest.fixture
+def server(tmp_path):
+    """`streamlit run viewer/Home.py` on a free port over a temporary assets folder; yields the URL."""
+    if not (SAMPLE.is_file() and PHOTO.is_file()):
+        pytest.fail("the bundled sample and photo are part of the repository and must exist")
+    root = tmp_path / "assets"
+    checkpoint_for(root)
+    for folder in ("synth-tiny", "photos"):
+        (root / folder).symlink_to(ROOT / "assets" / folder)
+    port = free_port()
+    env = {**os.environ, "BORROWSCOPE_ASSETS": str(root), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    log = open(tmp_path / "streamlit.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "viewer/Home.py", "--server.port", str(port),
+         "--server.headless", "true", "--server.fileWatcherType", "none", "--server.maxUploadSize", "1"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                pass
+            if process.poll() is not None or time.time() > deadline:
+                pytest.fail(f"streamlit did not start: {(tmp_path / 'streamlit.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def settle(page) -> None:
+    """Wait until the script run that the last action started has finished drawing."""
+    page.wait_for_timeout(800)
+    page.locator("[data-testid='stStatusWidget']").wait_for(state="hidden", timeout=WAIT_MS)
+    page.wait_for_timeout(1500)  # plotly draws after the run
+
+
+def shoot(page, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / f"{name}.png"
+    page.screenshot(path=path, full_page=True)
+    figure = page.locator("[data-testid='stPlotlyChart']").nth(1)
+    if figure.count():
+        figure.screenshot(path=tmp_path / f"{name}-borrowing.png")
+    SHOTS.mkdir(exist_ok=True)
+    for shot in tmp_path.glob(f"{name}*.png"):
+        shutil.copy(shot, SHOTS / shot.name)
+    return path
+
+
+@pytest.mark.slow
+def test_inspect_in_headless_chromium(server, tmp_path):
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI installs Debian's chromium (.ci/run / make test): it must be on PATH")
+        pytest.skip("no `chromium` on PATH (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 4200})
+            page.set_default_timeout(WAIT_MS)
+            page.goto(f"{server}/inspect_image")
+            page.get_by_text("Upload images").first.wait_for()
+            settle(page)
+
+            images = page.get_by_test_id("stFileUploader").filter(has_text="Upload images").locator("input[type='file']")
+            images.set_input_files([SAMPLE, PHOTO])
+            page.get_by_text(f"{PHOTO.name} (uploaded)").first.wait_for()
+            settle(page)
+
+            # the bundled sample: detections, a heatmap and the links of a small detection
+            page.get_by_test_id("stRadio").get_by_text(f"{SAMPLE.name} (uploaded)").click()
+            settle(page)
+            if "No detections at score" in page.inner_text("body"):  # an untrained stand-in checkpoint
+                page.get_by_role("slider").first.press("Home")  # the lowest score threshold
+                settle(page)
+            page.locator(".js-plotly-plot .heatmaplayer").first.wait_for()
+            text = page.inner_text("body")
+            assert "Detections:" in text and "Borrowing" in text
+            assert re.search(r"#\d+ [\w-]+ \(\d+ × \d+ px, its cells on layer \d \(conv[\w_]+\)\) borrowed from", text)
+            assert page.locator(".js-plotly-plot .heatmaplayer").count() >= 1
+            shoot(page, tmp_path, "sample")
+            with page.expect_download() as download:
+                page.get_by_role("button", name="Overlay (PNG)").click()
+            download.value.save_as(tmp_path / "sample-overlay.png")
+            assert (tmp_path / "sample-overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            shutil.copy(tmp_path / "sample-overlay.png", SHOTS / "sample-overlay.png")
+
+            # the photograph, linked through its COCO ground truth (the synthetic model detects no people)
+            page.get_by_test_id("stRadio").get_by_text(f"{PHOTO.name} (uploaded)").click()
+            settle(page)
+            page.get_by_text("ground truth (photos/instances.json)").click()
+            settle(page)
+            page.locator(".js-plotly-plot .heatmaplayer").first.wait_for()
+            text = page.inner_text("body")
+            assert "Ground truth:" in text and "person" in text
+            assert re.search(r"#\d+ [\w ]+ \(\d+ × \d+ px, its cells on layer \d \(conv[\w_]+\)\) borrowed from", text)
+            shoot(page, tmp_path, "photo")
+
+            # bad input: a message on the page, the other images kept
+            data = PHOTO.read_bytes()
+            images.set_input_files([{"name": "corrupt.jpg", "mimeType": "image/jpeg", "buffer": data[: len(data) // 3]},
+                                    {"name": "big.png", "mimeType": "image/png", "buffer": bytes(1_200_000)}])
+            page.get_by_text("corrupt.jpg: truncated or corrupt JPEG file").first.wait_for()
+            settle(page)
+            text = page.inner_text("body")
+            assert "Cannot use this image: corrupt.jpg: truncated or corrupt JPEG file" in text
+            assert "File must be 1.0MB or smaller" in text  # refused in the browser: server.maxUploadSize
+            assert f"{PHOTO.name} (uploaded)" in text and f"{SAMPLE.name} (uploaded)" in text
+            assert "Traceback" not in text
+            shoot(page, tmp_path, "errors")
+        finally:
+            browser.close()

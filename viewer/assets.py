@@ -1,0 +1,83 @@
+"""What the app finds bundled: checkpoints, reports, logs, sample images and COCO files, by glob.
+
+The assets root is ``$BORROWSCOPE_ASSETS`` when set (development, tests), else the repository's assets/.
+Every function returns what exists now; none of these folders has to.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def assets_root() -> Path:
+    return Path(os.environ.get("BORROWSCOPE_ASSETS") or REPO / "assets")
+
+
+def display_path(path: Path) -> str:
+    """``path`` relative to the assets root (or the repository) for labels."""
+    for base in (assets_root(), REPO):
+        try:
+            return str(path.relative_to(base))
+        except ValueError:
+            continue
+    return str(path)
+
+
+def checkpoints() -> list[Path]:
+    return sorted((assets_root() / "checkpoints").glob("*.pt"))
+
+
+def reports() -> list[Path]:
+    """Evaluation reports under reports/ (their detections are .json.gz and are not listed)."""
+    return sorted(p for p in (assets_root() / "reports").rglob("*.json") if p.is_file())
+
+
+def report_name(path: Path) -> str:
+    """A short label: reports/ablation/full/seed0/eval_twins.json -> ablation/full/seed0/twins."""
+    root = assets_root() / "reports"
+    relative = path.relative_to(root) if path.is_relative_to(root) else Path(path.name)
+    stem = relative.stem.removeprefix("eval_")
+    return str(relative.parent / stem) if str(relative.parent) != "." else stem
+
+
+def ablation_tables() -> list[Path]:
+    return sorted((assets_root() / "reports").rglob("ablation.md"))
+
+
+def logs() -> list[Path]:
+    """Training logs: logs/*.jsonl."""
+    return sorted((assets_root() / "logs").glob("*.jsonl"))
+
+
+def sample_images() -> dict[str, list[Path]]:
+    """Sample sets (a folder with images/ under the root) -> their images."""
+    samples = {}
+    for folder in sorted(p for p in assets_root().glob("*/images") if p.is_dir()):
+        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if images:
+            samples[folder.parent.name] = images
+    return samples
+
+
+def coco_files() -> list[Path]:
+    """COCO annotation files beside sample sets: <set>/*.json."""
+    return sorted(p for p in assets_root().glob("*/*.json") if p.parent.name not in ("reports", "checkpoints"))
+
+
+def default_sample() -> Path | None:
+    """The first image of a borrow-benchmark twins split (a small instance beside a larger twin), if any."""
+    import json
+
+    for twins in sorted(assets_root().glob("*/twins.json")):
+        try:
+            names = [image["file_name"] for image in json.loads(twins.read_text())["images"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        for name in names:
+            if (twins.parent / "images" / name).is_file():
+                return twins.parent / "images" / name
+    return None
