@@ -59,6 +59,7 @@ def run_ablation(data: str | Path, out: str | Path, seeds: Sequence[int] = (0, 1
             for split in splits:
                 report_path = run_dir / f"eval_{split}.json"
                 if report_path.exists():
+                    add_small_accuracy(report_path)  # reports written before small_top1 existed
                     continue
                 report = evaluate_checkpoint(checkpoint, data / "val" / f"{split}.json", data / "val" / "images",
                                              report_path, device=device, split=split, dataset_name="borrow-benchmark",
@@ -72,6 +73,20 @@ def run_ablation(data: str | Path, out: str | Path, seeds: Sequence[int] = (0, 1
     rows = summarize_ablation(out, necks, seeds, splits)
     write_tables(rows, out)
     return rows
+
+
+def add_small_accuracy(report_path: Path) -> None:
+    """Store ``extra.small_top1`` in a report that lacks it, from its own detections."""
+    from borrowcore.analysis import load_coco
+    from borrowcore.evaluate import small_instance_accuracy
+    from borrowcore.report import load_detections
+
+    report = load_report(report_path)
+    if "small_top1" in report["extra"]:
+        return
+    coco = load_coco(report["dataset"]["annotations"])
+    report["extra"]["small_top1"] = small_instance_accuracy(coco, load_detections(report, report_path))
+    save_report(report, report_path)
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -97,6 +112,9 @@ def summarize_ablation(out: str | Path, necks: Sequence[str] = NECKS, seeds: Seq
             row = {"neck": neck, "split": split, "seeds": len(reports)}
             for key in TABLE_METRICS:
                 row[key], row[f"{key}_std"] = mean_std([r["metrics"][key] for r in reports])
+            top1 = [r["extra"]["small_top1"]["accuracy"] for r in reports if "small_top1" in r.get("extra", {})]
+            if top1:
+                row["small_top1"], row["small_top1_std"] = mean_std(top1)
             precision = [r["extra"]["borrow_precision"] for r in reports if "borrow_precision" in r.get("extra", {})]
             if precision:
                 row["borrow_precision"], row["borrow_precision_std"] = mean_std([p["borrow_precision"] for p in precision])
@@ -110,7 +128,7 @@ def write_tables(rows: list[dict], out: str | Path) -> None:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     columns = ["neck", "split", "seeds"] + [f"{k}{s}" for k in TABLE_METRICS for s in ("", "_std")] + [
-        "borrow_precision", "borrow_precision_std", "borrow_chance"]
+        "small_top1", "small_top1_std", "borrow_precision", "borrow_precision_std", "borrow_chance"]
     with (out / "ablation.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, columns, extrasaction="ignore")
         writer.writeheader()
@@ -124,14 +142,15 @@ def format_table(rows: list[dict]) -> str:
             return "n/a"
         return f"{100 * mean:.1f} ± {100 * std:.1f}"
 
-    header = "| neck | split | seeds | " + " | ".join(TABLE_METRICS) + " | borrow precision (chance) |"
-    lines = [header, "|" + "---|" * (4 + len(TABLE_METRICS))]
+    header = "| neck | split | seeds | " + " | ".join(TABLE_METRICS) + " | small top-1 | borrow precision (chance) |"
+    lines = [header, "|" + "---|" * (5 + len(TABLE_METRICS))]
     for row in rows:
         borrow = ""
         if "borrow_precision" in row:
             borrow = f"{cell(row['borrow_precision'], row['borrow_precision_std'])} ({100 * row['borrow_chance']:.1f})"
+        top1 = cell(row["small_top1"], row["small_top1_std"]) if "small_top1" in row else ""
         lines.append(f"| {row['neck']} | {row['split']} | {row['seeds']} | "
-                     + " | ".join(cell(row[k], row[f'{k}_std']) for k in TABLE_METRICS) + f" | {borrow} |")
+                     + " | ".join(cell(row[k], row[f'{k}_std']) for k in TABLE_METRICS) + f" | {top1} | {borrow} |")
     return "\n".join(lines)
 
 

@@ -178,6 +178,36 @@ def coco_metrics(coco_gt: COCO, results: list[dict], size_bins: Sequence[tuple[f
                           "iou": [round(float(t), 2) for t in params.iouThrs], "ranges": curves}}
 
 
+def small_instance_accuracy(coco_gt: COCO, results: list[dict], small_side: float = 32.0, iou: float = 0.5) -> dict[str, float]:
+    """Top-1 class accuracy on small instances: for each small ground-truth box (sqrt(area) < small_side),
+    the class of the highest-scoring detection of any class at IoU >= ``iou``; the share that is right.
+
+    AP cannot show a model *flipping* its answer (a pair's second class, scored lower, still counts on
+    the same box); this can: on the shuffled control a model that reads the twin falls below chance.
+    """
+    from torchvision.ops import box_convert, box_iou
+
+    by_image: dict[int, list[dict]] = {}
+    for r in results:
+        by_image.setdefault(r["image_id"], []).append(r)
+    correct = matched = total = 0
+    for ann in coco_gt.dataset["annotations"]:
+        if ann.get("iscrowd", 0) or math.sqrt(ann["area"]) >= small_side:
+            continue
+        total += 1
+        candidates = by_image.get(ann["image_id"], [])
+        if not candidates:
+            continue
+        ious = box_iou(box_convert(torch.tensor([ann["bbox"]], dtype=torch.float64), "xywh", "xyxy"),
+                       box_convert(torch.tensor([c["bbox"] for c in candidates], dtype=torch.float64), "xywh", "xyxy"))[0]
+        hits = [c for c, v in zip(candidates, ious.tolist()) if v >= iou]
+        if not hits:
+            continue
+        matched += 1
+        correct += max(hits, key=lambda c: c["score"])["category_id"] == ann["category_id"]
+    return {"accuracy": correct / matched if matched else -1.0, "matched": matched, "instances": total}
+
+
 def format_metrics(report: dict) -> str:
     """A plain-text table of a report's metrics (percent)."""
     m = report["metrics"]
@@ -207,6 +237,7 @@ def evaluate_detector(detector: torch.nn.Module, annotations: str | Path, images
     if not context.is_main:
         return None
     evaluation = coco_metrics(dataset.coco, results, size_bins)
+    small_top1 = small_instance_accuracy(dataset.coco, results)
     config = getattr(detector, "config", None)
     report = {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
@@ -224,7 +255,8 @@ def evaluate_detector(detector: torch.nn.Module, annotations: str | Path, images
         "timing": {"images": len(dataset), "seconds": round(seconds, 3),
                    "images_per_s": round(len(dataset) / seconds, 2) if seconds > 0 else 0.0,
                    "device": str(device) if torch.device(device).type != "cuda" else torch.cuda.get_device_name(device)},
-        "extra": {"inference": f"tiles {tile} px, overlap {overlap}" if tile else f"resize to {detector.input_size}"},
+        "extra": {"inference": f"tiles {tile} px, overlap {overlap}" if tile else f"resize to {detector.input_size}",
+                  "small_top1": small_top1},
     }
     if out is not None:
         out = Path(out)

@@ -17,7 +17,7 @@ def test_mean_std_by_hand():
            "borrow_precision": 0.6, "borrow_precision_std": 0.0, "borrow_chance": 0.1}
     row["AP_M"] = -1.0
     line = format_table([row]).splitlines()[-1]
-    assert line == "| full | twins | 2 | 50.0 ± 2.0 | 50.0 ± 2.0 | 50.0 ± 2.0 | n/a | 50.0 ± 2.0 | 60.0 ± 0.0 (10.0) |"
+    assert line == "| full | twins | 2 | 50.0 ± 2.0 | 50.0 ± 2.0 | 50.0 ± 2.0 | n/a | 50.0 ± 2.0 |  | 60.0 ± 0.0 (10.0) |"
 
 
 @pytest.mark.slow

@@ -144,3 +144,16 @@ def test_tiled_eval_matches_whole_image_eval_when_one_tile_covers_the_image(tmp_
     assert tiled["extra"]["inference"] == "tiles 256 px, overlap 0.2"
     assert whole["extra"]["inference"] == "resize to 256"
     assert tiled["metrics"] == pytest.approx(whole["metrics"], abs=1e-6)
+
+
+def test_small_instance_top1_accuracy_by_hand():
+    from borrowcore.evaluate import small_instance_accuracy
+
+    coco = make_coco({1: [[10, 10, 20, 20], [100, 100, 20, 20], [200, 200, 20, 20], [250, 250, 100, 100]]})
+    results = [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "score": 0.9},    # right, best
+               {"image_id": 1, "category_id": 2, "bbox": [11, 11, 20, 20], "score": 0.4},
+               {"image_id": 1, "category_id": 2, "bbox": [100, 100, 20, 20], "score": 0.8},  # wrong class wins
+               {"image_id": 1, "category_id": 1, "bbox": [100, 100, 20, 20], "score": 0.7},
+               {"image_id": 1, "category_id": 1, "bbox": [215, 215, 20, 20], "score": 0.9}]  # IoU < 0.5: unmatched
+    # the 100 px box is not small and is left out
+    assert small_instance_accuracy(coco, results) == {"accuracy": 0.5, "matched": 2, "instances": 3}
