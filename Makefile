@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install chromium test test-fast app clean
+.PHONY: install chromium test test-fast app bench bundle clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -34,6 +34,19 @@ test-fast: $(STAMP)
 
 app: $(STAMP)
 	$(VENV)/bin/streamlit run viewer/Home.py
+
+# What borrowing costs, side by side (README "Benchmarks"): about 15 minutes on 2 CPU cores.
+bench: $(STAMP)
+	$(PY) -m borrowcore bench --out reports/bench --repeats 5 --warmup 1
+
+# Reproduces the shipped synth checkpoints, reports and logs in assets/ (hours on 2 CPU cores;
+# resumable: run it again after an interruption).
+bundle: $(STAMP)
+	$(PY) -m borrowcore synth --out data/synth/train --images 2000 --seed 0
+	$(PY) -m borrowcore synth --out data/synth/val --images 300 --seed 1
+	OMP_NUM_THREADS=1 $(PY) -m borrowcore ablate --data data/synth --out runs/ablation --seeds 0 \
+		--set train.workers=0 train.channels_last=true
+	$(PY) -m borrowcore release --runs runs/ablation --assets assets
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
