@@ -8,12 +8,16 @@ Metrics of -1 (no ground truth in that range) are left out of means; a mean over
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
+import torch
+from torchvision.ops import box_convert, box_iou
 
 from borrowcore.ablation import mean_std
-from borrowcore.report import ReportError, validate_report
+from borrowcore.evaluate import COCO_RANGES
+from borrowcore.report import ReportError, sha256_file, validate_report
 
 COCO_SIZE_METRICS = {"AP": ("AP", "AP_S", "AP_M", "AP_L"), "AR": ("AR100", "AR_S", "AR_M", "AR_L")}
 SIZE_NAMES = ("all", "small", "medium", "large")
@@ -120,3 +124,121 @@ def borrow_precision_table(reports: Sequence[tuple[str, dict]], by: str = "ablat
             rows.append({"group": group, "split": split, "mean": mean, "std": std, "chance": chance,
                          "reports": len(found)})
     return rows
+
+
+# ---- error breakdown and head to head (issue 8): report -> its files, breakdown rows, instance crops ----
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def resolve_report_path(recorded: str, report_path: str | Path | None = None,
+                        roots: Sequence[Path] = ()) -> Path | None:
+    """A path a report records (``dataset.annotations``, ``dataset.images``), found on this machine: as
+    written when absolute, else under ``roots``, the repository root, the working directory or the report's
+    folder, in that order; None when it exists nowhere."""
+    if not recorded:
+        return None
+    path = Path(recorded)
+    if path.is_absolute():
+        return path if path.exists() else None
+    bases = [*roots, REPO, Path.cwd()] + ([Path(report_path).parent] if report_path else [])
+    return next((base / path for base in bases if (base / path).exists()), None)
+
+
+def report_checkpoint(report: dict, checkpoints: Sequence[Path],
+                      digest: Callable[[Path], str] = sha256_file) -> Path | None:
+    """The checkpoint among ``checkpoints`` that a report evaluated: the same weights (``model.checkpoint_sha256``,
+    as ``release`` records it), else the same file name; None when none is."""
+    sha = report["model"].get("checkpoint_sha256")
+    if sha:
+        found = next((path for path in checkpoints if digest(path) == sha), None)
+        if found is not None:
+            return found
+    name = Path(report["model"].get("checkpoint", "")).name
+    return next((path for path in checkpoints if name and path.name == name), None)
+
+
+def size_ranges(report: dict) -> list[tuple[str, float, float]]:
+    """(label, low, high) in box side sqrt(area) px: COCO's all/small/medium/large, then the report's bins."""
+    bins = [(row["label"], row["min"], row["max"]) for row in report["size_bins"]]
+    return list(COCO_RANGES) + bins
+
+
+def default_pair(reports: Sequence[tuple[str, dict]]) -> tuple[int, int]:
+    """Indices (A, B) of two reports to compare first: on the same ground truth, a baseline ``ssd`` against
+    a borrowing neck when there are such, else any two on the same ground truth, else the first two."""
+    pairs = [(i, j) for i in range(len(reports)) for j in range(len(reports)) if i != j
+             and reports[i][1]["dataset"]["annotations_sha256"] == reports[j][1]["dataset"]["annotations_sha256"]]
+
+    def neck(i: int) -> str:
+        return group_of(*reports[i], "ablation")
+
+    preferences = [lambda i, j: neck(i) == "ssd" and neck(j) == "full", lambda i, j: neck(i) == "ssd" != neck(j),
+                   lambda i, j: neck(i) != neck(j), lambda i, j: True]
+    for preferred in preferences:
+        found = next(((i, j) for i, j in pairs if preferred(i, j)), None)
+        if found:
+            return found
+    return (0, min(1, len(reports) - 1))
+
+
+def pair_report_uploads(files: dict[str, bytes]) -> tuple[list[tuple[str, dict, bytes]], list[str]]:
+    """Uploaded reports with their detections: (name, report, detections bytes) for each report json whose
+    ``detections`` file was uploaded beside it, and a message for each one that was not (or that is no report)."""
+    pairs, problems = [], []
+    for name, data in files.items():
+        if not name.endswith(".json"):
+            continue
+        try:
+            report = parse_report(data, name)
+        except ReportError as error:
+            problems.append(str(error))
+            continue
+        wanted = Path(report["detections"]).name
+        if wanted not in files:
+            problems.append(f"{name}: its detections `{wanted}` were not uploaded; upload the report json together "
+                            "with the .detections.json.gz written beside it")
+            continue
+        pairs.append((name, report, files[wanted]))
+    return pairs, problems
+
+
+def breakdown_rows(name: str, analysis: dict) -> list[dict]:
+    """Rows (report, range, condition, AP, band) of an ``error_analysis``: AP under each condition, and the
+    band it adds over the previous one (C75 over 0, ..., FN = 1 - BG), so a range's bands stack to 1."""
+    rows = []
+    for label, entry in analysis["ranges"].items():
+        if "AP" not in entry:
+            continue  # no ground truth in the range
+        below = 0.0
+        for condition in analysis["conditions"]:
+            ap = float(entry["AP"][condition])
+            rows.append({"report": name, "range": label, "condition": condition, "AP": ap, "band": ap - below})
+            below = ap
+    return rows
+
+
+def crop_with_context(image: np.ndarray, bbox: Sequence[float], context: float = 1.0,
+                      min_side: int = 64) -> tuple[np.ndarray, list[float]]:
+    """An instance with its surroundings: the box grown by ``context`` times its side on every side (at
+    least ``min_side`` px square), clipped to the image. image (H, W, C); bbox xywh. Returns the crop and
+    the box in the crop's pixels (xywh)."""
+    height, width = image.shape[:2]
+    x, y, w, h = (float(v) for v in bbox)
+    cx, cy = x + w / 2, y + h / 2
+    half_w = max(w * (0.5 + context), min_side / 2)
+    half_h = max(h * (0.5 + context), min_side / 2)
+    x0, y0 = max(0, int(np.floor(cx - half_w))), max(0, int(np.floor(cy - half_h)))
+    x1, y1 = min(width, int(np.ceil(cx + half_w))), min(height, int(np.ceil(cy + half_h)))
+    return image[y0:y1, x0:x1], [x - x0, y - y0, w, h]
+
+
+def matching_instance(boxes: np.ndarray | torch.Tensor, bbox: Sequence[float], min_iou: float = 0.1) -> int | None:
+    """Index of the box (rows xyxy) that overlaps ``bbox`` (xywh) most, None when none reaches ``min_iou``."""
+    boxes = torch.as_tensor(boxes, dtype=torch.float64).reshape(-1, 4)
+    if not len(boxes):
+        return None
+    target = box_convert(torch.tensor([list(bbox)], dtype=torch.float64), "xywh", "xyxy")
+    iou = box_iou(target, boxes)[0]  # (n,)
+    best = int(iou.argmax())
+    return best if float(iou[best]) >= min_iou else None

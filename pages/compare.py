@@ -3,10 +3,10 @@
 import pandas as pd
 import streamlit as st
 
-from borrowcore.compare import (borrow_precision_table, coco_size_table, per_class_table, pr_curves,
+from borrowcore.compare import (borrow_precision_table, breakdown_rows, coco_size_table, per_class_table, pr_curves,
                                 size_bin_table)
 from viewer import assets, figures
-from viewer.loaders import report_from_path, report_from_upload
+from viewer.loaders import error_breakdown, report_from_path, report_from_upload
 
 st.title("Compare: what does borrowing buy, by object size?")
 
@@ -79,6 +79,46 @@ if curves and any(c["recall"] for c in curves):
                     key="compare_pr")
 else:
     st.info(f"No ground truth in the '{size}' range of these reports.")
+
+st.subheader("Why they fail: error breakdown by size")
+st.caption("COCO analyze(): precision-recall as each kind of error is forgiven in turn. Each bar stacks to 100%: "
+           "C75 is the AP at IoU 0.75; each band above it is the AP gained by forgiving one more error: C50 (IoU 0.5), "
+           "Loc (boxes off, IoU 0.1), Sim (confusion with the look-alike class of the same supercategory, the confusion "
+           "borrowing should remove), Oth (any other class), BG (false positives on background), FN (never detected).")
+paths = {name: bundled[name] for name in picked}
+analyses = {name: report.get("extra", {}).get("error_analysis") for name, report in reports}
+lacking = [name for name, analysis in analyses.items() if not isinstance(analysis, dict)]
+if lacking and st.toggle(f"Compute the breakdown of the {len(lacking)} report(s) that store none (from their detections "
+                         "and ground truth; a few seconds each, cached)", value=False, key="compare_breakdown_compute"):
+    with st.spinner("Analysing errors (once per report)…"):
+        for name, report in reports:
+            if name in lacking:
+                analyses[name], error = error_breakdown(report, paths.get(name))
+                if error:
+                    st.warning(f"No error breakdown for **{name}**: {error}", icon=":material/warning:")
+elif lacking:
+    st.info(f"{len(lacking)} of these reports store no error breakdown (`borrowcore analyze --report R.json` writes "
+            "one): switch on the toggle above to compute it here.")
+breakdown = pd.DataFrame([row for name, analysis in analyses.items() if isinstance(analysis, dict)
+                          for row in breakdown_rows(name, analysis)])
+if not breakdown.empty:
+    coco_ranges = ["all", "small", "medium", "large"]
+    scale = st.radio("Size ranges", ["COCO sizes", "fine bins"], horizontal=True, key="compare_breakdown_ranges")
+    shown = breakdown[breakdown["range"].isin(coco_ranges) == (scale == "COCO sizes")]
+    st.plotly_chart(figures.breakdown_bars(shown, f"error breakdown per report, {scale} (box side in px)"),
+                    key="compare_breakdown")
+    left, right = st.columns(2)
+    analysed = list(dict.fromkeys(breakdown["report"]))
+    one = left.selectbox("Report", analysed, key="compare_breakdown_report")
+    sizes = [label for label, entry in analyses[one]["ranges"].items() if "AP" in entry]
+    size = right.selectbox("Size range", sizes, index=sizes.index("small") if "small" in sizes else 0,
+                           key="compare_breakdown_size")
+    st.plotly_chart(figures.breakdown_area(analyses[one], size, f"{one}: PR under each condition, {size} objects"),
+                    key="compare_breakdown_area")
+    wide = breakdown.pivot_table(index=["report", "range"], columns="condition", values="AP", aggfunc="first",
+                                 sort=False)[list(dict.fromkeys(breakdown["condition"]))]
+    st.dataframe(wide.reset_index(), hide_index=True,
+                 column_config={c: st.column_config.NumberColumn(format="percent") for c in wide.columns})
 
 st.subheader("AP per class")
 classes = pd.DataFrame(per_class_table(reports, by, "AP"))

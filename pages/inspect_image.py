@@ -20,6 +20,11 @@ PERCENT = st.column_config.NumberColumn(format="percent")
 state = st.session_state
 
 st.title("Inspect: where did a small detection borrow from?")
+request = state.pop(queries.REQUEST, None)  # an instance opened from Head to head: applied once
+samples = {f"{folder}/{path.name}": path for folder, paths in assets.sample_images().items() for path in paths}
+samples.update(state.get("inspect_requested_images", {}))
+if request:
+    queries.open_request(state, request, samples, [path.name for path in assets.checkpoints()])
 
 # ---- checkpoint: bundled, or uploaded (stored under its hash, loaded with weights-only loading) ----
 with st.sidebar:
@@ -47,14 +52,13 @@ with st.sidebar:
                f"width {info['width']}; running on {device_label()}")
 
 # ---- images: this session's uploads and bundled samples ----
-samples = {f"{folder}/{path.name}": path for folder, paths in assets.sample_images().items() for path in paths}
 twin = assets.default_sample()
 default = next((name for name, path in samples.items() if path == twin), None)
 left, right = st.columns([3, 2])
 uploads = left.file_uploader("Upload images", type=IMAGE_TYPES, accept_multiple_files=True, key="inspect_images",
                              help="JPEG, PNG, BMP, WebP, TIFF or GIF; EXIF rotation is honoured; at most "
                                   f"{MAX_PIXELS / 1e6:.0f} megapixels.")
-picked = right.multiselect("…or bundled samples", list(samples), default=[default] if default else [],
+picked = right.multiselect("…or bundled samples", list(samples), default=[default] if default and not request else None,
                            key="inspect_samples", placeholder="choose samples" if samples else "none bundled yet")
 images, problems = queries.collect_images(uploads or [], picked, samples)
 for problem in problems:
@@ -75,7 +79,10 @@ with st.sidebar:
                             key=f"inspect_classes_{image_digest(' '.join(class_names).encode())[:8]}")
 with st.spinner("Running the detector (one image at a time on the device; waiting for other sessions)…"):
     explanation = explain_image(file_key(checkpoint_path), digest, detector, image)
-truth = ground_truth(file_name, tuple(image.shape[-2:])) if explanation.borrows else None
+truth = (ground_truth(file_name, tuple(image.shape[-2:]), state.get("inspect_requested_coco", []))
+         if explanation.borrows else None)
+if request and truth is not None:  # the requested instance is a ground-truth box: explain exactly it
+    state["inspect_instances"] = f"ground truth ({truth['source']})"
 use_truth = truth is not None and st.radio(
     "Instances to explain and link", ["detections", f"ground truth ({truth['source']})"], horizontal=True,
     key="inspect_instances", help="A bundled COCO file annotates this image: its instances can stand in for the "
@@ -91,6 +98,13 @@ else:
             and class_names[int(detections["labels"][i]) - 1] in chosen]
 context = f"{file_key(checkpoint_path)}|{digest}|{threshold}|{','.join(chosen)}|{use_truth}"
 detection = queries.apply_picks(state, explanation, keep, context)
+if request:
+    found = queries.request_query(state, explanation, keep, request["bbox"])
+    detection = detection if found is None else found
+    st.info(f"Opened from Head to head: the {request['category']} instance (annotation {request['annotation_id']}) "
+            + ("is the query below." if found is not None else
+               "matches no instance shown here (lower the score threshold, or pick a borrowing checkpoint)."),
+            icon=":material/compare_arrows:")
 
 st.subheader(f"Ground truth: {len(keep)} instances from {truth['source']}" if use_truth else
              f"Detections: {len(keep)} at score ≥ {threshold:.2f}")

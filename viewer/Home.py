@@ -18,6 +18,7 @@ pages = [
     st.Page("../pages/home.py", title="Home", icon=":material/home:", default=True),
     st.Page("../pages/inspect_image.py", title="Inspect", icon=":material/image_search:"),
     st.Page("../pages/compare.py", title="Compare", icon=":material/bar_chart:"),
+    st.Page("../pages/head_to_head.py", title="Head to head", icon=":material/compare_arrows:"),
     st.Page("../pages/data_anchors.py", title="Data & anchors", icon=":material/straighten:"),
     st.Page("../pages/training.py", title="Training", icon=":material/show_chart:"),
 ]

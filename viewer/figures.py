@@ -419,3 +419,89 @@ def training_figure(series: pd.DataFrame, y: str, title: str, log_y: bool = Fals
             figure.add_vline(x=step, line_dash="dot", line_color="grey")
     figure.update_layout(height=320, margin={"t": 50, "b": 10}, legend_title_text="")
     return figure
+
+
+# ---- error breakdown and head to head ----
+
+# COCO analyze()'s colours, C75 (best) to FN: each band is what relaxing that condition adds
+CONDITION_COLOURS = {"C75": "#ffffff", "C50": "#1f77b4", "Loc": "#2ca02c", "Sim": "#ff7f0e", "Oth": "#d62728",
+                     "BG": "#9467bd", "FN": "#8c564b"}
+CONDITION_NAMES = {"C75": "C75: right at IoU .75", "C50": "C50: at IoU .5", "Loc": "Loc: localisation (IoU .1)",
+                   "Sim": "Sim: look-alike class", "Oth": "Oth: other class", "BG": "BG: background",
+                   "FN": "FN: never detected"}
+
+
+def breakdown_bars(rows: pd.DataFrame, title: str) -> go.Figure:
+    """Stacked bars per report of each condition's band (rows of ``borrowcore.compare.breakdown_rows``),
+    one panel per size range: every bar stacks to 1, its C75..BG tops are the APs under each condition."""
+    conditions = list(dict.fromkeys(rows["condition"]))
+    figure = px.bar(rows, x="report", y="band", color="condition", facet_col="range", barmode="stack",
+                    title=title, hover_data={"AP": ":.3f", "band": ":.3f"},
+                    category_orders={"condition": conditions, "range": list(dict.fromkeys(rows["range"])),
+                                     "report": list(dict.fromkeys(rows["report"]))},
+                    color_discrete_map={c: CONDITION_COLOURS.get(c, "#7f7f7f") for c in conditions})
+    figure.for_each_annotation(lambda note: note.update(text=note.text.removeprefix("range=")))
+    figure.for_each_trace(lambda trace: trace.update(name=CONDITION_NAMES.get(trace.name, trace.name),
+                                                     marker_line={"color": "#444", "width": 0.5}))
+    figure.update_yaxes(tickformat=".0%", range=[0, 1])
+    figure.update_yaxes(title="share of precision-recall area", col=1)
+    figure.update_xaxes(title=None, type="category", tickangle=-30)
+    figure.update_layout(height=440, margin={"t": 60, "b": 10}, legend_title_text="", bargap=0.15)
+    return figure
+
+
+def breakdown_area(analysis: dict, size: str, title: str) -> go.Figure:
+    """COCO analyze()'s plot: the mean PR curve under each condition of one size range, filled between."""
+    figure = go.Figure()
+    recall = analysis["recall"]
+    entry = analysis["ranges"][size]
+    for k, condition in enumerate(analysis["conditions"]):
+        ap = entry["AP"][condition]
+        figure.add_trace(go.Scatter(x=recall, y=entry["curves"][condition], mode="lines",
+                                    fill="tozeroy" if k == 0 else "tonexty", name=f"[{ap:.3f}] {condition}",
+                                    line={"color": "#444", "width": 0.5},
+                                    fillcolor=CONDITION_COLOURS.get(condition, "#7f7f7f")))
+    figure.update_layout(title=title, height=380, xaxis_title="recall", yaxis_title="precision",
+                         xaxis_range=[0, 1], yaxis_range=[0, 1.0], margin={"t": 50, "b": 10},
+                         plot_bgcolor="#ffffff")
+    return figure
+
+
+def difference_figure(ranges: dict[str, dict], title: str) -> go.Figure:
+    """AP_B - AP_A per size range with its bootstrap interval (asymmetric error bars); ranges without ground
+    truth are left out."""
+    measured = {label: row for label, row in ranges.items() if row["AP_a"] >= 0}
+    labels = list(measured)
+    diffs = [measured[label]["diff"] for label in labels]
+    figure = go.Figure(go.Scatter(
+        x=labels, y=diffs, mode="markers", marker={"size": 11, "color": [PALETTE[2] if d >= 0 else PALETTE[0] for d in diffs]},
+        error_y={"type": "data", "symmetric": False,
+                 "array": [measured[label]["ci"][1] - measured[label]["diff"] for label in labels],
+                 "arrayminus": [measured[label]["diff"] - measured[label]["ci"][0] for label in labels]},
+        customdata=[[measured[label]["AP_a"], measured[label]["AP_b"], *measured[label]["ci"]] for label in labels],
+        hovertemplate="%{x}: B − A %{y:+.1%}<br>A %{customdata[0]:.1%}, B %{customdata[1]:.1%}"
+                      "<br>95% CI [%{customdata[2]:+.1%}, %{customdata[3]:+.1%}]<extra></extra>",
+        name="B − A"))
+    figure.add_hline(y=0, line_color="grey", line_dash="dot")
+    figure.update_xaxes(title="size range (box side in px)", type="category")
+    figure.update_yaxes(title="AP(B) − AP(A)", tickformat="+.0%", zeroline=False)
+    figure.update_layout(title=title, height=360, margin={"t": 50, "b": 10}, showlegend=False)
+    return figure
+
+
+def instance_crop(image: np.ndarray, bbox: Sequence[float], colour: str = QUERY_COLOUR, context: float = 1.0,
+                  min_side: int = 64, display_side: int = 160) -> Image.Image:
+    """An instance with its context (``borrowcore.compare.crop_with_context``), its box drawn, upscaled with
+    nearest pixels to ``display_side`` so small instances stay legible. image (H, W, 3) uint8; bbox xywh."""
+    from PIL import ImageDraw
+
+    from borrowcore.compare import crop_with_context
+
+    crop, (x, y, w, h) = crop_with_context(image, bbox, context, min_side)
+    picture = Image.fromarray(np.ascontiguousarray(crop))
+    scale = max(1.0, display_side / max(picture.size))
+    if scale > 1:
+        picture = picture.resize((round(picture.width * scale), round(picture.height * scale)), Image.NEAREST)
+    ImageDraw.Draw(picture).rectangle([x * scale, y * scale, (x + w) * scale - 1, (y + h) * scale - 1],
+                                      outline=colour, width=2)
+    return picture

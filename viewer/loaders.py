@@ -6,17 +6,22 @@ the other files, so one bad file loses nothing else.
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import streamlit as st
 
 from borrowcore.anchors import dataset_anchor_recall, design_aspect_ratios
 from borrowcore.coco import read_coco_boxes, read_coco_json
-from borrowcore.compare import parse_report
-from borrowcore.report import ReportError, load_report
+from borrowcore.analysis import analyze_report, compare_reports
+from borrowcore.compare import parse_report, resolve_report_path
+from borrowcore.images import BadImageError, decode_upload
+from borrowcore.report import ReportError, load_report, report_detections_path, sha256_file
 from borrowcore.stats import dataset_stats
 from borrowcore.traininglog import TrainingLog, parse_training_log, read_training_log
 
@@ -134,12 +139,13 @@ def _coco_index(path: str, mtime: int) -> dict[str, dict]:
     return {image["file_name"]: image for image in images.values() if isinstance(image["file_name"], str)}
 
 
-def ground_truth(file_name: str, size: tuple[int, int]) -> dict | None:
-    """The bundled ground truth of an image, found by file name and size in the bundled COCO files:
-    {"source", "boxes" (n, 4) xyxy, "names"}; None when no bundled file annotates it."""
+def ground_truth(file_name: str, size: tuple[int, int], extra: Sequence[Path] = ()) -> dict | None:
+    """The bundled ground truth of an image, found by file name and size in ``extra`` COCO files (e.g. a
+    report's, first), then the bundled ones: {"source", "boxes" (n, 4) xyxy, "names"}; None when none annotates it."""
     from viewer.assets import coco_files, display_path
 
     files = sorted(coco_files(), key=lambda p: (p.name not in ("instances.json", "annotations.json"), str(p)))
+    files = [Path(p) for p in extra if Path(p).is_file()] + files
     for path in files:
         try:
             entry = _coco_index(str(path), _mtime(path)).get(file_name)
@@ -150,3 +156,116 @@ def ground_truth(file_name: str, size: tuple[int, int]) -> dict | None:
             boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
             return {"source": display_path(path), "boxes": boxes, "names": entry["names"]}
     return None
+
+
+# ---- error breakdown and head to head ----
+
+def _content_digest(path: Path) -> str:
+    digest = hashlib.sha256(path.read_bytes())
+    return digest.hexdigest()
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _report_digest(path: str, mtime: int, detections_mtime: int) -> str:
+    """A report's identity for caches: the hash of its bytes and its detections' bytes."""
+    report = load_report(path)
+    detections = report_detections_path(report, path)
+    return _content_digest(Path(path)) + (_content_digest(detections) if detections.is_file() else "")
+
+
+def report_digest(path: Path) -> str:
+    detections = report_detections_path(_report(str(path), _mtime(path)), path)
+    return _report_digest(str(path), _mtime(path), _mtime(detections) if detections.is_file() else 0)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _breakdown(path: str, digest: str, annotations: str) -> dict:
+    return analyze_report(path, coco=annotations, write=False)
+
+
+def error_breakdown(report: dict, path: Path | None) -> Result:
+    """A report's C75..FN breakdown: stored in ``extra.error_analysis``, else computed from its detections
+    and ground truth (cached by content hash); a plain message when it cannot be."""
+    stored = report.get("extra", {}).get("error_analysis")
+    if isinstance(stored, dict) and "ranges" in stored:
+        return stored, None
+    if path is None:
+        return None, ("uploaded without its detections, and it stores no breakdown: run "
+                      "`borrowcore analyze --report` on it (or use Head to head, which takes the detections too)")
+    annotations = resolve_report_path(report["dataset"]["annotations"], path)
+    if annotations is None:
+        return None, (f"its ground truth `{report['dataset']['annotations']}` (dataset.annotations) is not on this "
+                      "machine, so its errors cannot be analysed here; run `borrowcore analyze` where it is")
+    detections = report_detections_path(report, path)
+    if not detections.is_file():
+        return None, f"its detections `{report['detections']}` are missing beside it"
+    try:
+        return _breakdown(str(path), report_digest(path), str(annotations)), None
+    except (ReportError, ValueError, KeyError, OSError) as error:
+        return None, str(error)
+
+
+def store_report_upload(name: str, report: dict, detections: bytes) -> Path:
+    """An uploaded report and its detections side by side under their content hash; returns the report's path."""
+    from viewer.models import UPLOADS
+
+    data = json.dumps({**report, "detections": Path(report["detections"]).name}).encode()
+    folder = UPLOADS / "reports" / hashlib.sha256(data + detections).hexdigest()[:32]
+    path = folder / (Path(name).name or "report.json")
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / Path(report["detections"]).name).write_bytes(detections)
+        path.write_bytes(data)
+    return path
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _comparison(path_a: str, digest_a: str, path_b: str, digest_b: str, annotations: str, bootstrap: int,
+                seed: int, score_threshold: float) -> dict:
+    return compare_reports(path_a, path_b, coco=annotations, bootstrap=bootstrap, seed=seed,
+                           score_threshold=score_threshold)
+
+
+def comparison(path_a: Path, path_b: Path, bootstrap: int, seed: int, score_threshold: float) -> Result:
+    """``borrowcore.analysis.compare_reports`` of two report files, cached by their content."""
+    report_a, error = report_from_path(path_a)
+    if error:
+        return None, error
+    annotations = resolve_report_path(report_a["dataset"]["annotations"], path_a)
+    if annotations is None:
+        return None, (f"the ground truth `{report_a['dataset']['annotations']}` (dataset.annotations of A) is not "
+                      "on this machine: the comparison needs it")
+    try:
+        return _comparison(str(path_a), report_digest(path_a), str(path_b), report_digest(path_b), str(annotations),
+                           int(bootstrap), int(seed), float(score_threshold)), None
+    except (ReportError, ValueError, KeyError, OSError) as error:
+        return None, str(error)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _checkpoint_sha256(path: str, mtime: int) -> str:
+    return sha256_file(path)
+
+
+def checkpoint_sha256(path: Path) -> str:
+    return _checkpoint_sha256(str(path), _mtime(path))
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def _instance_crop(path: str, mtime: int, bbox: tuple[float, ...], colour: str) -> bytes:
+    from viewer.figures import instance_crop
+
+    image = decode_upload(Path(path).read_bytes(), Path(path).name)  # (3, H, W) uint8
+    buffer = io.BytesIO()
+    instance_crop(image.permute(1, 2, 0).numpy(), bbox, colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def instance_crop_png(path: Path, bbox: list[float], colour: str) -> Result:
+    """PNG of a ground-truth instance with its context and its box drawn, from the image file ``path``."""
+    if not path.is_file():
+        return None, f"{path.name}: image not found in {path.parent}"
+    try:
+        return _instance_crop(str(path), _mtime(path), tuple(float(v) for v in bbox), colour), None
+    except BadImageError as error:
+        return None, str(error)

@@ -134,3 +134,47 @@ def links_table(explanation: Explanation, view: BorrowView) -> pd.DataFrame:
 def sources_table(view: BorrowView) -> pd.DataFrame:
     return pd.DataFrame([{"layer": s["layer"], "row": s["row"], "col": s["col"], "share": s["share"]}
                          for s in view.sources], columns=["layer", "row", "col", "share"])
+
+
+# ---- opening an instance from another page (Head to head) ----
+
+REQUEST = "inspect_request"  # set by another page, consumed once by Inspect
+
+
+def inspect_request(instance: dict, image: Path, checkpoint: str | None, annotations: Path | None) -> dict:
+    """What Inspect needs to show a ground-truth instance: its image file, the bundled checkpoint to load
+    (by name; None keeps the current one), the COCO file that annotates it, and its box (xywh)."""
+    return {"image": str(image), "checkpoint": checkpoint, "annotations": str(annotations) if annotations else None,
+            "bbox": [float(v) for v in instance["bbox"]], "category": instance["category"],
+            "annotation_id": instance["annotation_id"]}
+
+
+def open_request(state: MutableMapping, request: dict, samples: dict[str, Path], checkpoints: Sequence[str]) -> str:
+    """Point Inspect's widgets at a request: its checkpoint (when bundled), its image (added to the samples
+    for this session when it is not one) and its ground truth. Returns the image's label."""
+    if request.get("checkpoint") in checkpoints:
+        state["inspect_checkpoint"] = request["checkpoint"]
+    image = Path(request["image"])
+    label = next((name for name, path in samples.items() if path.resolve() == image.resolve()),
+                 f"{image.parent.parent.name}/{image.name}")
+    state.setdefault("inspect_requested_images", {})[label] = image
+    samples.setdefault(label, image)
+    state["inspect_samples"] = [label]
+    state["inspect_image"] = label
+    if request.get("annotations"):
+        extra = state.setdefault("inspect_requested_coco", [])
+        if request["annotations"] not in extra:
+            extra.append(request["annotations"])
+    return label
+
+
+def request_query(state: MutableMapping, explanation: Explanation, keep: Sequence[int], bbox: Sequence[float],
+                  min_iou: float = 0.1) -> int | None:
+    """Make the instance of ``keep`` that overlaps ``bbox`` (xywh) most the query; None when none overlaps."""
+    from borrowcore.compare import matching_instance
+
+    found = matching_instance(explanation.detections["boxes"][list(keep)], bbox, min_iou) if keep else None
+    if found is None:
+        return None
+    state["inspect_detection"], state["inspect_mode"] = keep[found], DETECTION
+    return keep[found]
