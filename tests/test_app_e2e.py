@@ -101,9 +101,17 @@ def settle(page) -> None:
 def shoot(page, tmp_path: Path, name: str) -> Path:
     path = tmp_path / f"{name}.png"
     page.screenshot(path=path, full_page=True)
-    figure = page.locator("[data-testid='stPlotlyChart']").nth(1)
-    if figure.count():
-        figure.screenshot(path=tmp_path / f"{name}-borrowing.png")
+    from playwright.sync_api import Error as PlaywrightError
+
+    for attempt in range(3):  # a rerun can replace the chart while it is being shot: settle and retry
+        figure = page.locator("[data-testid='stPlotlyChart']").nth(1)
+        if not figure.count():
+            break
+        try:
+            figure.screenshot(path=tmp_path / f"{name}-borrowing.png", timeout=WAIT_MS)
+            break
+        except PlaywrightError:
+            settle(page)
     SHOTS.mkdir(exist_ok=True)
     for shot in tmp_path.glob(f"{name}*.png"):
         shutil.copy(shot, SHOTS / shot.name)

@@ -397,7 +397,7 @@ def test_build_preset_names():
             {"boxes": tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=(40, 50)),
              "labels": torch.zeros(0, dtype=torch.int64)})
         assert image.shape == (3, 32, 32) and float(image.max()) <= 1.0
-    with pytest.raises(ValueError, match="ssd, overhead, flip, eval"):
+    with pytest.raises(ValueError, match="ssd, overhead, tiles, flip, eval"):
         build_preset("mosaic", 32)
 
 
