@@ -108,7 +108,7 @@ def shoot(page, tmp_path: Path, name: str) -> Path:
         if not figure.count():
             break
         try:
-            figure.screenshot(path=tmp_path / f"{name}-borrowing.png", timeout=WAIT_MS)
+            figure.screenshot(path=tmp_path / f"{name}-borrowing.png", timeout=30_000)
             break
         except PlaywrightError:
             settle(page)
