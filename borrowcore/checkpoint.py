@@ -12,16 +12,15 @@ dataclasses, paths and numpy objects):
 from __future__ import annotations
 
 import dataclasses
-import os
 import pickle
 import platform
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 import torchvision
 
+from borrowcore.atomic import atomic_write
 from borrowcore.config import DetectorConfig, detector_config_from_dict
 
 FORMAT = "borrowcore-checkpoint"
@@ -42,19 +41,7 @@ def library_versions() -> dict[str, str]:
 
 def atomic_save(obj: Any, path: str | Path) -> None:
     """torch.save to a temporary file beside ``path``, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def save_checkpoint(path: str | Path, detector: torch.nn.Module, config: DetectorConfig | None = None,

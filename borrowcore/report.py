@@ -11,10 +11,10 @@ import gzip
 import hashlib
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from borrowcore.atomic import atomic_write
 
 SCHEMA = "borrowcore-eval-report"
 SCHEMA_VERSION = 1
@@ -104,19 +104,11 @@ def load_report(path: str | Path) -> dict:
 
 
 def write_json_atomic(obj: Any, path: str | Path) -> None:
-    """JSON (gzip-compressed when the name ends in .gz) to a temporary file, then renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            data = json.dumps(obj).encode()
-            f.write(gzip.compress(data, mtime=0) if path.suffix == ".gz" else data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """JSON (gzip-compressed when the name ends in .gz) written atomically."""
+    data = json.dumps(obj).encode()
+    if Path(path).suffix == ".gz":
+        data = gzip.compress(data, mtime=0)
+    atomic_write(path, lambda f: f.write(data))
 
 
 def read_json(path: str | Path) -> Any:

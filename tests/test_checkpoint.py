@@ -89,3 +89,19 @@ def test_bad_config_in_checkpoint(tmp_path, tiny_config):
     torch.save(checkpoint, path)
     with pytest.raises(CheckpointError, match="bad.pt: invalid model config.*magic"):
         load_detector(path)
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path, tiny_config, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, make_detector(tiny_config), train_state={"step": 1})
+
+    def crash(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, make_detector(tiny_config), train_state={"step": 2})
+    monkeypatch.undo()
+    assert read_checkpoint(path)["train_state"]["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
