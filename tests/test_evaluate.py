@@ -157,3 +157,33 @@ def test_small_instance_top1_accuracy_by_hand():
                {"image_id": 1, "category_id": 1, "bbox": [215, 215, 20, 20], "score": 0.9}]  # IoU < 0.5: unmatched
     # the 100 px box is not small and is left out
     assert small_instance_accuracy(coco, results) == {"accuracy": 0.5, "matched": 2, "instances": 3}
+
+
+@pytest.mark.slow
+def test_eval_under_torchrun_merges_shards(tmp_path, tiny_config):
+    """Two processes each evaluate half the images; rank 0 merges: the same report as one process."""
+    import os
+    import subprocess
+    import sys
+
+    from test_train import ROOT
+
+    config = tiny_config.__class__(**{**tiny_config.__dict__, "num_classes": 6})
+    checkpoint = tmp_path / "model.pt"
+    detector = make_detector(config)
+    with torch.no_grad():
+        for block in detector.network.neck.fusion:
+            block.combine.weight.normal_(std=0.1)
+    save_checkpoint(checkpoint, detector)
+    single = evaluate_checkpoint(checkpoint, TINY / "twins.json", TINY / "images", device="cpu", show_progress=False)
+    out = tmp_path / "ddp.json"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547",
+               "-m", "borrowcore", "eval", "--checkpoint", str(checkpoint), "--coco", str(TINY / "twins.json"),
+               "--images", str(TINY / "images"), "--out", str(out), "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    merged = load_report(out)
+    assert merged["dataset"]["num_images"] == 16
+    assert len({d["image_id"] for d in load_detections(merged, out)}) == 16  # both shards are in
+    assert merged["metrics"] == pytest.approx(single["metrics"], abs=1e-4)
