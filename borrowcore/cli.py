@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             config.train.val_images = config.train.val_annotations = ""
     out = args.out or str(Path("runs") / Path(args.config).stem)
     result = train(config, out, resume=args.resume, device=args.device)
-    if int(__import__("os").environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 prints
         print(json.dumps(result))
     return 0
 

@@ -9,6 +9,7 @@ sqrt(area) are evaluated through ``params.areaRng``. A metric is -1 where its ra
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import math
 import time
@@ -242,7 +243,7 @@ def evaluate_detector(detector: torch.nn.Module, annotations: str | Path, images
     report = {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": {"config": __import__("dataclasses").asdict(config) if config is not None else {},
+        "model": {"config": dataclasses.asdict(config) if config is not None else {},
                   "class_names": list(detector.class_names), "checkpoint": str(checkpoint),
                   "checkpoint_sha256": sha256_file(checkpoint) if checkpoint else "",
                   "ablation": config.neck if config is not None else ""},
