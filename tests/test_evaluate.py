@@ -129,15 +129,20 @@ def test_malformed_reports_are_rejected(tmp_path):
         validate_report({**report, "schema_version": 7}, "r.json")
 
 
-def test_tiled_eval_matches_whole_image_eval_when_one_tile_covers_the_image(tmp_path, tiny_config):
-    """A 256 px tile over a 256 px image is the same computation as resizing the image to 256."""
-    config = tiny_config.__class__(**{**tiny_config.__dict__, "num_classes": 6, "input_size": 256})
-    checkpoint = tmp_path / "model.pt"
+def borrowing_checkpoint(tmp_path, tiny_config, **changes):
+    """A 6-class tiny `full` checkpoint whose C_n is non-zero, so the borrowed features matter."""
+    config = tiny_config.__class__(**{**tiny_config.__dict__, "num_classes": 6, **changes})
     detector = make_detector(config)
     with torch.no_grad():
         for block in detector.network.neck.fusion:
             block.combine.weight.normal_(std=0.1)
-    save_checkpoint(checkpoint, detector)
+    save_checkpoint(tmp_path / "model.pt", detector)
+    return tmp_path / "model.pt"
+
+
+def test_tiled_eval_matches_whole_image_eval_when_one_tile_covers_the_image(tmp_path, tiny_config):
+    """A 256 px tile over a 256 px image is the same computation as resizing the image to 256."""
+    checkpoint = borrowing_checkpoint(tmp_path, tiny_config, input_size=256)
     whole = evaluate_checkpoint(checkpoint, TINY / "orphans.json", TINY / "images", device="cpu", show_progress=False)
     tiled = evaluate_checkpoint(checkpoint, TINY / "orphans.json", TINY / "images", device="cpu", show_progress=False,
                                 tile=256, overlap=0.2)
@@ -168,13 +173,7 @@ def test_eval_under_torchrun_merges_shards(tmp_path, tiny_config):
 
     from test_train import ROOT
 
-    config = tiny_config.__class__(**{**tiny_config.__dict__, "num_classes": 6})
-    checkpoint = tmp_path / "model.pt"
-    detector = make_detector(config)
-    with torch.no_grad():
-        for block in detector.network.neck.fusion:
-            block.combine.weight.normal_(std=0.1)
-    save_checkpoint(checkpoint, detector)
+    checkpoint = borrowing_checkpoint(tmp_path, tiny_config)
     single = evaluate_checkpoint(checkpoint, TINY / "twins.json", TINY / "images", device="cpu", show_progress=False)
     out = tmp_path / "ddp.json"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547",
