@@ -275,10 +275,46 @@ def onnx_rows(batches: tuple[int, ...] = (1, 8), input_size: int = 300, width: f
     return rows
 
 
+def compile_rows(num_classes: int, input_size: int, width: float, device: torch.device, batches: tuple[int, ...],
+                 repeats: int, warmup: int, mode: str = "default") -> list[dict]:
+    """torch.compile (inductor) against eager for `ssd` and `full`: compile time, latency and speed-up,
+    with the compiled outputs checked against eager ones (AMP bf16 on CUDA, fp32 on the CPU)."""
+    amp = device.type == "cuda"
+    rows = []
+    for neck in ("ssd", "full"):
+        torch.manual_seed(0)
+        detector = build_detector(DetectorConfig(neck=neck, num_classes=num_classes, input_size=input_size, width=width))
+        network = detector.network.eval().to(device)
+
+        def core(x: torch.Tensor, n=network) -> tuple[torch.Tensor, torch.Tensor]:
+            out = n(x)
+            return out.cls_logits, out.box_regression
+
+        for batch in batches:
+            torch._dynamo.reset()
+            compiled = torch.compile(core, mode=mode, dynamic=False)
+            inputs = torch.rand(batch, 3, input_size, input_size, device=device)
+            autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp) if amp else torch.autocast("cpu", enabled=False)
+            start = time.perf_counter()
+            with torch.inference_mode(), autocast:
+                reference, result = core(inputs), compiled(inputs)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            compile_s = time.perf_counter() - start
+            difference = max(float((a.float() - b.float()).abs().max()) for a, b in zip(reference, result))
+            times = time_interleaved({"eager": core, "compiled": compiled}, inputs, repeats, warmup, amp=amp)
+            eager, fast = float(np.median(times["eager"])), float(np.median(times["compiled"]))
+            rows.append({"model": neck, "batch": batch, "device": device.type, "precision": "amp-bf16" if amp else "fp32",
+                         "mode": mode, "compile_s": round(compile_s, 1), "eager_ms": round(1000 * eager, 2),
+                         "compiled_ms": round(1000 * fast, 2), "speedup": round(eager / fast, 2),
+                         "max_abs_difference": float(f"{difference:.3g}")})
+    return rows
+
+
 def run_benchmark(out: str | Path = "reports/bench", repeats: int = 10, warmup: int = 3, batches: tuple[int, ...] = (1, 16),
                   input_size: int = 300, width: float = 1.0, num_classes: int = 80, threads: int | None = None,
                   device: str | None = None, sections: tuple[str, ...] = ("latency", "memory", "flops", "onnx", "training", "eval"),
-                  eval_images: int = 5000) -> dict[str, Any]:
+                  eval_images: int = 5000, compile_mode: str = "default") -> dict[str, Any]:
     """Run the benchmark; write OUT/bench.json and OUT/bench.md; return the results."""
     if threads:
         torch.set_num_threads(threads)
@@ -304,6 +340,8 @@ def run_benchmark(out: str | Path = "reports/bench", repeats: int = 10, warmup: 
                             "peak_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         results["latency"] = rows
         results["targets"] = targets(rows)
+    if "compile" in sections:
+        results["compile"] = compile_rows(num_classes, input_size, width, torch_device, batches, repeats, warmup, compile_mode)
     if "memory" in sections and torch_device.type == "cpu":
         results["cpu_peak_memory"] = [
             {"model": name, "batch": batch, "peak_rss_growth_mb": cpu_peak_memory_mb(name, batch, input_size, num_classes, width)}
@@ -348,6 +386,11 @@ def format_markdown(results: dict[str, Any]) -> str:
         lines += ["", "| target | batch | precision | ratio | limit | result |", "|---|---|---|---|---|---|"]
         lines += [f"| {t['target']} | {t['batch']} | {t['precision']} | {t['ratio']} | {t['limit']} | {t['result']} |"
                   for t in results["targets"]]
+    if "compile" in results:
+        lines += ["", "| torch.compile | batch | device | precision | mode | compile s | eager ms | compiled ms | speed-up | max abs diff |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['batch']} | {r['device']} | {r['precision']} | {r['mode']} | {r['compile_s']} | "
+                  f"{r['eager_ms']} | {r['compiled_ms']} | {r['speedup']} | {r['max_abs_difference']} |" for r in results["compile"]]
     if "cpu_peak_memory" in results:
         lines += ["", "| model | batch | peak RSS growth (MiB) |", "|---|---|---|"]
         lines += [f"| {r['model']} | {r['batch']} | {r['peak_rss_growth_mb']} |" for r in results["cpu_peak_memory"]]

@@ -160,7 +160,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from borrowcore.bench import format_markdown, run_benchmark
 
     results = run_benchmark(args.out, args.repeats, args.warmup, tuple(args.batches), args.input, args.width,
-                            args.num_classes, args.threads, args.device, tuple(args.sections), args.eval_images)
+                            args.num_classes, args.threads, args.device, tuple(args.sections), args.eval_images,
+                            args.compile_mode)
     print(format_markdown(results))
     return 0
 
@@ -320,8 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--sections", nargs="+", default=["latency", "memory", "flops", "onnx", "training", "eval"],
-                   choices=["latency", "memory", "flops", "onnx", "training", "eval"])
+                   choices=["latency", "memory", "flops", "onnx", "training", "eval", "compile"],
+                   help="compile (torch.compile against eager) runs only when named")
     p.add_argument("--eval-images", dest="eval_images", type=int, default=5000)
+    p.add_argument("--compile-mode", dest="compile_mode", default="default",
+                   choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"])
     p.set_defaults(func=cmd_bench)
 
     p = commands.add_parser("convert", help="YOLO txt or Pascal VOC xml labels to COCO json")

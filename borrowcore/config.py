@@ -66,6 +66,7 @@ class TrainConfig:
     augmentation: str = "ssd"  # a preset name from borrowcore.presets
     epochs: int = 1
     max_steps: int = 0  # > 0 stops after this many optimiser steps (overrides epochs)
+    repeats: int = 1  # visits of every training image per epoch (random tiles of a few large images)
     batch_size: int = 32  # per process
     lr: float = 0.01  # at batch_size * world size; scale linearly with the global batch
     momentum: float = 0.9
@@ -89,6 +90,8 @@ class TrainConfig:
             raise ValueError(f"schedule must be cosine or multistep, got {self.schedule!r}")
         if self.val_metric not in ("loss", "AP"):
             raise ValueError(f"val_metric must be loss or AP, got {self.val_metric!r}")
+        if self.repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {self.repeats}")
         if self.amp not in ("bf16", "fp16", "off"):
             raise ValueError(f"amp must be bf16, fp16 or off, got {self.amp!r}")
 

@@ -145,6 +145,8 @@ class CocoDetection(torch.utils.data.Dataset):
         transforms: a transforms.v2 callable taking and returning (image, target).
         skip_bad: warn about, skip and count bad annotations (and images) instead of raising.
         seed: the augmentation seed.
+        repeats: visits of every image per epoch (mmdetection's ``RepeatDataset``): a few large images
+            cropped to random tiles give ``repeats`` different windows each per epoch.
         verify_images: decode every image once at construction (skipped when unreadable if skip_bad).
     """
 
@@ -156,12 +158,16 @@ class CocoDetection(torch.utils.data.Dataset):
         skip_bad: bool = False,
         seed: int = 0,
         verify_images: bool = False,
+        repeats: int = 1,
     ) -> None:
+        if repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {repeats}")
         self.image_dir = Path(image_dir)
         self.ann_file = Path(ann_file)
         self.transforms = transforms
         self.skip_bad = skip_bad
         self.seed = seed
+        self.repeats = repeats
         # Shared memory, so set_epoch reaches DataLoader workers that persist across epochs.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
@@ -270,7 +276,7 @@ class CocoDetection(torch.utils.data.Dataset):
         return int(self._epoch.item())
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.ids) * self.repeats
 
     def __getitem__(self, index: int) -> tuple[Any, dict[str, Any]] | None:
         """(image, target) of one image; None when its file is unreadable and skip_bad is set.
@@ -278,7 +284,7 @@ class CocoDetection(torch.utils.data.Dataset):
         Before transforms: image a uint8 tv_tensors.Image (3, H, W); target `boxes` BoundingBoxes
         (n, 4) XYXY float32, `labels` int64 (n,) in 1..K, `image_id` the COCO id, `orig_size` (H, W).
         """
-        image_id = self.ids[index]
+        image_id = self.ids[index % len(self.ids)]
         try:
             pixels = self._read_image(image_id)
         except BadImageError as error:

@@ -90,7 +90,7 @@ def build_loaders(config: ExperimentConfig, context: DistributedContext):
     t = config.train
     size = config.model.input_size
     train_set = CocoDetection(t.train_images, t.train_annotations, build_preset(t.augmentation, size),
-                              skip_bad=t.skip_bad, seed=t.seed)
+                              skip_bad=t.skip_bad, seed=t.seed, repeats=t.repeats)
     val_set = None
     if t.val_annotations:
         val_set = CocoDetection(t.val_images, t.val_annotations, build_preset("eval", size), skip_bad=t.skip_bad,
@@ -152,7 +152,7 @@ def _train(config: ExperimentConfig, out_dir: Path, resume: bool, context: Distr
                                  seed=t.seed, drop_last=True)
     steps_per_epoch = len(sampler) // t.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"{t.train_annotations}: {len(train_set)} images give no full batch of {t.batch_size} "
+        raise ValueError(f"{t.train_annotations}: {len(train_set)} samples per epoch give no full batch of {t.batch_size} "
                          f"per process ({context.world_size} processes)")
     total_steps = t.max_steps if t.max_steps > 0 else t.epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -183,7 +183,7 @@ def _train(config: ExperimentConfig, out_dir: Path, resume: bool, context: Distr
         save_config(config, out_dir / "config.yaml")
         log.write({"event": "start", "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
                    "world_size": context.world_size, "global_batch": global_batch, "lr": base_lr,
-                   "device": str(context.device), "train_images": len(train_set),
+                   "device": str(context.device), "train_images": len(train_set.ids), "repeats": t.repeats,
                    "skipped_annotations": getattr(train_set, "skipped", {}), "time": time.time()})
 
     def checkpoint_now(path: Path, epoch: int) -> None:

@@ -350,6 +350,21 @@ def test_augmentation_is_a_function_of_seed_epoch_index(tmp_path):
     assert not torch.equal(other_seed[0][0], a_image)
 
 
+def test_repeats_visit_every_image_that_often_with_different_tiles():
+    aerial = PHOTOS.parent / "aerial-cars"
+    from borrowcore.presets import tiles_train_preset
+
+    once = CocoDetection(aerial / "images", aerial / "val.json")
+    thrice = CocoDetection(aerial / "images", aerial / "val.json", transforms=tiles_train_preset(128), repeats=3)
+    n = len(once)
+    assert len(thrice) == 3 * n
+    first, second = thrice[1], thrice[1 + n]
+    assert first[1]["image_id"] == second[1]["image_id"] == once[1][1]["image_id"]
+    assert not torch.equal(first[0], second[0])  # another window of the same image
+    with pytest.raises(ValueError, match="repeats"):
+        CocoDetection(aerial / "images", aerial / "val.json", repeats=0)
+
+
 def test_augmentation_seed_mixes_all_three_and_is_stable():
     seeds = {augmentation_seed(s, e, i) for s in range(3) for e in range(3) for i in range(3)}
     assert len(seeds) == 27 and all(0 <= s < 2**63 for s in seeds)

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# One GPU session, as run on the device machine (see README, "Real imagery" and "Benchmarks"):
+#   1. the GPU benchmark rows (fp32 and AMP latency, peak memory) while the GPU is idle;
+#   2. aerial training: `ssd` and `full`, seeds 0 and 1, four runs side by side on the one GPU;
+#   3. torch.compile against eager, batch 1 then batch 16.
+# Every phase has its own time limit, so that a slow phase costs only itself.
+#
+#   bash scripts/gpu-session.sh DATA OUT
+# DATA holds images/ and train.json (default ../shared/data/aerial-cars); OUT collects everything.
+set -u
+DATA=${1:-../shared/data/aerial-cars}
+OUT=${2:-runs/gpu-session}
+STEPS=${STEPS:-1500}
+export PYTHONUNBUFFERED=1
+mkdir -p "$OUT"
+started=$(date +%s)
+phase() { echo "[$(( $(date +%s) - started )) s] $*"; }
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$OUT/gpu.txt" 2>&1
+python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)" >>"$OUT/gpu.txt"
+cat "$OUT/gpu.txt"
+
+phase "latency"
+timeout 90 python3 -m borrowcore bench --out "$OUT/bench" --sections latency --repeats 30 --warmup 5 \
+    >"$OUT/bench.log" 2>&1 || echo "latency bench failed or timed out (rc $?)"
+tail -n 30 "$OUT/bench.log"
+
+phase "training"
+for neck in ssd full; do
+    for seed in 0 1; do
+        OMP_NUM_THREADS=2 timeout "${TRAIN_LIMIT:-280}" python3 -m borrowcore train --config "configs/aerial-$neck.yaml" \
+            --out "$OUT/aerial-$neck-s$seed" --device cuda \
+            --set "train.seed=$seed" "train.max_steps=$STEPS" "train.train_images=$DATA/images" \
+            "train.train_annotations=$DATA/train.json" >"$OUT/train-$neck-s$seed.log" 2>&1 &
+    done
+done
+wait
+for log in "$OUT"/train-*.log; do echo "== $log"; tail -c 400 "$log"; echo; done
+for run in "$OUT"/aerial-*; do tail -n 2 "$run/log.jsonl"; done
+
+phase "compile"
+for batch in 1 16; do
+    timeout "${COMPILE_LIMIT:-100}" python3 -m borrowcore bench --out "$OUT/compile-b$batch" --sections compile \
+        --batches "$batch" --repeats 30 --warmup 5 >"$OUT/compile-b$batch.log" 2>&1 || echo "compile b$batch failed or timed out"
+    tail -n 6 "$OUT/compile-b$batch.log"
+done
+phase "done"
+
+# Bring back (when PACK names a folder): each run's weights without optimizer state, and one archive of
+# the logs, configs and benchmark results.
+if [ -n "${PACK:-}" ]; then
+    mkdir -p "$PACK"
+    python3 - "$OUT" "$PACK" <<'PY'
+import sys
+from pathlib import Path
+
+from borrowcore.checkpoint import checkpoint_config, load_state, read_checkpoint, save_checkpoint
+from borrowcore.model import build_detector
+
+out, pack = Path(sys.argv[1]), Path(sys.argv[2])
+for run in sorted(out.glob("aerial-*")):
+    source = run / "last.pt"
+    if source.exists():
+        checkpoint = read_checkpoint(source)
+        detector = build_detector(checkpoint_config(checkpoint, source), checkpoint["class_names"])
+        load_state(detector, checkpoint, source)
+        save_checkpoint(pack / f"{run.name}.pt", detector)
+        print(run.name, "step", checkpoint["train_state"]["step"])
+PY
+    tar czf "$PACK/session.tar.gz" --exclude='*.pt' -C "$(dirname "$OUT")" "$(basename "$OUT")"
+    ls -la "$PACK"
+fi
