@@ -32,6 +32,8 @@ class MultiBoxLoss(nn.Module):
                 targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         """cls_logits (B, A, K+1), box_regression (B, A, 4), anchors (A, 4) xyxy; targets with
         ``boxes`` (G, 4) xyxy in input pixels and ``labels`` (G,) in 1..K -> {"loss_box", "loss_cls"}."""
+        # the loss in float32 whatever the head's autocast dtype (bf16/fp16 outputs under AMP)
+        cls_logits, box_regression, anchors = cls_logits.float(), box_regression.float(), anchors.float()
         matches = torch.stack(self.match(targets, anchors))  # (B, A)
         positive = matches >= 0  # (B, A)
 
