@@ -112,7 +112,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = args.out or str(Path(args.checkpoint).with_name(f"eval_{Path(args.coco).stem}.json"))
     report = evaluate_checkpoint(args.checkpoint, args.coco, args.images, out, device=args.device,
                                  split=args.split, dataset_name=args.name, size_bins=parse_size_bins(args.size_bins),
-                                 batch_size=args.batch_size, workers=args.workers, tile=args.tile, overlap=args.overlap)
+                                 batch_size=args.batch_size, workers=args.workers, tile=args.tile, overlap=args.overlap,
+                                 input_size=args.input_size)
     if report is not None:
         print(format_metrics(report))
         print(f"report: {out}")
@@ -277,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--tile", type=int, help="sliced inference: tile x tile windows at native resolution")
     p.add_argument("--overlap", type=float, default=0.2, help="share of a tile that neighbouring tiles overlap")
+    p.add_argument("--input-size", dest="input_size", type=int,
+                   help="run the detector at S x S (default: the checkpoint's); with --tile S, tiles of any size stay "
+                        "at native resolution")
     p.set_defaults(func=cmd_eval)
 
     p = commands.add_parser("ablate", help="train + evaluate ssd/context/borrow/full over seeds; mean/std table")

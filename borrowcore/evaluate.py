@@ -269,12 +269,14 @@ def evaluate_detector(detector: torch.nn.Module, annotations: str | Path, images
 
 
 def evaluate_checkpoint(checkpoint: str | Path, annotations: str | Path, images: str | Path,
-                        out: str | Path | None = None, device: str | None = None, **kwargs) -> dict | None:
-    """``borrowcore eval`` as a function: load the checkpoint, evaluate, write the report."""
+                        out: str | Path | None = None, device: str | None = None, input_size: int | None = None,
+                        **kwargs) -> dict | None:
+    """``borrowcore eval`` as a function: load the checkpoint (at ``input_size`` when given), evaluate,
+    write the report."""
     from borrowcore.checkpoint import load_detector
 
     context = init_distributed(device)
-    detector = load_detector(checkpoint, context.device)
+    detector = load_detector(checkpoint, context.device, input_size)
     try:
         return evaluate_detector(detector, annotations, images, out, checkpoint=checkpoint, device=context.device,
                                  context=context, **kwargs)

@@ -1,4 +1,7 @@
-from borrowcore.bench import cpu_peak_memory_mb, flop_rows, format_markdown, targets
+import pytest
+import torch
+
+from borrowcore.bench import compile_rows, cpu_peak_memory_mb, flop_rows, format_markdown, targets
 
 
 def test_fmb_frb_flops_match_the_analytic_count():
@@ -26,3 +29,15 @@ def test_peak_memory_grows_with_batch():
     # activations of 16 images at 128 px, width 0.25, take tens of MiB more than one image's
     one, sixteen = cpu_peak_memory_mb("ssd", 1, 128, 3, 0.25), cpu_peak_memory_mb("ssd", 16, 128, 3, 0.25)
     assert 0 < one < sixteen
+
+
+@pytest.mark.slow
+def test_compiled_network_matches_eager_and_is_reported():
+    rows = compile_rows(num_classes=3, input_size=128, width=0.0625, device=torch.device("cpu"), batches=(1,),
+                        repeats=2, warmup=1)
+    assert [(r["model"], r["batch"]) for r in rows] == [("ssd", 1), ("full", 1)]
+    for row in rows:
+        assert row["max_abs_difference"] < 1e-3  # fp32 on the CPU: the same function, reordered sums
+        assert row["compiled_ms"] > 0 and row["speedup"] == round(row["eager_ms"] / row["compiled_ms"], 2)
+    text = format_markdown({"machine": {"cpu": "x", "cores": 2, "threads": 2, "torch": "t"}, "command": "c", "compile": rows})
+    assert "| torch.compile |" in text and "| full | 1 | cpu | fp32 | default |" in text

@@ -105,3 +105,20 @@ def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path, tiny_con
     monkeypatch.undo()
     assert read_checkpoint(path)["train_state"]["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_load_at_another_input_size_keeps_the_weights(tmp_path, tiny_config):
+    """Tiles of T px at native resolution need the detector at S = T: same weights, anchors rebuilt."""
+    detector = make_detector(tiny_config).eval()
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, detector)
+    larger = load_detector(path, input_size=256)
+    assert larger.input_size == 256 and larger.config.input_size == 256
+    assert larger.config.width == tiny_config.width
+    for name, value in detector.state_dict().items():
+        assert torch.equal(value, larger.state_dict()[name]), name
+    with torch.no_grad():
+        small, large = detector.network(torch.rand(1, 3, 128, 128)), larger.network(torch.rand(1, 3, 256, 256))
+    assert [(2 * h, 2 * w) for h, w in small.grid_sizes] == large.grid_sizes  # every grid doubles both sides
+    assert large.cls_logits.shape[1] == larger.anchors(large.grid_sizes, 256).shape[0] == 4 * small.cls_logits.shape[1]
+    assert load_detector(path).input_size == 128  # the checkpoint itself is unchanged

@@ -114,3 +114,18 @@ def test_loss_falls_when_overfitting_two_images(tiny_config):
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_loss_is_computed_in_float32_from_half_precision_head_outputs():
+    """Under CUDA autocast the head returns bf16; the loss must equal the float32 loss of those values
+    (it once failed here: bf16 target offsets refused the float32 encodings)."""
+    g = torch.Generator().manual_seed(4)
+    anchors = AnchorGenerator((8, 16, 32, 64))(((16, 16), (8, 8), (4, 4), (2, 2)), 128)
+    targets = [{"boxes": random_boxes(3, 128, g), "labels": torch.tensor([1, 2, 1])}]
+    logits = torch.randn(1, anchors.shape[0], 3, generator=g).bfloat16()
+    offsets = torch.randn(1, anchors.shape[0], 4, generator=g).bfloat16()
+    half = MultiBoxLoss()(logits, offsets, anchors, targets)
+    full = MultiBoxLoss()(logits.float(), offsets.float(), anchors, targets)
+    for name in ("loss_box", "loss_cls"):
+        assert half[name].dtype == torch.float32
+        torch.testing.assert_close(half[name], full[name])
