@@ -96,6 +96,11 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
+def bin_labels(reports: list[dict]) -> list[str]:
+    """The fine size bins (e.g. "16-32") that hold ground truth in the first report, in order."""
+    return [b["label"] for b in reports[0].get("size_bins", []) if b["num_gt"] > 0] if reports else []
+
+
 def summarize_ablation(out: str | Path, necks: Sequence[str] = NECKS, seeds: Sequence[int] | None = None,
                        splits: Sequence[str] = SPLITS) -> list[dict]:
     """One row per (neck, split): mean and std over the seeds' reports found under OUT."""
@@ -112,6 +117,9 @@ def summarize_ablation(out: str | Path, necks: Sequence[str] = NECKS, seeds: Seq
             row = {"neck": neck, "split": split, "seeds": len(reports)}
             for key in TABLE_METRICS:
                 row[key], row[f"{key}_std"] = mean_std([r["metrics"][key] for r in reports])
+            for label in bin_labels(reports):  # COCOeval's fine size bins with ground truth in them
+                row[f"AP[{label}]"], row[f"AP[{label}]_std"] = mean_std(
+                    [b["AP"] for r in reports for b in r["size_bins"] if b["label"] == label])
             top1 = [r["extra"]["small_top1"]["accuracy"] for r in reports if "small_top1" in r.get("extra", {})]
             if top1:
                 row["small_top1"], row["small_top1_std"] = mean_std(top1)
@@ -123,63 +131,91 @@ def summarize_ablation(out: str | Path, necks: Sequence[str] = NECKS, seeds: Seq
     return rows
 
 
-def write_tables(rows: list[dict], out: str | Path) -> None:
+def fine_bin_keys(rows: list[dict]) -> list[str]:
+    """The rows' fine-bin AP keys ("AP[16-32]", ...) in first-seen order."""
+    return list(dict.fromkeys(k for row in rows for k in row if k.startswith("AP[") and not k.endswith("_std")))
+
+
+def write_tables(rows: list[dict], out: str | Path, fine_bins: bool = False, borrow_columns: bool = True) -> None:
     """OUT/ablation.csv (every number) and OUT/ablation.md (percent, mean ± std)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    columns = ["neck", "split", "seeds"] + [f"{k}{s}" for k in TABLE_METRICS for s in ("", "_std")] + [
+    bins = fine_bin_keys(rows)
+    columns = ["neck", "split", "seeds"] + [f"{k}{s}" for k in [*TABLE_METRICS, *bins] for s in ("", "_std")] + [
         "small_top1", "small_top1_std", "borrow_precision", "borrow_precision_std", "borrow_chance"]
     with (out / "ablation.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    (out / "ablation.md").write_text(format_table(rows) + "\n")
+    (out / "ablation.md").write_text(format_table(rows, fine_bins, borrow_columns) + "\n")
 
 
-def format_table(rows: list[dict]) -> str:
+def format_table(rows: list[dict], fine_bins: bool = False, borrow_columns: bool = True) -> str:
+    """Markdown, percent as mean ± std; with ``fine_bins``, AP per fine size bin after the COCO columns;
+    ``borrow_columns`` adds the borrow benchmark's small top-1 and borrow precision."""
     def cell(mean: float, std: float) -> str:
         if mean is None or (isinstance(mean, float) and (math.isnan(mean) or mean < 0)):
             return "n/a"
         return f"{100 * mean:.1f} ± {100 * std:.1f}"
 
-    header = "| neck | split | seeds | " + " | ".join(TABLE_METRICS) + " | small top-1 | borrow precision (chance) |"
-    lines = [header, "|" + "---|" * (5 + len(TABLE_METRICS))]
+    bins = fine_bin_keys(rows)
+    metrics = [*TABLE_METRICS, *(bins if fine_bins else [])]
+    header = ("| neck | split | seeds | " + " | ".join(m.replace("[", " ").rstrip("]") for m in metrics) + " |"
+              + (" small top-1 | borrow precision (chance) |" if borrow_columns else ""))
+    lines = [header, "|" + "---|" * (3 + len(metrics) + 2 * borrow_columns)]
     for row in rows:
         borrow = ""
         if "borrow_precision" in row:
             borrow = f"{cell(row['borrow_precision'], row['borrow_precision_std'])} ({100 * row['borrow_chance']:.1f})"
         top1 = cell(row["small_top1"], row["small_top1_std"]) if "small_top1" in row else ""
         lines.append(f"| {row['neck']} | {row['split']} | {row['seeds']} | "
-                     + " | ".join(cell(row[k], row[f'{k}_std']) for k in TABLE_METRICS) + f" | {top1} | {borrow} |")
+                     + " | ".join(cell(row.get(k, -1.0), row.get(f"{k}_std", 0.0)) for k in metrics) + " |"
+                     + (f" {top1} | {borrow} |" if borrow_columns else ""))
     return "\n".join(lines)
 
 
-def release_ablation(runs: str | Path, assets: str | Path, necks: Sequence[str] = NECKS, name: str = "synth") -> list[Path]:
+def best_seed(runs: Path, neck: str, split: str) -> int | None:
+    """The seed whose ``eval_<split>.json`` has the highest AP (None when no run has that report)."""
+    scored = [(load_report(p)["metrics"]["AP"], int(p.parent.name[4:])) for p in (runs / neck).glob(f"seed*/eval_{split}.json")]
+    return max(scored)[1] if scored else None
+
+
+def release_ablation(runs: str | Path, assets: str | Path, necks: Sequence[str] = NECKS, name: str = "synth",
+                     reports_folder: str = "ablation", best_by: str | None = None,
+                     weights_necks: Sequence[str] | None = None) -> list[Path]:
     """Copy an ablation's results into the app's assets: weights without training state as
     ``checkpoints/<name>-<neck>.pt`` (seed 0; other seeds ``-s<k>``), reports with their detections under
-    ``reports/ablation/``, training logs under ``logs/``, and the tables. Reports are pointed at the
-    shipped checkpoint (same weights; its sha256). Returns the files written."""
+    ``reports/<reports_folder>/``, training logs under ``logs/``, and the tables. Reports are pointed at
+    the shipped checkpoint (same weights; its sha256).
+
+    ``best_by`` ships only the weights of each neck's best seed by that split's AP (as ``<name>-<neck>.pt``)
+    and ``weights_necks`` only those necks' weights; every run's reports and logs are shipped, those whose
+    weights stay behind with an empty ``model.checkpoint``. Returns the files written."""
     import shutil
 
-    from borrowcore.checkpoint import read_checkpoint, save_checkpoint
+    from borrowcore.checkpoint import checkpoint_config, load_state, read_checkpoint, save_checkpoint
     from borrowcore.model import build_detector
-    from borrowcore.checkpoint import checkpoint_config, load_state
-    from borrowcore.report import load_report, sha256_file
+    from borrowcore.report import sha256_file
 
     runs, assets = Path(runs), Path(assets)
     written: list[Path] = []
     for neck in necks:
+        best = best_seed(runs, neck, best_by) if best_by else None
         for run_dir in sorted((runs / neck).glob("seed*")):
             seed = int(run_dir.name[4:])
-            source = run_dir / "last.pt"
-            if not source.exists():
+            source = next((p for p in (run_dir / "last.pt", run_dir / "weights.pt") if p.exists()), None)
+            if source is None:
                 continue
-            checkpoint = read_checkpoint(source)
-            detector = build_detector(checkpoint_config(checkpoint, source), checkpoint["class_names"])
-            load_state(detector, checkpoint, source)
-            target = assets / "checkpoints" / f"{name}-{neck}{'' if seed == 0 else f'-s{seed}'}.pt"
-            save_checkpoint(target, detector)  # weights, config and versions; no optimizer state
-            written.append(target)
+            shipped = (weights_necks is None or neck in weights_necks) and (best_by is None or seed == best)
+            target = None
+            if shipped:
+                checkpoint = read_checkpoint(source)
+                detector = build_detector(checkpoint_config(checkpoint, source), checkpoint["class_names"])
+                load_state(detector, checkpoint, source)
+                suffix = "" if seed == 0 or best_by else f"-s{seed}"
+                target = assets / "checkpoints" / f"{name}-{neck}{suffix}.pt"
+                save_checkpoint(target, detector)  # weights, config and versions; no optimizer state
+                written.append(target)
             log = run_dir / "log.jsonl"
             if log.exists():
                 log_target = assets / "logs" / f"{name}-{neck}-seed{seed}.log.jsonl"
@@ -188,17 +224,17 @@ def release_ablation(runs: str | Path, assets: str | Path, necks: Sequence[str] 
                 written.append(log_target)
             for report_path in sorted(run_dir.glob("eval_*.json")):
                 report = load_report(report_path)
-                report_dir = assets / "reports" / "ablation" / neck / run_dir.name
+                report_dir = assets / "reports" / reports_folder / neck / run_dir.name
                 report_dir.mkdir(parents=True, exist_ok=True)
                 detections = report_path.parent / report["detections"]
                 shutil.copyfile(detections, report_dir / detections.name)
                 report["extra"]["evaluated_checkpoint"] = report["model"]["checkpoint"]
-                report["model"]["checkpoint"] = str(target)
-                report["model"]["checkpoint_sha256"] = sha256_file(target)
+                report["model"]["checkpoint"] = str(target) if target else ""
+                report["model"]["checkpoint_sha256"] = sha256_file(target) if target else ""
                 save_report(report, report_dir / report_path.name)
                 written += [report_dir / detections.name, report_dir / report_path.name]
     for table in ("ablation.md", "ablation.csv"):
         if (runs / table).exists():
-            shutil.copyfile(runs / table, assets / "reports" / "ablation" / table)
-            written.append(assets / "reports" / "ablation" / table)
+            shutil.copyfile(runs / table, assets / "reports" / reports_folder / table)
+            written.append(assets / "reports" / reports_folder / table)
     return written

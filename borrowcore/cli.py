@@ -229,8 +229,22 @@ def cmd_release(args: argparse.Namespace) -> int:
     """Copy an ablation's checkpoints (without training state), reports and logs into assets/."""
     from borrowcore.ablation import release_ablation
 
-    for path in release_ablation(args.runs, args.assets, args.necks, args.name):
+    for path in release_ablation(args.runs, args.assets, args.necks, args.name, args.reports_folder, args.best_by,
+                                 args.weights_necks):
         print(path)
+    return 0
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    """Mean/std table of the reports already under a runs folder (<neck>/seed<k>/eval_<split>.json)."""
+    from borrowcore.ablation import format_table, summarize_ablation, write_tables
+
+    rows = summarize_ablation(args.runs, args.necks, args.seeds, args.splits)
+    if not rows:
+        print(f"{args.runs}: no reports eval_<split>.json for splits {args.splits} under <neck>/seed<k>/")
+        return 1
+    write_tables(rows, args.runs, args.fine_bins, not args.no_borrow_columns)
+    print(format_table(rows, args.fine_bins, not args.no_borrow_columns))
     return 0
 
 
@@ -345,7 +359,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--assets", default="assets")
     p.add_argument("--name", default="synth", help="prefix of the shipped checkpoint names")
     p.add_argument("--necks", nargs="+", default=["ssd", "context", "borrow", "full"])
+    p.add_argument("--reports-folder", dest="reports_folder", default="ablation", help="assets/reports/<this>/")
+    p.add_argument("--best-by", dest="best_by", metavar="SPLIT",
+                   help="ship only each neck's best seed's weights, by AP on eval_SPLIT.json")
+    p.add_argument("--weights-necks", dest="weights_necks", nargs="+", help="ship weights of these necks only")
     p.set_defaults(func=cmd_release)
+
+    p = commands.add_parser("table", help="mean/std table of existing reports under a runs folder (no training)")
+    p.add_argument("--runs", required=True, help="a folder of <neck>/seed<k>/eval_<split>.json")
+    p.add_argument("--splits", nargs="+", required=True, help="report names: eval_<split>.json")
+    p.add_argument("--necks", nargs="+", default=["ssd", "context", "borrow", "full"])
+    p.add_argument("--seeds", type=int, nargs="+", help="only these seeds (default: all found)")
+    p.add_argument("--fine-bins", dest="fine_bins", action="store_true", help="AP per fine size bin too")
+    p.add_argument("--no-borrow-columns", dest="no_borrow_columns", action="store_true",
+                   help="leave out the borrow benchmark's small top-1 and borrow precision")
+    p.set_defaults(func=cmd_table)
 
     p = commands.add_parser("synth", help="generate the borrow benchmark (images + COCO json)")
     p.add_argument("--out", required=True)

@@ -5,6 +5,7 @@
 #   tile256  - 256 px tiles, overlap 0.2, at the training input size (native resolution)
 #   tile128, tile512 - other tile sizes, the detector run at S = T so tiles stay at native resolution
 #                      (ssd and full only): how much does a tile's extent matter to borrowing?
+# Fine size bins by sqrt(area): the val boxes' quartiles (23, 25, 28 px) and 32 (COCO small).
 #   bash scripts/aerial-eval.sh [RUNS] [DATA]
 set -eu
 RUNS=${1:-runs/aerial}
@@ -14,13 +15,15 @@ evaluate() {  # weights mode [eval args...]
     local report="$(dirname "$weights")/eval_$mode.json"
     [ -f "$report" ] && return 0
     borrowcore eval --checkpoint "$weights" --coco "$DATA/val.json" --images "$DATA/images" --out "$report" \
-        --split "$mode" --name aerial-cars "$@"
+        --split "$mode" --name aerial-cars --size-bins 0,23,25,28,32 "$@"
 }
-for weights in "$RUNS"/*/seed*/weights.pt; do
+for weights in "$RUNS"/{ssd,full,context,borrow}/seed*/weights.pt; do
+    [ -f "$weights" ] || continue
     evaluate "$weights" tile256 --tile 256 --overlap 0.2
     evaluate "$weights" resize
 done
-for weights in "$RUNS"/ssd/seed*/weights.pt "$RUNS"/full/seed*/weights.pt; do
+for weights in "$RUNS"/{ssd,full}/seed*/weights.pt; do
+    [ -f "$weights" ] || continue
     evaluate "$weights" tile128 --tile 128 --overlap 0.2 --input-size 128
     evaluate "$weights" tile512 --tile 512 --overlap 0.2 --input-size 512
 done

@@ -63,3 +63,23 @@ def test_ablate_end_to_end_and_resumable(tmp_path, capsys):
     import torch
     before, after = load_detector(out / "full" / "seed0" / "last.pt"), load_detector(shipped)
     assert all(torch.equal(a, b) for a, b in zip(before.state_dict().values(), after.state_dict().values()))
+    # release of the best seed's weights only, for some necks; every report and log still shipped
+    real = tmp_path / "real-assets"
+    assert main(["release", "--runs", str(out), "--assets", str(real), "--name", "real", "--necks", "ssd", "full",
+                 "--reports-folder", "real", "--best-by", "twins", "--weights-necks", "full"]) == 0
+    aps = {seed: load_report(out / "full" / f"seed{seed}" / "eval_twins.json")["metrics"]["AP"] for seed in (0, 1)}
+    best = max((ap, seed) for seed, ap in aps.items())[1]
+    assert sorted(p.name for p in (real / "checkpoints").iterdir()) == ["real-full.pt"]
+    best_model = load_detector(out / "full" / f"seed{best}" / "last.pt")
+    assert all(torch.equal(a, b) for a, b in zip(best_model.state_dict().values(),
+                                                 load_detector(real / "checkpoints" / "real-full.pt").state_dict().values()))
+    other = load_report(real / "reports" / "real" / "full" / f"seed{1 - best}" / "eval_twins.json")
+    assert other["model"]["checkpoint"] == "" and other["extra"]["evaluated_checkpoint"].endswith("last.pt")
+    assert load_report(real / "reports" / "real" / "ssd" / "seed0" / "eval_orphans.json")["model"]["checkpoint"] == ""
+    # the table of existing reports, without training
+    capsys.readouterr()
+    assert main(["table", "--runs", str(out), "--splits", "twins", "--necks", "ssd", "full", "--fine-bins",
+                 "--no-borrow-columns"]) == 0
+    printed = capsys.readouterr().out
+    assert "| full | twins | 2 |" in printed and "borrow precision" not in printed and "AP 16-32 |" in printed
+    assert main(["table", "--runs", str(out), "--splits", "nonexistent"]) == 1
