@@ -120,6 +120,9 @@ def summarize_ablation(out: str | Path, necks: Sequence[str] = NECKS, seeds: Seq
             for label in bin_labels(reports):  # COCOeval's fine size bins with ground truth in them
                 row[f"AP[{label}]"], row[f"AP[{label}]_std"] = mean_std(
                     [b["AP"] for r in reports for b in r["size_bins"] if b["label"] == label])
+            for name in [c["name"] for c in reports[0].get("per_class", [])]:
+                row[f"AP/{name}"], row[f"AP/{name}_std"] = mean_std(
+                    [c["AP"] for r in reports for c in r.get("per_class", []) if c["name"] == name])
             top1 = [r["extra"]["small_top1"]["accuracy"] for r in reports if "small_top1" in r.get("extra", {})]
             if top1:
                 row["small_top1"], row["small_top1_std"] = mean_std(top1)
@@ -131,36 +134,37 @@ def summarize_ablation(out: str | Path, necks: Sequence[str] = NECKS, seeds: Seq
     return rows
 
 
-def fine_bin_keys(rows: list[dict]) -> list[str]:
-    """The rows' fine-bin AP keys ("AP[16-32]", ...) in first-seen order."""
-    return list(dict.fromkeys(k for row in rows for k in row if k.startswith("AP[") and not k.endswith("_std")))
+def fine_bin_keys(rows: list[dict], prefix: str = "AP[") -> list[str]:
+    """The rows' fine-bin AP keys ("AP[16-32]", ...; per class "AP/car" with prefix "AP/"), first-seen order."""
+    return list(dict.fromkeys(k for row in rows for k in row if k.startswith(prefix) and not k.endswith("_std")))
 
 
-def write_tables(rows: list[dict], out: str | Path, fine_bins: bool = False, borrow_columns: bool = True) -> None:
+def write_tables(rows: list[dict], out: str | Path, fine_bins: bool = False, borrow_columns: bool = True,
+                 classes: bool = False) -> None:
     """OUT/ablation.csv (every number) and OUT/ablation.md (percent, mean ± std)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    bins = fine_bin_keys(rows)
+    bins = fine_bin_keys(rows) + fine_bin_keys(rows, "AP/")
     columns = ["neck", "split", "seeds"] + [f"{k}{s}" for k in [*TABLE_METRICS, *bins] for s in ("", "_std")] + [
         "small_top1", "small_top1_std", "borrow_precision", "borrow_precision_std", "borrow_chance"]
     with (out / "ablation.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    (out / "ablation.md").write_text(format_table(rows, fine_bins, borrow_columns) + "\n")
+    (out / "ablation.md").write_text(format_table(rows, fine_bins, borrow_columns, classes) + "\n")
 
 
-def format_table(rows: list[dict], fine_bins: bool = False, borrow_columns: bool = True) -> str:
+def format_table(rows: list[dict], fine_bins: bool = False, borrow_columns: bool = True, classes: bool = False) -> str:
     """Markdown, percent as mean ± std; with ``fine_bins``, AP per fine size bin after the COCO columns;
-    ``borrow_columns`` adds the borrow benchmark's small top-1 and borrow precision."""
+    with ``classes``, AP per class; ``borrow_columns`` adds the borrow benchmark's small top-1 and borrow
+    precision."""
     def cell(mean: float, std: float) -> str:
         if mean is None or (isinstance(mean, float) and (math.isnan(mean) or mean < 0)):
             return "n/a"
         return f"{100 * mean:.1f} ± {100 * std:.1f}"
 
-    bins = fine_bin_keys(rows)
-    metrics = [*TABLE_METRICS, *(bins if fine_bins else [])]
-    header = ("| neck | split | seeds | " + " | ".join(m.replace("[", " ").rstrip("]") for m in metrics) + " |"
+    metrics = [*TABLE_METRICS, *(fine_bin_keys(rows) if fine_bins else []), *(fine_bin_keys(rows, "AP/") if classes else [])]
+    header = ("| neck | split | seeds | " + " | ".join(m.replace("[", " ").replace("/", " ").rstrip("]") for m in metrics) + " |"
               + (" small top-1 | borrow precision (chance) |" if borrow_columns else ""))
     lines = [header, "|" + "---|" * (3 + len(metrics) + 2 * borrow_columns)]
     for row in rows:

@@ -243,8 +243,8 @@ def cmd_table(args: argparse.Namespace) -> int:
     if not rows:
         print(f"{args.runs}: no reports eval_<split>.json for splits {args.splits} under <neck>/seed<k>/")
         return 1
-    write_tables(rows, args.runs, args.fine_bins, not args.no_borrow_columns)
-    print(format_table(rows, args.fine_bins, not args.no_borrow_columns))
+    write_tables(rows, args.runs, args.fine_bins, not args.no_borrow_columns, args.classes)
+    print(format_table(rows, args.fine_bins, not args.no_borrow_columns, args.classes))
     return 0
 
 
@@ -371,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--necks", nargs="+", default=["ssd", "context", "borrow", "full"])
     p.add_argument("--seeds", type=int, nargs="+", help="only these seeds (default: all found)")
     p.add_argument("--fine-bins", dest="fine_bins", action="store_true", help="AP per fine size bin too")
+    p.add_argument("--classes", action="store_true", help="AP per class too")
     p.add_argument("--no-borrow-columns", dest="no_borrow_columns", action="store_true",
                    help="leave out the borrow benchmark's small top-1 and borrow precision")
     p.set_defaults(func=cmd_table)
