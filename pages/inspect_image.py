@@ -15,6 +15,7 @@ from viewer.models import (checkpoint_info, device_label, explain_image, file_ke
                            without_upload_path)
 
 UPLOAD = "Upload a checkpoint…"
+WINDOW, WHOLE = "a native-resolution window", "the whole image, resized"
 IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "webp", "tif", "tiff", "gif"]
 PERCENT = st.column_config.NumberColumn(format="percent")
 state = st.session_state
@@ -70,6 +71,35 @@ if not images:
 name = st.radio("Image", list(images), horizontal=True, key="inspect_image") if len(images) > 1 else next(iter(images))
 digest, image, file_name = images[name]
 
+# ---- large images: a native-resolution S x S window (small objects keep their size), or a resize ----
+size, (full_height, full_width) = detector.input_size, tuple(image.shape[-2:])
+window = None
+if queries.needs_window(full_height, full_width, size):
+    with st.sidebar:
+        st.header("Region")
+        whole = st.radio("Run the detector on", [WINDOW, WHOLE], key="inspect_region",
+                         help=f"This image is {full_width} x {full_height} px and the detector sees {size} x {size}. "
+                              "A window keeps native resolution, as tiled inference does; a resize shrinks small "
+                              "objects (and borrowing then sees the whole image).") == WHOLE
+        if not whole:
+            if request:  # centre the window on the requested instance
+                x, y, w, h = request["bbox"]
+                state["inspect_window_left"] = queries.window_start(x + w / 2, full_width, size)
+                state["inspect_window_top"] = queries.window_start(y + h / 2, full_height, size)
+            window = [0, 0]
+            for axis, (label, length) in enumerate((("left", full_width), ("top", full_height))):
+                key = f"inspect_window_{label}"
+                state[key] = min(state.get(key, 0), max(0, length - size))
+                if length > size:
+                    window[axis] = st.slider(f"Window {label} (px)", 0, length - size, step=max(1, size // 8), key=key)
+    if window:
+        left, top = window
+        st.image(figures.window_overview(image, left, top, size))
+        st.caption(f"The {size} x {size} window at ({left}, {top}) of the {full_width} x {full_height} image; "
+                   "move it in the sidebar. Borrowing sees only this window's instances.")
+        image = queries.crop_to_window(image, left, top, size)
+        digest = f"{digest}@{left},{top},{size}"
+
 # ---- detections, or the bundled ground truth in their place ----
 class_names = list(detector.class_names)
 with st.sidebar:
@@ -79,8 +109,10 @@ with st.sidebar:
                             key=f"inspect_classes_{image_digest(' '.join(class_names).encode())[:8]}")
 with st.spinner("Running the detector (one image at a time on the device; waiting for other sessions)…"):
     explanation = explain_image(file_key(checkpoint_path), digest, detector, image)
-truth = (ground_truth(file_name, tuple(image.shape[-2:]), state.get("inspect_requested_coco", []))
+truth = (ground_truth(file_name, (full_height, full_width), state.get("inspect_requested_coco", []))
          if explanation.borrows else None)
+if window and truth is not None:
+    truth = queries.truth_in_window(truth, window[0], window[1], size)
 if request and truth is not None:  # the requested instance is a ground-truth box: explain exactly it
     state["inspect_instances"] = f"ground truth ({truth['source']})"
 use_truth = truth is not None and st.radio(
@@ -99,7 +131,10 @@ else:
 context = f"{file_key(checkpoint_path)}|{digest}|{threshold}|{','.join(chosen)}|{use_truth}"
 detection = queries.apply_picks(state, explanation, keep, context)
 if request:
-    found = queries.request_query(state, explanation, keep, request["bbox"])
+    x, y, w, h = request["bbox"]
+    if window:  # into the window's pixels
+        x, y = x - window[0], y - window[1]
+    found = queries.request_query(state, explanation, keep, [x, y, w, h])
     detection = detection if found is None else found
     st.info(f"Opened from Head to head: the {request['category']} instance (annotation {request['annotation_id']}) "
             + ("is the query below." if found is not None else

@@ -404,3 +404,37 @@ def test_clicks_and_table_rows_pick_the_query_once():
     state["inspect_detection"] = 1
     assert apply_picks(state, explanation, keep, "image b") == 0  # a new image: the default again, no stale picks
     assert apply_picks(state, explanation, [], "image c") is None and state["inspect_mode"] == CELL
+
+
+def test_inspect_large_aerial_image_runs_on_a_native_resolution_window(app, assets, tmp_path):
+    """A 1764 x 430 aerial tile and a detector of input 128: a 128 x 128 window at native resolution by default,
+    ground truth moved into it (boxes at least half inside), or the whole image resized on request."""
+    root = tmp_path / "assets"
+    (root / "checkpoints").mkdir(parents=True)
+    (root / "checkpoints" / "tiny-full.pt").symlink_to(assets / "checkpoints" / "tiny-full.pt")
+    (root / "aerial").symlink_to(ROOT / "assets" / "aerial")
+    at = app("../pages/inspect_image.py", root=root)
+    at.multiselect(key="inspect_samples").set_value(["aerial/MOS175.jpg"]).run()
+    assert not at.exception and at.sidebar.radio(key="inspect_region").value == "a native-resolution window"
+    assert "The 128 x 128 window at (0, 0) of the 1764 x 430 image" in texts(at)
+    at.sidebar.slider(key="inspect_window_left").set_value(640).run()
+    at.sidebar.slider(key="inspect_window_top").set_value(160).run()
+    at.radio(key="inspect_instances").set_value("ground truth (aerial/instances.json)").run()
+    assert not at.exception
+
+    coco = json.loads((ROOT / "assets" / "aerial" / "instances.json").read_text())
+    image_id = next(i["id"] for i in coco["images"] if i["file_name"] == "MOS175.jpg")
+    inside = 0
+    for a in coco["annotations"]:
+        if a["image_id"] != image_id:
+            continue
+        x, y, w, h = a["bbox"]
+        visible_w = max(0.0, min(x + w, 640 + 128) - max(x, 640))
+        visible_h = max(0.0, min(y + h, 160 + 128) - max(y, 160))
+        inside += visible_w * visible_h >= 0.5 * w * h
+    assert inside > 0 and f"Ground truth: {inside} instances" in texts(at)
+
+    at.sidebar.radio(key="inspect_region").set_value("the whole image, resized").run()
+    assert not at.exception and "window at" not in texts(at)
+    at.radio(key="inspect_instances").set_value("ground truth (aerial/instances.json)").run()
+    assert "Ground truth: 55 instances" in texts(at)

@@ -505,3 +505,18 @@ def instance_crop(image: np.ndarray, bbox: Sequence[float], colour: str = QUERY_
     ImageDraw.Draw(picture).rectangle([x * scale, y * scale, (x + w) * scale - 1, (y + h) * scale - 1],
                                       outline=colour, width=2)
     return picture
+
+
+def window_overview(image: torch.Tensor, left: int, top: int, size: int, max_width: int = 900) -> np.ndarray:
+    """The whole image (uint8 HWC, at most ``max_width`` wide) with the S x S window outlined in cyan."""
+    import cv2
+
+    pixels = np.ascontiguousarray(to_hwc(image))
+    scale = min(1.0, max_width / pixels.shape[1])
+    if scale < 1:
+        pixels = cv2.resize(pixels, (round(pixels.shape[1] * scale), round(pixels.shape[0] * scale)),
+                            interpolation=cv2.INTER_AREA)
+    corner = (round(left * scale), round(top * scale))
+    far = (round((left + size) * scale) - 1, round((top + size) * scale) - 1)
+    cv2.rectangle(pixels, corner, far, (0, 229, 255), max(2, round(3 * scale)))
+    return pixels

@@ -178,3 +178,37 @@ def request_query(state: MutableMapping, explanation: Explanation, keep: Sequenc
         return None
     state["inspect_detection"], state["inspect_mode"] = keep[found], DETECTION
     return keep[found]
+
+
+# ---- a native-resolution window of a large image ----
+
+def needs_window(height: int, width: int, input_size: int) -> bool:
+    """A resize to S x S would shrink this image's objects by more than 1.5x (aerial tiles, large photos)."""
+    return max(height, width) > 1.5 * input_size
+
+
+def window_start(center: float, length: int, size: int) -> int:
+    """The start of an S-long window centred on ``center`` as far as the image allows."""
+    return int(min(max(0.0, center - size / 2), max(0, length - size)))
+
+
+def crop_to_window(image: torch.Tensor, left: int, top: int, size: int) -> torch.Tensor:
+    """The S x S window at (left, top) of a (3, H, W) image, padded with the mean colour past its edges."""
+    from borrowcore.tiling import Window, crop_window
+
+    height, width = image.shape[-2:]
+    return crop_window(image, Window(left, top, min(left + size, width), min(top + size, height)), size)
+
+
+def truth_in_window(truth: dict | None, left: int, top: int, size: int, min_visibility: float = 0.5) -> dict | None:
+    """Ground truth moved into a window's pixels: boxes with at least ``min_visibility`` of their area
+    inside it, clipped (the training crop's rule); None when none is."""
+    from borrowcore.presets import crop_boxes
+
+    if truth is None:
+        return None
+    boxes, keep = crop_boxes(torch.from_numpy(truth["boxes"]), left, top, size, min_visibility)
+    if not len(boxes):
+        return None
+    names = [name for name, kept in zip(truth["names"], keep.tolist()) if kept]
+    return {**truth, "boxes": boxes.numpy(), "names": names}
