@@ -136,7 +136,7 @@ class FeatureRepresentingBlock(nn.Module):
         return borrowed.transpose(1, 2).unflatten(2, grid)  # (B, c, h_n, w_n)
 
     def fused(self, queries: Tensor, keys: Tensor, deeper: list[Tensor], grid: tuple[int, int]) -> Tensor:
-        """Z(n) without materialising S_hat: softmax(Q K^T) V is scaled-dot-product attention.
+        """Z(n) without returning S_hat: softmax(Q K^T) V, scaled-dot-product attention (see ``attend``).
 
         queries (B, m_n, c_n) and keys (B, d_n, c_n) already carry the scale, so scale=1.
         """
