@@ -44,6 +44,31 @@ def flatten_cells(x: Tensor) -> Tensor:
     return x.flatten(2).transpose(1, 2)
 
 
+def conv1x1_together(x: Tensor, convs: list[nn.Conv2d]) -> list[Tensor]:
+    """1x1 convs that read the same map, run as one conv: x (B, C, H, W) -> [(B, c_out, H, W)] per conv.
+
+    The weights are concatenated per call, so the state_dict and the gradients stay each module's own: one
+    larger product instead of several small ones, where per-call overhead dominates (small maps, batch 1).
+    """
+    weight = torch.cat([conv.weight for conv in convs])  # (sum of c_out, C, 1, 1)
+    bias = torch.cat([conv.bias for conv in convs])
+    return list(F.conv2d(x, weight, bias).split([conv.out_channels for conv in convs], dim=1))
+
+
+def attend(queries: Tensor, keys: Tensor, values: Tensor) -> Tensor:
+    """softmax(Q K^T) V, one head: queries (B, m, e), keys (B, d, e), values (B, d, c) -> (B, m, c).
+
+    Q and K already carry the scale. On CPU, SDPA with values narrower than the keys (c < c_n here) takes
+    its math path, which keeps the (B, m, d) matrix anyway and adds _safe_softmax's checks: the plain
+    product is faster. Elsewhere SDPA's fused kernels keep no m x d matrix (SPEC §4).
+    """
+    if queries.device.type == "cpu":
+        return torch.softmax(queries @ keys.transpose(1, 2), dim=-1) @ values  # (B, m, d) @ (B, d, c)
+    return F.scaled_dot_product_attention(  # one attention head: (B, 1, L, E)
+        queries.unsqueeze(1), keys.unsqueeze(1), values.unsqueeze(1), scale=1.0
+    ).squeeze(1)
+
+
 class FeatureMatchingBlock(nn.Module):
     """FMB (§3.1): matching scores between the cells of X(n) and every cell of X(n+1..N).
 
@@ -71,6 +96,10 @@ class FeatureMatchingBlock(nn.Module):
         """
         queries = flatten_cells(self.theta(x))  # (B, m_n, c_n)
         keys = torch.cat([flatten_cells(phi(x_deep)) for phi, x_deep in zip(self.phi, deeper)], dim=1)  # (B, d_n, c_n)
+        return self.scale(queries, keys)
+
+    def scale(self, queries: Tensor, keys: Tensor) -> tuple[Tensor, Tensor]:
+        """theta_n X(n) (B, m_n, c_n) and [phi_(n,n') X(n')]_n' (B, d_n, c_n) scaled so that S = queries @ keys^T."""
         if self.similarity == "cosine":
             # "after normalization ... a perfect match approaches 1": cosine, sharpened by tau_n
             queries = F.normalize(queries, dim=-1) * self.log_tau.exp()
@@ -107,15 +136,11 @@ class FeatureRepresentingBlock(nn.Module):
         return borrowed.transpose(1, 2).unflatten(2, grid)  # (B, c, h_n, w_n)
 
     def fused(self, queries: Tensor, keys: Tensor, deeper: list[Tensor], grid: tuple[int, int]) -> Tensor:
-        """Z(n) without materialising S_hat: softmax(Q K^T) V is scaled-dot-product attention.
+        """Z(n) without returning S_hat: softmax(Q K^T) V, scaled-dot-product attention (see ``attend``).
 
         queries (B, m_n, c_n) and keys (B, d_n, c_n) already carry the scale, so scale=1.
         """
-        values = self.values(deeper)  # (B, d_n, c)
-        # one attention head: (B, 1, L, E)
-        borrowed = F.scaled_dot_product_attention(
-            queries.unsqueeze(1), keys.unsqueeze(1), values.unsqueeze(1), scale=1.0
-        ).squeeze(1)  # (B, m_n, c)
+        borrowed = attend(queries, keys, self.values(deeper))  # (B, m_n, c)
         return borrowed.transpose(1, 2).unflatten(2, grid)  # (B, c, h_n, w_n)
 
 
@@ -217,8 +242,22 @@ class BorrowNeck(nn.Module):
                         source_strides=self.strides[n + 1:],
                     ))
                 else:
-                    queries, keys = fmb.embed(x, deeper)
-                    borrowed = frb.fused(queries, keys, deeper, grid)
+                    borrowed = self.borrow(n, x, deeper)
             outputs.insert(0, self.fusion[n](x, borrowed, outputs[0]))
         matching.reverse()  # shallow layer first
         return outputs, matching
+
+    def borrow(self, n: int, x: Tensor, deeper: list[Tensor]) -> Tensor:
+        """Z(n) (B, c, h_n, w_n) of 0-based layer n without keeping S_hat: FMB.embed and FRB.fused in one.
+
+        phi_(n,n') and g_(n,n') read the same X(n'), so each pair runs as one 1x1 conv.
+        """
+        fmb, frb = self.matching[n], self.representing[n]
+        keys, values = [], []
+        for phi, g, x_deep in zip(fmb.phi, frb.g, deeper):
+            key, value = conv1x1_together(x_deep, [phi, g])  # (B, c_n, h_n', w_n'), (B, c, h_n', w_n')
+            keys.append(flatten_cells(key))
+            values.append(flatten_cells(value))
+        queries, keys = fmb.scale(flatten_cells(fmb.theta(x)), torch.cat(keys, dim=1))  # (B, m_n, c_n), (B, d_n, c_n)
+        borrowed = attend(queries, keys, torch.cat(values, dim=1))  # (B, m_n, c)
+        return borrowed.transpose(1, 2).unflatten(2, x.shape[-2:])  # (B, c, h_n, w_n)
