@@ -332,12 +332,15 @@ def run_benchmark(out: str | Path = "reports/bench", repeats: int = 10, warmup: 
                 times = time_interleaved(models, inputs, repeats, warmup, amp=precision != "fp32")
                 rows += latency_rows(times, batch, torch_device.type, precision)
                 if torch_device.type == "cuda":
-                    for name in models:  # peak memory, one model at a time
+                    for name in models:  # peak memory of one forward above what is resident (every model's weights)
+                        torch.cuda.synchronize()
+                        resident = torch.cuda.memory_allocated()
                         torch.cuda.reset_peak_memory_stats()
-                        with torch.inference_mode():
+                        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision != "fp32"):
                             models[name](inputs)
+                        torch.cuda.synchronize()
                         next(r for r in rows if r["model"] == name and r["batch"] == batch and r["precision"] == precision)[
-                            "peak_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+                            "peak_mem_mb"] = round((torch.cuda.max_memory_allocated() - resident) / 2**20, 1)
         results["latency"] = rows
         results["targets"] = targets(rows)
     if "compile" in sections:
