@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install chromium test test-fast app bench bundle clean
+.PHONY: bundle-aerial install chromium test test-fast app bench bundle clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -47,6 +47,22 @@ bundle: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m borrowcore ablate --data data/synth --out runs/ablation --seeds 0 \
 		--set train.workers=0 train.channels_last=true
 	$(PY) -m borrowcore release --runs runs/ablation --assets assets
+
+# Reproduces the shipped aerial checkpoints and reports (README "Real imagery"): trains ssd and full
+# (seeds 0, 1) and context and borrow (seed 0) unless RUNS/<neck>/seed<k> already holds weights, then
+# evaluates them (scripts/aerial-eval.sh), tabulates and releases. The shipped runs trained on an H100
+# (scripts/gpu-session.sh); on 2 CPU cores each run takes hours. Resumable.
+AERIAL_RUNS ?= runs/aerial
+bundle-aerial: $(STAMP)
+	for run in ssd:0 ssd:1 full:0 full:1 context:0 borrow:0; do neck=$${run%:*}; seed=$${run#*:}; \
+		out=$(AERIAL_RUNS)/$$neck/seed$$seed; [ -f $$out/weights.pt ] && continue; \
+		$(PY) -m borrowcore train --config configs/aerial-full.yaml --out $$out --resume \
+			--set model.neck=$$neck train.seed=$$seed || exit 1; cp $$out/last.pt $$out/weights.pt; done
+	PATH=$(VENV)/bin:$$PATH bash scripts/aerial-eval.sh $(AERIAL_RUNS)
+	$(PY) -m borrowcore table --runs $(AERIAL_RUNS) --splits tile256 resize tile128 tile512 --fine-bins --classes \
+		--no-borrow-columns
+	$(PY) -m borrowcore release --runs $(AERIAL_RUNS) --assets assets --name aerial --reports-folder aerial \
+		--best-by tile256 --weights-necks ssd full
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
