@@ -53,7 +53,7 @@ with st.sidebar:
                f"width {info['width']}; running on {device_label()}")
 
 # ---- images: this session's uploads and bundled samples ----
-twin = assets.default_sample()
+twin = assets.default_sample(checkpoint_info(checkpoint_path)["class_names"])
 default = next((name for name, path in samples.items() if path == twin), None)
 left, right = st.columns([3, 2])
 uploads = left.file_uploader("Upload images", type=IMAGE_TYPES, accept_multiple_files=True, key="inspect_images",
@@ -86,12 +86,13 @@ if queries.needs_window(full_height, full_width, size):
                 x, y, w, h = request["bbox"]
                 state["inspect_window_left"] = queries.window_start(x + w / 2, full_width, size)
                 state["inspect_window_top"] = queries.window_start(y + h / 2, full_height, size)
-            window = [0, 0]
+            window, step = [0, 0], max(1, size // 8)
             for axis, (label, length) in enumerate((("left", full_width), ("top", full_height))):
                 key = f"inspect_window_{label}"
-                state[key] = min(state.get(key, 0), max(0, length - size))
+                centre = step * round(max(0, length - size) / 2 / step)  # a new image opens on its centre
+                state[key] = min(state.get(key, centre), max(0, length - size))
                 if length > size:
-                    window[axis] = st.slider(f"Window {label} (px)", 0, length - size, step=max(1, size // 8), key=key)
+                    window[axis] = st.slider(f"Window {label} (px)", 0, length - size, step=step, key=key)
     if window:
         left, top = window
         st.image(figures.window_overview(image, left, top, size))

@@ -410,13 +410,15 @@ def test_inspect_large_aerial_image_runs_on_a_native_resolution_window(app, asse
     """A 1764 x 430 aerial tile and a detector of input 128: a 128 x 128 window at native resolution by default,
     ground truth moved into it (boxes at least half inside), or the whole image resized on request."""
     root = tmp_path / "assets"
-    (root / "checkpoints").mkdir(parents=True)
-    (root / "checkpoints" / "tiny-full.pt").symlink_to(assets / "checkpoints" / "tiny-full.pt")
+    save_checkpoint(root / "checkpoints" / "tiny-aerial.pt", tiny_detector("full", ["car", "bus", "minibus"]))
+    (root / "synth-tiny").symlink_to(TINY)
     (root / "aerial").symlink_to(ROOT / "assets" / "aerial")
     at = app("../pages/inspect_image.py", root=root)
-    at.multiselect(key="inspect_samples").set_value(["aerial/MOS175.jpg"]).run()
+    # the sample set annotated with the checkpoint's classes opens first, not the synthetic twins
+    assert at.multiselect(key="inspect_samples").value == ["aerial/MOS175.jpg"]
     assert not at.exception and at.sidebar.radio(key="inspect_region").value == "a native-resolution window"
-    assert "The 128 x 128 window at (0, 0) of the 1764 x 430 image" in texts(at)
+    # centred: (1764 - 128) / 2 = 818 and (430 - 128) / 2 = 151, on the slider's 16 px steps
+    assert "The 128 x 128 window at (816, 144) of the 1764 x 430 image" in texts(at)
     at.sidebar.slider(key="inspect_window_left").set_value(640).run()
     at.sidebar.slider(key="inspect_window_top").set_value(160).run()
     at.radio(key="inspect_instances").set_value("ground truth (aerial/instances.json)").run()

@@ -40,7 +40,8 @@ def checkpoint_for(root: Path) -> None:
     target = root / "checkpoints"
     target.mkdir(parents=True)
     for assets in (os.environ.get("BORROWSCOPE_ASSETS"), ROOT / "assets"):
-        found = sorted(Path(assets).glob("checkpoints/*full*.pt")) if assets else []
+        found = sorted(Path(assets).glob("checkpoints/*full*.pt"), key=lambda p: (not p.name.startswith("synth"), p.name)
+                       ) if assets else []  # the synthetic one: the sample is a twins image
         if found:
             (target / found[0].name).symlink_to(found[0].resolve())
             return

@@ -68,16 +68,26 @@ def coco_files() -> list[Path]:
     return sorted(p for p in assets_root().glob("*/*.json") if p.parent.name not in ("reports", "checkpoints"))
 
 
-def default_sample() -> Path | None:
-    """The first image of a borrow-benchmark twins split (a small instance beside a larger twin), if any."""
+def default_sample(class_names: list[str] | None = None) -> Path | None:
+    """The first image of a sample set annotated with exactly ``class_names`` (the checkpoint's), a
+    borrow-benchmark twins split first (a small instance beside a larger twin); without a match, the first
+    twins image; None when there is none."""
     import json
 
-    for twins in sorted(assets_root().glob("*/twins.json")):
+    files = sorted(assets_root().glob("*/*.json"), key=lambda p: (p.name != "twins.json", str(p)))
+    fallback = None
+    for path in files:
         try:
-            names = [image["file_name"] for image in json.loads(twins.read_text())["images"]]
-        except (OSError, ValueError, KeyError, TypeError):
+            coco = json.loads(path.read_text())
+            names = [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
+            first = next((path.parent / "images" / image["file_name"] for image in coco["images"]
+                          if (path.parent / "images" / image["file_name"]).is_file()), None)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue
-        for name in names:
-            if (twins.parent / "images" / name).is_file():
-                return twins.parent / "images" / name
-    return None
+        if first is None:
+            continue
+        if class_names is not None and names == list(class_names):
+            return first
+        if fallback is None and path.name == "twins.json":
+            fallback = first
+    return fallback

@@ -182,9 +182,12 @@ def request_query(state: MutableMapping, explanation: Explanation, keep: Sequenc
 
 # ---- a native-resolution window of a large image ----
 
+WINDOW_FACTOR = 2.5  # a resize shrinking 25 px objects to 10 px or less loses them
+
+
 def needs_window(height: int, width: int, input_size: int) -> bool:
-    """A resize to S x S would shrink this image's objects by more than 1.5x (aerial tiles, large photos)."""
-    return max(height, width) > 1.5 * input_size
+    """A resize to S x S would shrink this image's objects by more than WINDOW_FACTOR (aerial tiles)."""
+    return max(height, width) > WINDOW_FACTOR * input_size
 
 
 def window_start(center: float, length: int, size: int) -> int:
