@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHOTS = Path("/tmp/borrowscope-shots")
 SAMPLE = ROOT / "assets" / "synth-tiny" / "images" / "000001.png"  # a twins image: small shapes beside large ones
 PHOTO = ROOT / "assets" / "photos" / "images" / "000000000110.jpg"  # COCO: small and large people
+AERIAL = ROOT / "assets" / "aerial" / "images" / "MOS175.jpg"  # 1764 x 430, 54 cars and a bus
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 WAIT_MS = 180_000  # generous: CI machines have two cores
@@ -63,6 +64,23 @@ def server(tmp_path):
     checkpoint_for(root)
     for folder in ("synth-tiny", "photos"):
         (root / folder).symlink_to(ROOT / "assets" / folder)
+    yield from serve(root, tmp_path)
+
+
+@pytest.fixture
+def aerial_server(tmp_path):
+    """The app over the bundled aerial checkpoint and aerial samples only."""
+    checkpoint = ROOT / "assets" / "checkpoints" / "aerial-full.pt"
+    if not (checkpoint.is_file() and AERIAL.is_file()):
+        pytest.fail("the bundled aerial checkpoint and samples are part of the repository and must exist")
+    root = tmp_path / "assets"
+    (root / "checkpoints").mkdir(parents=True)
+    (root / "checkpoints" / checkpoint.name).symlink_to(checkpoint)
+    (root / "aerial").symlink_to(AERIAL.parents[1])
+    yield from serve(root, tmp_path)
+
+
+def serve(root: Path, tmp_path: Path):
     port = free_port()
     env = {**os.environ, "BORROWSCOPE_ASSETS": str(root), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     log = open(tmp_path / "streamlit.log", "w")
@@ -183,5 +201,36 @@ def test_inspect_in_headless_chromium(server, tmp_path):
             assert f"{PHOTO.name} (uploaded)" in text and f"{SAMPLE.name} (uploaded)" in text
             assert "Traceback" not in text
             shoot(page, tmp_path, "errors")
+        finally:
+            browser.close()
+
+
+@pytest.mark.slow
+def test_inspect_aerial_tile_on_a_native_resolution_window(aerial_server, tmp_path):
+    """The app opens on the real aerial checkpoint and a held-out aerial tile: small cars detected in a
+    256 px window at native resolution, and the cars a small one borrowed from."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI installs Debian's chromium (.ci/run / make test): it must be on PATH")
+        pytest.skip("no `chromium` on PATH (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 4200})
+            page.set_default_timeout(WAIT_MS)
+            page.goto(f"{aerial_server}/inspect_image")
+            page.get_by_text("Upload images").first.wait_for()
+            settle(page)
+            page.locator(".js-plotly-plot .heatmaplayer").first.wait_for()
+            text = page.inner_text("body")
+            assert "The 256 x 256 window at (768, 96) of the 1764 x 430 image" in text  # centred, 32 px steps
+            found = re.search(r"Detections: (\d+) at score", text)
+            assert found and int(found.group(1)) >= 3, text[:2000]  # a trained model finds cars in the window
+            assert re.search(r"#\d+ (car|bus|minibus) \(\d+ × \d+ px, its cells on layer \d \(conv[\w_]+\)\)", text)
+            assert "Traceback" not in text
+            shoot(page, tmp_path, "aerial")
         finally:
             browser.close()
