@@ -5,12 +5,16 @@
 #   3. torch.compile against eager, batch 1 then batch 16.
 # Every phase has its own time limit, so that a slow phase costs only itself.
 #
-#   bash scripts/gpu-session.sh DATA OUT
+#   [NECKS="ssd full"] [SEEDS="0 1"] [PHASES="latency training compile"] bash scripts/gpu-session.sh DATA OUT
 # DATA holds images/ and train.json (default ../shared/data/aerial-cars); OUT collects everything.
+# The shipped context and borrow runs: NECKS="context borrow" SEEDS=0 PHASES=training.
 set -u
 DATA=${1:-../shared/data/aerial-cars}
 OUT=${2:-runs/gpu-session}
 STEPS=${STEPS:-1500}
+NECKS=${NECKS:-ssd full}
+SEEDS=${SEEDS:-0 1}
+PHASES=${PHASES-latency training compile}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 started=$(date +%s)
@@ -20,17 +24,18 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$OUT/gpu.
 python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)" >>"$OUT/gpu.txt"
 cat "$OUT/gpu.txt"
 
-phase "latency"
-timeout 90 python3 -m borrowcore bench --out "$OUT/bench" --sections latency --repeats 30 --warmup 5 \
-    >"$OUT/bench.log" 2>&1 || echo "latency bench failed or timed out (rc $?)"
-tail -n 30 "$OUT/bench.log"
+wants() { [[ " $PHASES " == *" $1 "* ]]; }
 
-phase "training"
-for neck in ssd full; do
-    for seed in 0 1; do
-        OMP_NUM_THREADS=2 timeout "${TRAIN_LIMIT:-280}" python3 -m borrowcore train --config "configs/aerial-$neck.yaml" \
+wants latency && phase "latency" && { timeout 90 python3 -m borrowcore bench --out "$OUT/bench" --sections latency --repeats 30 --warmup 5 \
+    >"$OUT/bench.log" 2>&1 || echo "latency bench failed or timed out (rc $?)"; tail -n 30 "$OUT/bench.log"; }
+
+wants training && phase "training"
+for neck in $NECKS; do
+    wants training || break
+    for seed in $SEEDS; do
+        OMP_NUM_THREADS=2 timeout "${TRAIN_LIMIT:-280}" python3 -m borrowcore train --config configs/aerial-full.yaml \
             --out "$OUT/aerial-$neck-s$seed" --device cuda \
-            --set "train.seed=$seed" "train.max_steps=$STEPS" "train.train_images=$DATA/images" \
+            --set "model.neck=$neck" "train.seed=$seed" "train.max_steps=$STEPS" "train.train_images=$DATA/images" \
             "train.train_annotations=$DATA/train.json" >"$OUT/train-$neck-s$seed.log" 2>&1 &
     done
 done
@@ -38,8 +43,9 @@ wait
 for log in "$OUT"/train-*.log; do echo "== $log"; tail -c 400 "$log"; echo; done
 for run in "$OUT"/aerial-*; do tail -n 2 "$run/log.jsonl"; done
 
-phase "compile"
+wants compile && phase "compile"
 for batch in 1 16; do
+    wants compile || break
     timeout "${COMPILE_LIMIT:-100}" python3 -m borrowcore bench --out "$OUT/compile-b$batch" --sections compile \
         --batches "$batch" --repeats 30 --warmup 5 >"$OUT/compile-b$batch.log" 2>&1 || echo "compile b$batch failed or timed out"
     tail -n 6 "$OUT/compile-b$batch.log"
