@@ -113,7 +113,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     report = evaluate_checkpoint(args.checkpoint, args.coco, args.images, out, device=args.device,
                                  split=args.split, dataset_name=args.name, size_bins=parse_size_bins(args.size_bins),
                                  batch_size=args.batch_size, workers=args.workers, tile=args.tile, overlap=args.overlap,
-                                 input_size=args.input_size)
+                                 input_size=args.input_size, borrow_precision=args.borrow_precision)
     if report is not None:
         print(format_metrics(report))
         print(f"report: {out}")
@@ -295,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", dest="input_size", type=int,
                    help="run the detector at S x S (default: the checkpoint's); with --tile S, tiles of any size stay "
                         "at native resolution")
+    p.add_argument("--borrow-precision", dest="borrow_precision", action="store_true",
+                   help="borrow/full only: the share of small instances' matching mass on larger same-class ones")
     p.set_defaults(func=cmd_eval)
 
     p = commands.add_parser("ablate", help="train + evaluate ssd/context/borrow/full over seeds; mean/std table")

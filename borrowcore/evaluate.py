@@ -225,9 +225,14 @@ def evaluate_detector(detector: torch.nn.Module, annotations: str | Path, images
                       *, checkpoint: str | Path = "", split: str | None = None, dataset_name: str | None = None,
                       size_bins: Sequence[tuple[float, float]] = DEFAULT_SIZE_BINS, batch_size: int = 8,
                       workers: int = 0, device: str | torch.device = "cpu", context: DistributedContext | None = None,
-                      show_progress: bool = True, tile: int | None = None, overlap: float = 0.2) -> dict | None:
+                      show_progress: bool = True, tile: int | None = None, overlap: float = 0.2,
+                      borrow_precision: bool = False) -> dict | None:
     """Evaluate ``detector`` on a COCO file; returns the report (on rank 0; None elsewhere) and writes it
-    with its detections (``<out stem>.detections.json.gz``) when ``out`` is given."""
+    with its detections (``<out stem>.detections.json.gz``) when ``out`` is given.
+
+    ``borrow_precision`` (a borrowing ablation) adds ``extra.borrow_precision``: the share of each small
+    instance's matching mass on larger same-class instances, against chance, on the same inputs the
+    detector saw (whole images, or with ``tile`` every window)."""
     context = context or DistributedContext()
     annotations, images = Path(annotations), Path(images)
     dataset = CocoDetection(images, annotations)
@@ -259,6 +264,13 @@ def evaluate_detector(detector: torch.nn.Module, annotations: str | Path, images
         "extra": {"inference": f"tiles {tile} px, overlap {overlap}" if tile else f"resize to {detector.input_size}",
                   "small_top1": small_top1},
     }
+    if borrow_precision:
+        from borrowcore.explain import borrow_precision as measure
+        from borrowcore.tiling import TiledDataset
+
+        inputs = TiledDataset(dataset, tile, overlap) if tile else dataset
+        report["extra"]["borrow_precision"] = {**measure(detector, inputs, device),
+                                               "inputs": f"tiles {tile} px" if tile else "whole images"}
     if out is not None:
         out = Path(out)
         detections_path = out.with_name(out.stem + ".detections.json.gz")

@@ -195,3 +195,34 @@ def detect_tiled(detect: DetectFn, image: Tensor, tile_size: int, overlap: float
     valid = box_area(boxes) > 0  # a box wholly in the padding
     return merge_detections(boxes[valid], scores[valid], labels[valid], iou_threshold,
                             cuts[valid] if merge_edges else None, edge_margin, max_detections)
+
+
+class TiledDataset(torch.utils.data.Dataset):
+    """The T x T windows of every image of a COCO dataset (no transforms), as a dataset of their own: the
+    window's pixels (padded like ``crop_window``) and the ground truth moved into it, boxes kept when at
+    least ``min_visibility`` of their area is inside (the training crop's rule). What sliced inference
+    sees, for measures that run the detector one input at a time (``explain.borrow_precision``)."""
+
+    def __init__(self, dataset, tile_size: int, overlap: float = 0.2, min_visibility: float = 0.5) -> None:
+        self.dataset, self.tile_size, self.min_visibility = dataset, tile_size, min_visibility
+        self.windows: list[tuple[int, Window]] = []
+        for index, image_id in enumerate(dataset.ids):
+            info = dataset.coco.imgs[image_id]
+            self.windows += [(index, w) for w in tile_windows(info["height"], info["width"], tile_size, overlap)]
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, index: int):
+        from torchvision import tv_tensors
+
+        from borrowcore.presets import crop_boxes
+
+        source, window = self.windows[index]
+        image, target = self.dataset[source]
+        boxes, keep = crop_boxes(target["boxes"].as_subclass(Tensor), window.x0, window.y0, self.tile_size,
+                                 self.min_visibility)
+        size = (self.tile_size, self.tile_size)
+        return tv_tensors.Image(crop_window(image.as_subclass(Tensor), window, self.tile_size)), {
+            **target, "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=size),
+            "labels": target["labels"][keep], "window": (window.x0, window.y0)}

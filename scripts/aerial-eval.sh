@@ -3,6 +3,8 @@
 # resolution, skipping reports already written (rerun to resume):
 #   resize   - the whole 1764 x 430 tile resized to the model's 256 x 256 input (the naive way)
 #   tile256  - 256 px tiles, overlap 0.2, at the training input size (native resolution)
+#              (borrow and full: also borrow precision, the share of a small instance's matching mass on
+#              larger same-class instances in its tile, against chance)
 #   tile128, tile512 - other tile sizes, the detector run at S = T so tiles stay at native resolution
 #                      (ssd and full only): how much does a tile's extent matter to borrowing?
 # Fine size bins by sqrt(area): the val boxes' quartiles (23, 25, 28 px) and 32 (COCO small).
@@ -19,7 +21,9 @@ evaluate() {  # weights mode [eval args...]
 }
 for weights in "$RUNS"/{ssd,full,context,borrow}/seed*/weights.pt; do
     [ -f "$weights" ] || continue
-    evaluate "$weights" tile256 --tile 256 --overlap 0.2
+    borrowing=()  # the borrowing ablations also measure where small instances' matching mass goes
+    case "$weights" in */borrow/*|*/full/*) borrowing=(--borrow-precision) ;; esac
+    evaluate "$weights" tile256 --tile 256 --overlap 0.2 "${borrowing[@]}"
     evaluate "$weights" resize
 done
 for weights in "$RUNS"/{ssd,full}/seed*/weights.pt; do

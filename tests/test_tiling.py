@@ -131,3 +131,53 @@ def test_real_detector_on_a_large_image(tiny_config):
     assert (found["boxes"][:, 2] <= 330).all() and (found["boxes"][:, 3] <= 200).all() and (found["boxes"] >= 0).all()
     assert set(found["labels"].tolist()) <= {1, 2, 3}
     assert (found["scores"][:-1] >= found["scores"][1:]).all()  # best first
+
+
+def test_tiled_dataset_windows_and_their_ground_truth_by_hand(tmp_path):
+    """A 300 x 150 image in 128 px tiles at overlap 0.25 (stride 96): x 0, 96, 172; y 0, 22. Box A lies
+    inside the first window; box B (100..140) has 28/40 = 70% of its width in it (kept, clipped to 128);
+    box C (110..160) has 18/50 = 36% (dropped there, whole in the second window)."""
+    import json
+
+    from PIL import Image as PILImage
+
+    from borrowcore.data import CocoDetection
+    from borrowcore.tiling import TiledDataset
+
+    pixels = torch.randint(0, 255, (150, 300, 3), dtype=torch.uint8)
+    (tmp_path / "images").mkdir()
+    PILImage.fromarray(pixels.numpy()).save(tmp_path / "images" / "a.png")
+    boxes = {"A": [10, 10, 20, 20], "B": [100, 50, 40, 20], "C": [110, 90, 50, 20]}  # xywh
+    coco = {"images": [{"id": 1, "file_name": "a.png", "width": 300, "height": 150}],
+            "categories": [{"id": 1, "name": "car"}],
+            "annotations": [{"id": i, "image_id": 1, "category_id": 1, "bbox": b, "area": b[2] * b[3], "iscrowd": 0}
+                            for i, b in enumerate(boxes.values(), start=1)]}
+    (tmp_path / "a.json").write_text(json.dumps(coco))
+    tiles = TiledDataset(CocoDetection(tmp_path / "images", tmp_path / "a.json"), 128, 0.25)
+    assert [(w.x0, w.y0) for _, w in tiles.windows] == [(0, 0), (96, 0), (172, 0), (0, 22), (96, 22), (172, 22)]
+    image, target = tiles[0]
+    assert torch.equal(image, pixels[:128, :128].permute(2, 0, 1))
+    assert target["boxes"].tolist() == [[10, 10, 30, 30], [100, 50, 128, 70]]  # A, and B clipped; C dropped
+    _, second = tiles[1]  # x 96..224: B at 4..44, C at 14..64, A outside
+    assert second["boxes"].tolist() == [[4, 50, 44, 70], [14, 90, 64, 110]] and second["labels"].tolist() == [1, 1]
+    assert second["window"] == (96, 0)
+
+
+def test_eval_measures_borrow_precision_on_the_tiles_it_detected_on(tiny_config, tmp_path):
+    """Three real aerial tiles (3 classes, like tiny_config): the report says where small instances'
+    matching mass went, measured on the same 128 px windows, with chance the share of cells covered."""
+    from pathlib import Path
+
+    from conftest import make_detector
+
+    from borrowcore.evaluate import evaluate_detector
+    from borrowcore.report import load_report
+
+    aerial = Path(__file__).resolve().parents[1] / "assets" / "aerial"
+    detector = make_detector(tiny_config).eval()
+    out = tmp_path / "eval_tile128.json"
+    evaluate_detector(detector, aerial / "instances.json", aerial / "images", out, tile=128, overlap=0.2,
+                      borrow_precision=True, show_progress=False)
+    measured = load_report(out)["extra"]["borrow_precision"]
+    assert measured["inputs"] == "tiles 128 px" and measured["instances"] > 20
+    assert 0 < measured["chance"] < 0.5 and 0 <= measured["borrow_precision"] <= 1
