@@ -59,8 +59,7 @@ bundle-aerial: $(STAMP)
 		$(PY) -m borrowcore train --config configs/aerial-full.yaml --out $$out --resume \
 			--set model.neck=$$neck train.seed=$$seed || exit 1; cp $$out/last.pt $$out/weights.pt; done
 	PATH=$(VENV)/bin:$$PATH bash scripts/aerial-eval.sh $(AERIAL_RUNS)
-	$(PY) -m borrowcore table --runs $(AERIAL_RUNS) --splits tile256 resize tile128 tile512 --fine-bins --classes \
-		--no-borrow-columns
+	$(PY) -m borrowcore table --runs $(AERIAL_RUNS) --splits tile256 resize tile128 tile512 --fine-bins --classes
 	$(PY) -m borrowcore release --runs $(AERIAL_RUNS) --assets assets --name aerial --reports-folder aerial \
 		--best-by tile256 --weights-necks ssd full
 
