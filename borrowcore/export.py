@@ -36,11 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.onnx import symbolic_helper
-from torchvision.ops import batched_nms, clip_boxes_to_image, nms
+from torchvision.ops import nms
 
 from borrowcore.boxes import BoxCoder
 from borrowcore.config import NECKS
 from borrowcore.model import BorrowSSD, Detector
+from borrowcore.postprocess import PostProcess
 
 FORMAT = "borrowcore-onnx"
 FORMAT_VERSION = 1
@@ -358,24 +359,11 @@ def resize_to_input(images: Sequence[Tensor], size: int) -> Tensor:
 def select_detections(scores: Tensor, boxes: Tensor, input_size: int, image_sizes: Sequence[tuple[int, int]],
                       score_threshold: float = 0.01, candidates_per_class: int = 400, nms_iou: float = 0.45,
                       detections_per_image: int = 200) -> list[dict[str, Tensor]]:
-    """PostProcess's steps after softmax and decoding (SPEC §5), for a graph exported without NMS.
-
-    scores (B, A, K), boxes (B, A, 4) in the S x S input -> per image {"boxes" (D, 4) in its pixels,
-    "scores" (D,), "labels" (D,) in 1..K}, best first.
-    """
-    num_anchors, num_classes = scores.shape[1:]
-    k = min(candidates_per_class, num_anchors)
-    detections = []
-    for image_scores, image_boxes, (height, width) in zip(scores, boxes, image_sizes):
-        top_scores, top_anchor = image_scores.topk(k, dim=0)  # (k, K)
-        labels = torch.arange(1, num_classes + 1).expand(k, -1)  # (k, K)
-        keep = top_scores > score_threshold
-        top_scores, top_anchor, labels = top_scores[keep], top_anchor[keep], labels[keep]
-        scale = torch.tensor([width / input_size, height / input_size] * 2)
-        candidate_boxes = clip_boxes_to_image(image_boxes[top_anchor] * scale, (height, width))
-        keep = batched_nms(candidate_boxes, top_scores, labels, nms_iou)[:detections_per_image]
-        detections.append({"boxes": candidate_boxes[keep], "scores": top_scores[keep], "labels": labels[keep]})
-    return detections
+    """PostProcess's selection (SPEC §5) for a graph exported without NMS: scores (B, A, K), boxes (B, A, 4)
+    in the S x S input -> per image {"boxes" (D, 4) in its pixels, "scores" (D,), "labels" (D,) in 1..K}."""
+    selection = PostProcess(score_threshold=score_threshold, candidates_per_class=candidates_per_class,
+                            nms_iou=nms_iou, detections_per_image=detections_per_image)
+    return selection.select(scores, boxes, input_size, list(image_sizes))
 
 
 class OnnxDetector:

@@ -36,6 +36,12 @@ class PostProcess(nn.Module):
         image_sizes the (H, W) each image had -> [{"boxes" (D, 4) xyxy, "scores" (D,), "labels" (D,)}]."""
         scores_all = torch.softmax(cls_logits.float(), dim=-1)[..., 1:]  # (B, A, K): drop background
         boxes_all = self.box_coder.decode(box_regression.float(), anchors.float())  # (B, A, 4)
+        return self.select(scores_all, boxes_all, input_size, image_sizes)
+
+    def select(self, scores_all: Tensor, boxes_all: Tensor, input_size: int,
+               image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+        """The steps after softmax and decoding (also for an ONNX graph exported without NMS): class
+        scores (B, A, K) without background and boxes (B, A, 4) in the S x S input -> detections."""
         num_anchors, num_classes = scores_all.shape[1:]
         k = min(self.candidates_per_class, num_anchors)
         detections = []
