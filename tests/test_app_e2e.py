@@ -5,6 +5,7 @@ screenshots (copied to /tmp/borrowscope-shots/ for people to look at), then uplo
 an oversized one and reads the messages. Skips only where no `chromium` is installed (never in CI).
 """
 
+import contextlib
 import json
 import os
 import re
@@ -137,100 +138,89 @@ def shoot(page, tmp_path: Path, name: str) -> Path:
     return path
 
 
-@pytest.mark.slow
-def test_inspect_in_headless_chromium(server, tmp_path):
+@contextlib.contextmanager
+def inspect_page(url: str):
+    """Headless Chromium on the app's Inspect page, once it has drawn; closed afterwards."""
     chromium = shutil.which("chromium")
     if chromium is None:
         if os.environ.get("CI"):
             pytest.fail("CI installs Debian's chromium (.ci/run / make test): it must be on PATH")
         pytest.skip("no `chromium` on PATH (apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api")
-
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 4200})
             page.set_default_timeout(WAIT_MS)
-            page.goto(f"{server}/inspect_image")
+            page.goto(f"{url}/inspect_image")
             page.get_by_text("Upload images").first.wait_for()
             settle(page)
-
-            images = page.get_by_test_id("stFileUploader").filter(has_text="Upload images").locator("input[type='file']")
-            images.set_input_files([SAMPLE, PHOTO])
-            page.get_by_text(f"{PHOTO.name} (uploaded)").first.wait_for()
-            settle(page)
-
-            # the bundled sample: detections, a heatmap and the links of a small detection
-            page.get_by_test_id("stRadio").get_by_text(f"{SAMPLE.name} (uploaded)").click()
-            settle(page)
-            if "No detections at score" in page.inner_text("body"):  # an untrained stand-in checkpoint
-                page.get_by_role("slider").first.press("Home")  # the lowest score threshold
-                settle(page)
-            page.locator(".js-plotly-plot .heatmaplayer").first.wait_for()
-            text = page.inner_text("body")
-            assert "Detections:" in text and "Borrowing" in text
-            assert re.search(r"#\d+ [\w-]+ \(\d+ × \d+ px, its cells on layer \d \(conv[\w_]+\)\) borrowed from", text)
-            assert page.locator(".js-plotly-plot .heatmaplayer").count() >= 1
-            shoot(page, tmp_path, "sample")
-            with page.expect_download() as download:
-                page.get_by_role("button", name="Overlay (PNG)").click()
-            download.value.save_as(tmp_path / "sample-overlay.png")
-            assert (tmp_path / "sample-overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-            shutil.copy(tmp_path / "sample-overlay.png", SHOTS / "sample-overlay.png")
-
-            # the photograph, linked through its COCO ground truth (the synthetic model detects no people)
-            page.get_by_test_id("stRadio").get_by_text(f"{PHOTO.name} (uploaded)").click()
-            settle(page)
-            page.get_by_text("ground truth (photos/instances.json)").click()
-            settle(page)
-            page.locator(".js-plotly-plot .heatmaplayer").first.wait_for()
-            text = page.inner_text("body")
-            assert "Ground truth:" in text and "person" in text
-            assert re.search(r"#\d+ [\w ]+ \(\d+ × \d+ px, its cells on layer \d \(conv[\w_]+\)\) borrowed from", text)
-            shoot(page, tmp_path, "photo")
-
-            # bad input: a message on the page, the other images kept
-            data = PHOTO.read_bytes()
-            images.set_input_files([{"name": "corrupt.jpg", "mimeType": "image/jpeg", "buffer": data[: len(data) // 3]},
-                                    {"name": "big.png", "mimeType": "image/png", "buffer": bytes(1_200_000)}])
-            page.get_by_text("corrupt.jpg: truncated or corrupt JPEG file").first.wait_for()
-            settle(page)
-            text = page.inner_text("body")
-            assert "Cannot use this image: corrupt.jpg: truncated or corrupt JPEG file" in text
-            assert "File must be 1.0MB or smaller" in text  # refused in the browser: server.maxUploadSize
-            assert f"{PHOTO.name} (uploaded)" in text and f"{SAMPLE.name} (uploaded)" in text
-            assert "Traceback" not in text
-            shoot(page, tmp_path, "errors")
+            yield page
         finally:
             browser.close()
+
+
+@pytest.mark.slow
+def test_inspect_in_headless_chromium(server, tmp_path):
+    with inspect_page(server) as page:
+        images = page.get_by_test_id("stFileUploader").filter(has_text="Upload images").locator("input[type='file']")
+        images.set_input_files([SAMPLE, PHOTO])
+        page.get_by_text(f"{PHOTO.name} (uploaded)").first.wait_for()
+        settle(page)
+
+        # the bundled sample: detections, a heatmap and the links of a small detection
+        page.get_by_test_id("stRadio").get_by_text(f"{SAMPLE.name} (uploaded)").click()
+        settle(page)
+        if "No detections at score" in page.inner_text("body"):  # an untrained stand-in checkpoint
+            page.get_by_role("slider").first.press("Home")  # the lowest score threshold
+            settle(page)
+        page.locator(".js-plotly-plot .heatmaplayer").first.wait_for()
+        text = page.inner_text("body")
+        assert "Detections:" in text and "Borrowing" in text
+        assert re.search(r"#\d+ [\w-]+ \(\d+ × \d+ px, its cells on layer \d \(conv[\w_]+\)\) borrowed from", text)
+        assert page.locator(".js-plotly-plot .heatmaplayer").count() >= 1
+        shoot(page, tmp_path, "sample")
+        with page.expect_download() as download:
+            page.get_by_role("button", name="Overlay (PNG)").click()
+        download.value.save_as(tmp_path / "sample-overlay.png")
+        assert (tmp_path / "sample-overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        shutil.copy(tmp_path / "sample-overlay.png", SHOTS / "sample-overlay.png")
+
+        # the photograph, linked through its COCO ground truth (the synthetic model detects no people)
+        page.get_by_test_id("stRadio").get_by_text(f"{PHOTO.name} (uploaded)").click()
+        settle(page)
+        page.get_by_text("ground truth (photos/instances.json)").click()
+        settle(page)
+        page.locator(".js-plotly-plot .heatmaplayer").first.wait_for()
+        text = page.inner_text("body")
+        assert "Ground truth:" in text and "person" in text
+        assert re.search(r"#\d+ [\w ]+ \(\d+ × \d+ px, its cells on layer \d \(conv[\w_]+\)\) borrowed from", text)
+        shoot(page, tmp_path, "photo")
+
+        # bad input: a message on the page, the other images kept
+        data = PHOTO.read_bytes()
+        images.set_input_files([{"name": "corrupt.jpg", "mimeType": "image/jpeg", "buffer": data[: len(data) // 3]},
+                                {"name": "big.png", "mimeType": "image/png", "buffer": bytes(1_200_000)}])
+        page.get_by_text("corrupt.jpg: truncated or corrupt JPEG file").first.wait_for()
+        settle(page)
+        text = page.inner_text("body")
+        assert "Cannot use this image: corrupt.jpg: truncated or corrupt JPEG file" in text
+        assert "File must be 1.0MB or smaller" in text  # refused in the browser: server.maxUploadSize
+        assert f"{PHOTO.name} (uploaded)" in text and f"{SAMPLE.name} (uploaded)" in text
+        assert "Traceback" not in text
+        shoot(page, tmp_path, "errors")
 
 
 @pytest.mark.slow
 def test_inspect_aerial_tile_on_a_native_resolution_window(aerial_server, tmp_path):
     """The app opens on the real aerial checkpoint and a held-out aerial tile: small cars detected in a
     256 px window at native resolution, and the cars a small one borrowed from."""
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI installs Debian's chromium (.ci/run / make test): it must be on PATH")
-        pytest.skip("no `chromium` on PATH (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 4200})
-            page.set_default_timeout(WAIT_MS)
-            page.goto(f"{aerial_server}/inspect_image")
-            page.get_by_text("Upload images").first.wait_for()
-            settle(page)
-            page.locator(".js-plotly-plot .heatmaplayer").first.wait_for()
-            text = page.inner_text("body")
-            assert "The 256 x 256 window at (768, 96) of the 1764 x 430 image" in text  # centred, 32 px steps
-            found = re.search(r"Detections: (\d+) at score", text)
-            assert found and int(found.group(1)) >= 3, text[:2000]  # a trained model finds cars in the window
-            assert re.search(r"#\d+ (car|bus|minibus) \(\d+ × \d+ px, its cells on layer \d \(conv[\w_]+\)\)", text)
-            assert "Traceback" not in text
-            shoot(page, tmp_path, "aerial")
-        finally:
-            browser.close()
+    with inspect_page(aerial_server) as page:
+        page.locator(".js-plotly-plot .heatmaplayer").first.wait_for()
+        text = page.inner_text("body")
+        assert "The 256 x 256 window at (768, 96) of the 1764 x 430 image" in text  # centred, 32 px steps
+        found = re.search(r"Detections: (\d+) at score", text)
+        assert found and int(found.group(1)) >= 3, text[:2000]  # a trained model finds cars in the window
+        assert re.search(r"#\d+ (car|bus|minibus) \(\d+ × \d+ px, its cells on layer \d \(conv[\w_]+\)\)", text)
+        assert "Traceback" not in text
+        shoot(page, tmp_path, "aerial")
