@@ -13,7 +13,9 @@ st.title("Compare: what does borrowing buy, by object size?")
 bundled = {assets.report_name(path): path for path in assets.reports()}
 left, right = st.columns([3, 2])
 if bundled:
-    picked = left.multiselect("Bundled reports", list(bundled), default=list(bundled), key="compare_reports")
+    study = next(iter(bundled)).split("/")[0]  # one study at a time by default (ablation, aerial, ...)
+    picked = left.multiselect("Bundled reports", list(bundled), default=[n for n in bundled if n.split("/")[0] == study],
+                              key="compare_reports", help="Reports are grouped by study: the folder under reports/.")
 else:
     picked = []
     left.info(f"No evaluation reports are bundled yet (nothing matches `{assets.assets_root()}/reports/**/*.json`): "

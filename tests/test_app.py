@@ -297,7 +297,9 @@ def test_compare_draws_from_the_real_bundled_reports(monkeypatch):
     at = AppTest.from_file(HOME, default_timeout=TIMEOUT).run()
     at.switch_page("../pages/compare.py").run()
     assert not at.exception and not at.error
-    assert len(at.multiselect(key="compare_reports").value) >= 1 and len(charts(at)) >= 2
+    picked = at.multiselect(key="compare_reports").value
+    assert len(picked) >= 1 and len(charts(at)) >= 2
+    assert len({name.split("/")[0] for name in picked}) == 1  # one study (synthetic or aerial), not both mixed
 
 
 # ---- Data & anchors ----
