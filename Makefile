@@ -35,7 +35,7 @@ test-fast: $(STAMP)
 app: $(STAMP)
 	$(VENV)/bin/streamlit run viewer/Home.py
 
-# What borrowing costs, side by side (README "Benchmarks"): about 15 minutes on 2 CPU cores.
+# What borrowing costs, side by side (docs/benchmarks.md): about 15 minutes on 2 CPU cores.
 bench: $(STAMP)
 	$(PY) -m borrowcore bench --out reports/bench --repeats 5 --warmup 1
 
@@ -48,7 +48,7 @@ bundle: $(STAMP)
 		--set train.workers=0 train.channels_last=true
 	$(PY) -m borrowcore release --runs runs/ablation --assets assets
 
-# Reproduces the shipped aerial checkpoints and reports (README "Real imagery"): trains ssd and full
+# Reproduces the shipped aerial checkpoints and reports (docs/results.md, "Real imagery"): trains ssd and full
 # (seeds 0, 1) and context and borrow (seed 0) unless RUNS/<neck>/seed<k> already holds weights, then
 # evaluates them (scripts/aerial-eval.sh), tabulates and releases. The shipped runs trained on an H100
 # (scripts/gpu-session.sh); on 2 CPU cores each run takes hours. Resumable.
