@@ -209,6 +209,83 @@ def small_instance_accuracy(coco_gt: COCO, results: list[dict], small_side: floa
     return {"accuracy": correct / matched if matched else -1.0, "matched": matched, "instances": total}
 
 
+SUBSETS = ("twins", "orphans")
+
+
+def instance_subsets(coco_gt: COCO, small: float = 32.0, ratio: float = 2.0, min_large: float = 48.0) -> dict[str, set[int]]:
+    """Annotation ids of the small instances with a larger same-class instance in their image ("twins") and
+    of the other small ones ("orphans"), issue 15 ("Faces in crowds").
+
+    A small instance is a non-crowd box with sqrt(area) < ``small``. It is a twin when its image holds a
+    non-crowd instance of the same category with sqrt(area) >= ``ratio`` x its own and >= ``min_large``;
+    otherwise an orphan. Any category, any COCO set; ``area`` is the annotation's (what COCOeval's size
+    ranges use). Crowd boxes are in neither subset."""
+    if ratio <= 1:
+        raise ValueError(f"ratio {ratio}: a twin's larger instance must be more than 1x its side")
+    largest: dict[tuple[int, int], float] = {}  # (image, category) -> side of its largest non-crowd instance
+    candidates = [a for a in coco_gt.dataset["annotations"] if not a.get("iscrowd", 0)]
+    for ann in candidates:
+        key = (ann["image_id"], ann["category_id"])
+        largest[key] = max(largest.get(key, 0.0), math.sqrt(ann["area"]))
+    subsets: dict[str, set[int]] = {name: set() for name in SUBSETS}
+    for ann in candidates:
+        side = math.sqrt(ann["area"])
+        if side >= small:
+            continue
+        large = largest[ann["image_id"], ann["category_id"]]
+        subsets["twins" if large >= max(ratio * side, min_large) else "orphans"].add(ann["id"])
+    return subsets
+
+
+class SubsetCOCOeval(COCOeval):
+    """COCOeval on the ground truth ``keep`` (annotation ids): every other box is ignored the way COCO ignores
+    a box outside the evaluated size range, so a detection matched to it is neither TP nor FP.
+
+    Not by marking the others iscrowd=1 in a copy of the dataset: COCO's crowd IoU is intersection over the
+    *detection's* area and a crowd box absorbs any number of detections, so a large ignored box would swallow
+    every false positive of its class inside it (a detection on part of a large instance, duplicates) -- and
+    twins by definition share their image with such a box, so that would flatter the twins. Here the others keep the
+    ordinary IoU and match one detection each; boxes that were crowd stay crowd. (Setting ``ann["ignore"]``
+    in the dataset does not work: ``_prepare`` overwrites it with ``iscrowd``, hence this override.)"""
+
+    def __init__(self, coco_gt: COCO, coco_dt: COCO, keep: set[int], iou_type: str = "bbox"):
+        super().__init__(coco_gt, coco_dt, iou_type)
+        self.keep = set(keep)
+
+    def _prepare(self) -> None:
+        super()._prepare()
+        for key, gts in self._gts.items():  # copies: _gts holds the COCO object's own annotation dicts
+            self._gts[key] = [g if g["id"] in self.keep else {**g, "ignore": 1} for g in gts]
+
+
+def subset_evaluator(coco_gt: COCO, coco_dt: COCO, keep: set[int], small: float = 32.0) -> SubsetCOCOeval:
+    """A SubsetCOCOeval over COCO's small range [0, small^2] (as AP_S: unmatched detections larger than that
+    are ignored too), on every image: a false positive counts wherever it is. Evaluated, not accumulated."""
+    evaluator = SubsetCOCOeval(coco_gt, coco_dt, keep)
+    evaluator.params.areaRng = [[0.0, small ** 2]]
+    evaluator.params.areaRngLbl = ["small"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator.evaluate()
+    return evaluator
+
+
+def subset_metrics(coco_gt: COCO, results: list[dict], subsets: dict[str, set[int]] | None = None,
+                   small: float = 32.0) -> dict[str, dict[str, float]]:
+    """AP, AP50 (fractions; -1 without ground truth) and instance count of each subset of ``instance_subsets``:
+    {"twins": {"AP", "AP50", "instances"}, "orphans": {...}}. Two COCOeval runs."""
+    subsets = instance_subsets(coco_gt, small) if subsets is None else subsets
+    coco_dt = results_to_coco(coco_gt, results)
+    out = {}
+    for name, keep in subsets.items():
+        evaluator = subset_evaluator(coco_gt, coco_dt, keep, small)
+        with contextlib.redirect_stdout(io.StringIO()):
+            evaluator.accumulate()
+        precision = evaluator.eval["precision"][:, :, :, 0, -1]  # (T, R, K) at maxDets 100
+        t50 = int(np.argmin(np.abs(evaluator.params.iouThrs - 0.5)))
+        out[name] = {"AP": mean_valid(precision), "AP50": mean_valid(precision[t50]), "instances": len(keep)}
+    return out
+
+
 def format_metrics(report: dict) -> str:
     """A plain-text table of a report's metrics (percent)."""
     m = report["metrics"]
@@ -218,6 +295,10 @@ def format_metrics(report: dict) -> str:
              f"{'size bin':<10} {'GT':>6} {'AP':>6} {'AP50':>6} {'AR100':>6}"]
     for row in report["size_bins"]:
         lines.append(f"{row['label']:<10} {row['num_gt']:>6} {pct(row['AP']):>6} {pct(row['AP50']):>6} {pct(row['AR100']):>6}")
+    if report.get("subsets"):  # reports written before issue 15 have none
+        lines += ["", f"{'small':<10} {'GT':>6} {'AP':>6} {'AP50':>6}"]
+        for name, row in report["subsets"].items():
+            lines.append(f"{name:<10} {row['instances']:>6} {pct(row['AP']):>6} {pct(row['AP50']):>6}")
     return "\n".join(lines)
 
 
@@ -258,6 +339,7 @@ def evaluate_detector(detector: torch.nn.Module, annotations: str | Path, images
                     "num_boxes": sum(1 for a in dataset.coco.dataset["annotations"] if not a.get("iscrowd", 0))},
         "detections": "",
         **evaluation,
+        "subsets": subset_metrics(dataset.coco, results),  # small twins and orphans (instance_subsets)
         "timing": {"images": len(dataset), "seconds": round(seconds, 3),
                    "images_per_s": round(len(dataset) / seconds, 2) if seconds > 0 else 0.0,
                    "device": str(device) if torch.device(device).type != "cuda" else torch.cuda.get_device_name(device)},

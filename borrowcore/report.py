@@ -17,7 +17,7 @@ from typing import Any
 from borrowcore.atomic import atomic_write
 
 SCHEMA = "borrowcore-eval-report"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # optional keys ("key?") come without a bump: every version-1 reader skips unknown keys
 
 NUMBER = (int, float)
 METRIC_KEYS = ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L", "AR1", "AR10", "AR100", "AR_S", "AR_M", "AR_L")
@@ -39,6 +39,8 @@ REPORT_SPEC: dict[str, Any] = {
     "per_class": [{"name": str, "category_id": int, "AP": NUMBER, "AP50": NUMBER, "AP_S": NUMBER, "num_gt": int}],
     "pr_curves": {"recall": [NUMBER], "iou": [NUMBER], "ranges": dict},
     "timing": {"images": int, "seconds": NUMBER, "images_per_s": NUMBER, "device": str},
+    # small twins and orphans (evaluate.instance_subsets); optional: reports before issue 15 lack it
+    "subsets?": {name: {"AP": NUMBER, "AP50": NUMBER, "instances": int} for name in ("twins", "orphans")},
     "extra?": dict,
 }
 

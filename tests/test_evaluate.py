@@ -186,3 +186,100 @@ def test_eval_under_torchrun_merges_shards(tmp_path, tiny_config):
     assert merged["dataset"]["num_images"] == 16
     assert len({d["image_id"] for d in load_detections(merged, out)}) == 16  # both shards are in
     assert merged["metrics"] == pytest.approx(single["metrics"], abs=1e-4)
+
+
+# ---- issue 15: small twins and orphans ----
+
+def crowd_coco(annotations: list[dict]) -> COCO:
+    """Two 400 px images, classes car (1) and bus (2); annotations with image_id, category_id, bbox[, iscrowd]."""
+    coco = COCO()
+    coco.dataset = {"images": [{"id": i, "file_name": f"{i}.png", "width": 400, "height": 400} for i in (1, 2)],
+                    "categories": [{"id": 1, "name": "car"}, {"id": 2, "name": "bus"}],
+                    "annotations": [{"id": i + 1, "iscrowd": 0, "area": a["bbox"][2] * a["bbox"][3], **a}
+                                    for i, a in enumerate(annotations)]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+# box sides chosen at the rule's edges: twin iff a same-class, non-crowd box of side >= 2x and >= 48 px
+CROWD = [
+    {"image_id": 1, "category_id": 1, "bbox": [10, 10, 24, 24]},     # 1 twin: the 48 px car is exactly 2x and 48
+    {"image_id": 1, "category_id": 1, "bbox": [100, 100, 48, 48]},   # 2 large (not small: in no subset)
+    {"image_id": 1, "category_id": 1, "bbox": [10, 200, 30, 30]},    # 3 orphan: 48 < 2 x 30
+    {"image_id": 1, "category_id": 2, "bbox": [200, 10, 20, 20]},    # 4 orphan: the 48 px box is a car, not a bus
+    {"image_id": 2, "category_id": 1, "bbox": [10, 10, 20, 20]},     # 5 orphan: 47 >= 2 x 20 but < 48
+    {"image_id": 2, "category_id": 1, "bbox": [100, 10, 47, 47]},    # 6 medium (in no subset)
+    {"image_id": 2, "category_id": 1, "bbox": [200, 200, 120, 120], "iscrowd": 1},  # 7 crowd: makes no twin
+]
+
+
+def hit(ann_id: int, score: float = 0.9, bbox=None) -> dict:
+    ann = CROWD[ann_id - 1]
+    return {"image_id": ann["image_id"], "category_id": ann["category_id"], "bbox": bbox or ann["bbox"], "score": score}
+
+
+def test_twins_and_orphans_by_hand():
+    from borrowcore.evaluate import instance_subsets
+
+    coco = crowd_coco(CROWD)
+    assert instance_subsets(coco) == {"twins": {1}, "orphans": {3, 4, 5}}
+    # a looser rule moves the 47 px car's neighbour in; a stricter one moves the exact-2x twin out
+    assert instance_subsets(coco, min_large=47) == {"twins": {1, 5}, "orphans": {3, 4}}
+    assert instance_subsets(coco, ratio=2.01) == {"twins": set(), "orphans": {1, 3, 4, 5}}
+    with pytest.raises(ValueError):
+        instance_subsets(coco, ratio=1.0)
+
+
+def test_subset_ap_ignores_the_other_ground_truth():
+    from borrowcore.evaluate import subset_metrics
+
+    coco = crowd_coco(CROWD)
+    perfect = subset_metrics(coco, [hit(i) for i in (1, 3, 4, 5)])
+    assert perfect == {"twins": {"AP": pytest.approx(1.0), "AP50": pytest.approx(1.0), "instances": 1},
+                       "orphans": {"AP": pytest.approx(1.0), "AP50": pytest.approx(1.0), "instances": 3}}
+    # on the twins, detections of the orphan car, the large car and the medium car rank above the twin's:
+    # they hit ignored boxes, neither TP nor FP, so twin AP stays 1 ...
+    on_ignored = [hit(3, 0.99), hit(2, 0.98), hit(6, 0.97), hit(1, 0.9)]
+    assert subset_metrics(coco, on_ignored)["twins"]["AP"] == pytest.approx(1.0)
+    # ... whereas a false positive ranked first gives precision 1/2 at the twin's recall
+    on_background = [{"image_id": 1, "category_id": 1, "bbox": [300, 300, 30, 30], "score": 0.99}, hit(1, 0.9)]
+    assert subset_metrics(coco, on_background)["twins"]["AP"] == pytest.approx(0.5)
+    # a small car inside the ignored 48 px car (IoU 400 / 2304) is a false positive: ignored boxes keep the
+    # ordinary IoU (as crowd regions, with IoU = intersection / detection area = 1, it would be forgiven)
+    inside = [{"image_id": 1, "category_id": 1, "bbox": [110, 110, 20, 20], "score": 0.99}, hit(1, 0.9)]
+    assert subset_metrics(coco, inside)["twins"]["AP"] == pytest.approx(0.5)
+    # an existing crowd box stays crowd: a small car inside it is forgiven on the orphans
+    in_crowd = [{"image_id": 2, "category_id": 1, "bbox": [210, 210, 20, 20], "score": 0.99}] + [hit(i) for i in (3, 4, 5)]
+    assert subset_metrics(coco, in_crowd)["orphans"]["AP"] == pytest.approx(1.0)
+    # orphans are averaged over classes: cars 3 and 5 found (AP 1), bus 4 missed (AP 0)
+    assert subset_metrics(coco, [hit(3), hit(5)])["orphans"]["AP"] == pytest.approx(0.5)
+    # AP50 vs AP: the twin found at IoU 0.625 (24 x 15 inside 24 x 24) counts at thresholds 0.5, 0.55, 0.6
+    loose = subset_metrics(coco, [hit(1, bbox=[10, 10, 24, 15])])["twins"]
+    assert loose["AP50"] == pytest.approx(1.0) and loose["AP"] == pytest.approx(0.3)
+    # no twins at all: -1 (COCO's "no ground truth")
+    no_twins = subset_metrics(crowd_coco(CROWD[2:]), [hit(3)])
+    assert no_twins["twins"] == {"AP": -1.0, "AP50": -1.0, "instances": 0}
+
+
+def test_reports_carry_subsets_and_old_reports_still_load(tmp_path, tiny_config):
+    from borrowcore.evaluate import format_metrics, instance_subsets, subset_metrics
+
+    checkpoint = tmp_path / "model.pt"
+    config = tiny_config.__class__(**{**tiny_config.__dict__, "num_classes": 6})
+    save_checkpoint(checkpoint, make_detector(config))
+    out = tmp_path / "twins.json"
+    evaluate_checkpoint(checkpoint, TINY / "twins.json", TINY / "images", out, device="cpu", show_progress=False)
+    loaded = load_report(out)
+    from borrowcore.data import CocoDetection
+
+    coco = CocoDetection(TINY / "images", TINY / "twins.json").coco
+    # the borrow benchmark's twins split holds twins only, by the generic rule too
+    assert {k: len(v) for k, v in instance_subsets(coco).items()} == {"twins": 62, "orphans": 0}
+    assert loaded["subsets"]["twins"]["instances"] == 62 and loaded["subsets"]["orphans"]["AP"] == -1
+    assert loaded["subsets"] == subset_metrics(coco, load_detections(loaded, out))  # recomputed from its files
+    assert "twins" in format_metrics(loaded)
+    old = {k: v for k, v in loaded.items() if k != "subsets"}  # a report written before issue 15
+    assert validate_report(old) is old and "twins" not in format_metrics(old)
+    with pytest.raises(ReportError, match="report.subsets.orphans: missing"):
+        validate_report({**loaded, "subsets": {"twins": loaded["subsets"]["twins"]}})
