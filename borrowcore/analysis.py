@@ -30,7 +30,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torchvision.ops import box_convert, box_iou
 
-from borrowcore.evaluate import COCO_RANGES, DEFAULT_SIZE_BINS, MAX_AREA, bin_label, results_to_coco
+from borrowcore.evaluate import (COCO_RANGES, DEFAULT_SIZE_BINS, MAX_AREA, bin_label, instance_subsets, results_to_coco,
+                                 subset_evaluator)
 from borrowcore.report import ReportError, load_detections, load_report, save_report
 
 CONDITIONS = ("C75", "C50", "Loc", "Sim", "Oth", "BG", "FN")
@@ -158,6 +159,11 @@ def _ap_on_sample(evaluator: COCOeval, image_ids: list[int], positions: np.ndarr
     return out
 
 
+def _ap_on_samples(evaluators: list[COCOeval], image_ids: list[int], positions: np.ndarray) -> np.ndarray:
+    """``_ap_on_sample`` of each evaluator on the same resample, one array (size ranges, then subsets)."""
+    return np.concatenate([_ap_on_sample(evaluator, image_ids, positions) for evaluator in evaluators])
+
+
 def _prepare_bootstrap(evaluator: COCOeval) -> list[int]:
     """Index the per-image results as [k][a][i] once (evaluate() stores them flat)."""
     params = evaluator.params
@@ -191,7 +197,8 @@ def detected_instances(coco_gt: COCO, results: list[dict], score_threshold: floa
 def compare_reports(path_a: str | Path, path_b: str | Path, coco: str | Path | None = None, bootstrap: int = 1000,
                     seed: int = 0, score_threshold: float = 0.5) -> dict[str, Any]:
     """B against A on the same images: per size range AP_B - AP_A with a paired bootstrap 95% interval
-    over images (seeded), and the ground-truth instances B detects that A misses ("fixed") and the reverse."""
+    over images (seeded), the same for the small twins and orphans (``evaluate.instance_subsets``; the same
+    resamples), and the ground-truth instances B detects that A misses ("fixed") and the reverse."""
     report_a, report_b = load_report(path_a), load_report(path_b)
     if report_a["dataset"]["annotations_sha256"] != report_b["dataset"]["annotations_sha256"]:
         raise ReportError(f"{path_a} and {path_b} were evaluated on different ground truth "
@@ -203,16 +210,21 @@ def compare_reports(path_a: str | Path, path_b: str | Path, coco: str | Path | N
     eval_a, eval_b = _bootstrap_evaluator(coco_gt, results_a, ranges), _bootstrap_evaluator(coco_gt, results_b, ranges)
     image_ids = _prepare_bootstrap(eval_a)
     _prepare_bootstrap(eval_b)
+    subsets = instance_subsets(coco_gt)  # one more evaluator per subset, resampled with the same images
+    evals_a = [eval_a] + [subset_evaluator(coco_gt, eval_a.cocoDt, keep) for keep in subsets.values()]
+    evals_b = [eval_b] + [subset_evaluator(coco_gt, eval_b.cocoDt, keep) for keep in subsets.values()]
+    for evaluator in evals_a[1:] + evals_b[1:]:
+        _prepare_bootstrap(evaluator)
     everything = np.arange(len(image_ids))
-    ap_a, ap_b = _ap_on_sample(eval_a, image_ids, everything), _ap_on_sample(eval_b, image_ids, everything)
+    ap_a, ap_b = _ap_on_samples(evals_a, image_ids, everything), _ap_on_samples(evals_b, image_ids, everything)
     rng = np.random.default_rng(seed)
     diffs = []
     for _ in range(bootstrap):
         positions = rng.integers(0, len(image_ids), len(image_ids))  # the same images for A and B: paired
-        diffs.append(_ap_on_sample(eval_b, image_ids, positions) - _ap_on_sample(eval_a, image_ids, positions))
+        diffs.append(_ap_on_samples(evals_b, image_ids, positions) - _ap_on_samples(evals_a, image_ids, positions))
     diffs = np.array(diffs)  # (bootstrap, A)
     out_ranges = {}
-    for a, (label, _, _) in enumerate(ranges):
+    for a, label in enumerate([label for label, _, _ in ranges] + list(subsets)):
         if ap_a[a] < 0 or ap_b[a] < 0:
             out_ranges[label] = {"AP_a": -1.0, "AP_b": -1.0, "diff": 0.0, "ci": [0.0, 0.0]}
             continue
@@ -220,6 +232,7 @@ def compare_reports(path_a: str | Path, path_b: str | Path, coco: str | Path | N
         low, high = (np.percentile(valid, [2.5, 97.5]) if valid.size else (0.0, 0.0))
         out_ranges[label] = {"AP_a": float(ap_a[a]), "AP_b": float(ap_b[a]), "diff": float(ap_b[a] - ap_a[a]),
                              "ci": [float(low), float(high)]}
+    out_subsets = {name: {**out_ranges.pop(name), "instances": len(keep)} for name, keep in subsets.items()}
     hit_a = detected_instances(coco_gt, results_a, score_threshold)
     hit_b = detected_instances(coco_gt, results_b, score_threshold)
 
@@ -234,13 +247,14 @@ def compare_reports(path_a: str | Path, path_b: str | Path, coco: str | Path | N
         return rows
 
     return {"a": str(path_a), "b": str(path_b), "bootstrap": bootstrap, "seed": seed, "score_threshold": score_threshold,
-            "ranges": out_ranges, "fixed": instances(hit_b - hit_a), "broken": instances(hit_a - hit_b)}
+            "ranges": out_ranges, "subsets": out_subsets, "fixed": instances(hit_b - hit_a),
+            "broken": instances(hit_a - hit_b)}
 
 
 def format_comparison(comparison: dict[str, Any]) -> str:
     lines = [f"A = {comparison['a']}", f"B = {comparison['b']}",
              f"{'range':<10}{'AP A':>8}{'AP B':>8}{'B - A':>8}   95% CI ({comparison['bootstrap']} paired bootstrap draws)"]
-    for label, row in comparison["ranges"].items():
+    for label, row in [*comparison["ranges"].items(), *comparison.get("subsets", {}).items()]:  # small twins, orphans
         if row["AP_a"] < 0:
             lines.append(f"{label:<10}{'n/a':>8}{'n/a':>8}")
             continue

@@ -136,3 +136,55 @@ def test_resampled_ap_equals_cocoeval_on_those_images(tmp_path):
     assert _ap_on_sample(evaluator, ids, subset)[0] == pytest.approx(direct)
     # image 3 (boxes 5, 6 found) counted twice, image 4 (nothing found) once: recall 4/6 at precision 1
     assert _ap_on_sample(evaluator, ids, np.array([2, 2, 3]))[0] == pytest.approx(67 / 101)
+
+
+def crowd_pair(tmp_path):
+    """Four images, each with a 64 px circle-dots, a 16 px circle-dots (a twin) and a 16 px square-dots (an
+    orphan: no larger square in its image). A finds every small one; B finds every orphan, but the twins of
+    images 1 and 2 only."""
+    annotations = []
+    for image_id in range(1, 5):
+        for category_id, bbox in ((1, [200, 200, 64, 64]), (1, [20, 20, 16, 16]), (3, [100, 20, 16, 16])):
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category_id,
+                                "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0})
+    data = {"images": [{"id": i, "file_name": f"{i}.png", "width": 400, "height": 400} for i in range(1, 5)],
+            "categories": CATEGORIES, "annotations": annotations}
+    gt_path = tmp_path / "gt.json"
+    gt_path.write_text(json.dumps(data))
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(gt_path))
+    found = [det(a["bbox"], 0.9, a["category_id"], a["image_id"]) for a in annotations]
+    a = found
+    b = [d for d in found if not (d["bbox"][2] == 16 and d["category_id"] == 1 and d["image_id"] > 2)]
+    return write_report(tmp_path, "a", gt_path, a, coco), write_report(tmp_path, "b", gt_path, b, coco), coco, b
+
+
+def test_compare_twins_and_orphans_with_the_same_resamples(tmp_path):
+    from borrowcore.analysis import format_comparison
+    from borrowcore.evaluate import subset_metrics
+
+    path_a, path_b, coco, results_b = crowd_pair(tmp_path)
+    comparison = compare_reports(path_a, path_b, bootstrap=50, seed=0)
+    twins, orphans = comparison["subsets"]["twins"], comparison["subsets"]["orphans"]
+    # B recalls 2 of 4 twins at precision 1: 51 of COCO's 101 recall points
+    assert twins["AP_a"] == pytest.approx(1.0) and twins["AP_b"] == pytest.approx(51 / 101)
+    assert twins["AP_b"] == pytest.approx(subset_metrics(coco, results_b)["twins"]["AP"])
+    assert twins["diff"] == pytest.approx(-50 / 101) and twins["instances"] == 4
+    assert twins["ci"][0] < 0 and twins["ci"][1] <= 0  # B is never better on any resample of images
+    assert orphans == {"AP_a": pytest.approx(1.0), "AP_b": pytest.approx(1.0), "diff": pytest.approx(0.0),
+                       "ci": [0.0, 0.0], "instances": 4}
+    lines = format_comparison(comparison).splitlines()
+    assert any(line.startswith("twins") and "-49.5" in line for line in lines)
+    assert any(line.startswith("orphans") and "+0.0" in line for line in lines)
+    assert set(comparison["ranges"]) >= {"all", "small", "0-16"}  # size ranges unchanged beside them
+
+
+def test_compare_old_reports_without_small_instances(tmp_path):
+    from borrowcore.analysis import format_comparison
+
+    path_a, path_b = hand_pair(tmp_path)  # 40 px boxes only: no twins, no orphans
+    comparison = compare_reports(path_a, path_b, bootstrap=10, seed=0)
+    assert comparison["subsets"]["twins"] == {"AP_a": -1.0, "AP_b": -1.0, "diff": 0.0, "ci": [0.0, 0.0], "instances": 0}
+    assert any(line.split() == ["twins", "n/a", "n/a"] for line in format_comparison(comparison).splitlines())
+    del comparison["subsets"]  # a comparison json written before issue 15
+    assert "twins" not in format_comparison(comparison)
