@@ -19,6 +19,7 @@ from borrowcore.report import load_report, save_report
 
 SPLITS = ("twins", "orphans", "shuffled")
 TABLE_METRICS = ("AP", "AP50", "AP_S", "AP_M", "AP_L")
+SUBSET_COLUMNS = ("AP_twins", "AP_orphans", "AP50_twins", "AP50_orphans")  # evaluate.instance_subsets; md: AP only
 
 
 def ablation_config(config_dir: Path, neck: str, data: Path, seed: int, overrides: Sequence[str] = ()) -> ExperimentConfig:
@@ -60,6 +61,7 @@ def run_ablation(data: str | Path, out: str | Path, seeds: Sequence[int] = (0, 1
                 report_path = run_dir / f"eval_{split}.json"
                 if report_path.exists():
                     add_small_accuracy(report_path)  # reports written before small_top1 existed
+                    add_subsets(report_path)  # ... or before issue 15's twins and orphans
                     continue
                 report = evaluate_checkpoint(checkpoint, data / "val" / f"{split}.json", data / "val" / "images",
                                              report_path, device=device, split=split, dataset_name="borrow-benchmark",
@@ -77,16 +79,32 @@ def run_ablation(data: str | Path, out: str | Path, seeds: Sequence[int] = (0, 1
 
 def add_small_accuracy(report_path: Path) -> None:
     """Store ``extra.small_top1`` in a report that lacks it, from its own detections."""
-    from borrowcore.analysis import load_coco
+    from borrowcore.analysis import report_ground_truth
     from borrowcore.evaluate import small_instance_accuracy
     from borrowcore.report import load_detections
 
     report = load_report(report_path)
     if "small_top1" in report["extra"]:
         return
-    coco = load_coco(report["dataset"]["annotations"])
+    coco = report_ground_truth(report)
     report["extra"]["small_top1"] = small_instance_accuracy(coco, load_detections(report, report_path))
     save_report(report, report_path)
+
+
+def add_subsets(report_path: Path) -> bool:
+    """Store ``subsets`` (small twins and orphans) in a report that lacks it, from its own detections and
+    ground truth; True when it was added."""
+    from borrowcore.analysis import load_coco
+    from borrowcore.evaluate import subset_metrics
+    from borrowcore.report import load_detections
+
+    report = load_report(report_path)
+    if "subsets" in report:
+        return False
+    coco = load_coco(report["dataset"]["annotations"])
+    report["subsets"] = subset_metrics(coco, load_detections(report, report_path))
+    save_report(report, report_path)
+    return True
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -117,6 +135,10 @@ def summarize_ablation(out: str | Path, necks: Sequence[str] = NECKS, seeds: Seq
             row = {"neck": neck, "split": split, "seeds": len(reports)}
             for key in TABLE_METRICS:
                 row[key], row[f"{key}_std"] = mean_std([r["metrics"][key] for r in reports])
+            measured = [r["subsets"] for r in reports if "subsets" in r]  # reports before issue 15 have none
+            for key in SUBSET_COLUMNS if measured else ():
+                metric, name = key.split("_")
+                row[key], row[f"{key}_std"] = mean_std([s[name][metric] for s in measured])
             for label in bin_labels(reports):  # COCOeval's fine size bins with ground truth in them
                 row[f"AP[{label}]"], row[f"AP[{label}]_std"] = mean_std(
                     [b["AP"] for r in reports for b in r["size_bins"] if b["label"] == label])
@@ -139,12 +161,17 @@ def fine_bin_keys(rows: list[dict], prefix: str = "AP[") -> list[str]:
     return list(dict.fromkeys(k for row in rows for k in row if k.startswith(prefix) and not k.endswith("_std")))
 
 
+def subset_keys(rows: list[dict], metrics: Sequence[str] = ("AP", "AP50")) -> list[str]:
+    """The twins / orphans columns the rows hold ("AP_twins", ...), for ``metrics``; none for old reports."""
+    return [k for k in SUBSET_COLUMNS if k.split("_")[0] in metrics and any(k in row for row in rows)]
+
+
 def write_tables(rows: list[dict], out: str | Path, fine_bins: bool = False, borrow_columns: bool = True,
                  classes: bool = False) -> None:
     """OUT/ablation.csv (every number) and OUT/ablation.md (percent, mean ± std)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    bins = fine_bin_keys(rows) + fine_bin_keys(rows, "AP/")
+    bins = subset_keys(rows) + fine_bin_keys(rows) + fine_bin_keys(rows, "AP/")
     columns = ["neck", "split", "seeds"] + [f"{k}{s}" for k in [*TABLE_METRICS, *bins] for s in ("", "_std")] + [
         "small_top1", "small_top1_std", "borrow_precision", "borrow_precision_std", "borrow_chance"]
     with (out / "ablation.csv").open("w", newline="") as f:
@@ -157,13 +184,14 @@ def write_tables(rows: list[dict], out: str | Path, fine_bins: bool = False, bor
 def format_table(rows: list[dict], fine_bins: bool = False, borrow_columns: bool = True, classes: bool = False) -> str:
     """Markdown, percent as mean ± std; with ``fine_bins``, AP per fine size bin after the COCO columns;
     with ``classes``, AP per class; ``borrow_columns`` adds the borrow benchmark's small top-1 and borrow
-    precision."""
+    precision. AP on small twins and orphans follows the COCO columns when the reports measured it."""
     def cell(mean: float, std: float) -> str:
         if mean is None or (isinstance(mean, float) and (math.isnan(mean) or mean < 0)):
             return "n/a"
         return f"{100 * mean:.1f} ± {100 * std:.1f}"
 
-    metrics = [*TABLE_METRICS, *(fine_bin_keys(rows) if fine_bins else []), *(fine_bin_keys(rows, "AP/") if classes else [])]
+    metrics = [*TABLE_METRICS, *subset_keys(rows, ("AP",)), *(fine_bin_keys(rows) if fine_bins else []),
+               *(fine_bin_keys(rows, "AP/") if classes else [])]
     header = ("| neck | split | seeds | " + " | ".join(m.replace("[", " ").replace("/", " ").rstrip("]") for m in metrics) + " |"
               + (" small top-1 | borrow precision (chance) |" if borrow_columns else ""))
     lines = [header, "|" + "---|" * (3 + len(metrics) + 2 * borrow_columns)]

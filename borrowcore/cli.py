@@ -237,8 +237,14 @@ def cmd_release(args: argparse.Namespace) -> int:
 
 def cmd_table(args: argparse.Namespace) -> int:
     """Mean/std table of the reports already under a runs folder (<neck>/seed<k>/eval_<split>.json)."""
-    from borrowcore.ablation import format_table, summarize_ablation, write_tables
+    from borrowcore.ablation import add_subsets, format_table, summarize_ablation, write_tables
 
+    if args.add_subsets:  # reports written before issue 15: twins / orphans AP from their detections
+        for neck in args.necks:
+            for split in args.splits:
+                for path in sorted((Path(args.runs) / neck).glob(f"seed*/eval_{split}.json")):
+                    if add_subsets(path):
+                        print(f"{path}: twins and orphans added")
     rows = summarize_ablation(args.runs, args.necks, args.seeds, args.splits)
     if not rows:
         print(f"{args.runs}: no reports eval_<split>.json for splits {args.splits} under <neck>/seed<k>/")
@@ -374,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", help="only these seeds (default: all found)")
     p.add_argument("--fine-bins", dest="fine_bins", action="store_true", help="AP per fine size bin too")
     p.add_argument("--classes", action="store_true", help="AP per class too")
+    p.add_argument("--add-subsets", dest="add_subsets", action="store_true",
+                   help="first store AP on small twins and orphans in reports that lack it (needs their ground truth)")
     p.add_argument("--no-borrow-columns", dest="no_borrow_columns", action="store_true",
                    help="leave out the borrow benchmark's small top-1 and borrow precision")
     p.set_defaults(func=cmd_table)

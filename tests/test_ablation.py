@@ -83,3 +83,32 @@ def test_ablate_end_to_end_and_resumable(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| full | twins | 2 |" in printed and "borrow precision" not in printed and "AP 16-32 |" in printed
     assert main(["table", "--runs", str(out), "--splits", "nonexistent"]) == 1
+
+
+def test_table_shows_twins_and_orphans_when_reports_have_them(tmp_path, capsys):
+    """`borrowcore table` on old reports (no subsets): no such columns; with --add-subsets: mean ± std by hand."""
+    from borrowcore.ablation import add_subsets
+    from borrowcore.report import load_report
+
+    from test_analysis import crowd_pair, write_report
+
+    _, _, coco, missing_twins = crowd_pair(tmp_path)  # B's detections miss the twins of images 3 and 4
+    perfect = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+               for a in coco.dataset["annotations"]]
+    runs = tmp_path / "runs"
+    for neck, seed, results in (("ssd", 0, perfect), ("full", 0, perfect), ("full", 1, missing_twins)):
+        (runs / neck / f"seed{seed}").mkdir(parents=True)
+        write_report(runs / neck / f"seed{seed}", "eval_twins", tmp_path / "gt.json", results, coco)
+    command = ["table", "--runs", str(runs), "--splits", "twins", "--necks", "ssd", "full"]
+    assert main(command) == 0
+    assert "AP_twins" not in capsys.readouterr().out and "AP_twins" not in (runs / "ablation.csv").read_text()
+    assert main(command + ["--add-subsets"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("twins and orphans added") == 3
+    header, _, ssd, full = out.strip().splitlines()[-4:]
+    assert "| AP_L | AP_twins | AP_orphans |" in header
+    # twins: seed 0 AP 1, seed 1 AP 51/101 (2 of 4 found): mean 75.2, std |1 - 51/101| / sqrt(2) = 35.0
+    assert "| 100.0 ± 0.0 | 100.0 ± 0.0 |" in ssd and "| 75.2 ± 35.0 | 100.0 ± 0.0 |" in full
+    assert "AP50_twins_std" in (runs / "ablation.csv").read_text()
+    assert load_report(runs / "full" / "seed1" / "eval_twins.json")["subsets"]["twins"]["instances"] == 4
+    assert add_subsets(runs / "full" / "seed1" / "eval_twins.json") is False  # already there: left alone
