@@ -80,6 +80,20 @@ def size_bin_table(reports: Sequence[tuple[str, dict]], by: str = "ablation", me
     return rows
 
 
+def subset_table(reports: Sequence[tuple[str, dict]], by: str = "ablation", metric: str = "AP") -> list[dict]:
+    """Rows (group, split, size = "twins" / "orphans", mean, std, reports, instances) of AP or AP50 on the small
+    twins and orphans (``evaluate.instance_subsets``), over the reports that hold them (none before issue 15)."""
+    if metric not in ("AP", "AP50"):
+        raise ValueError(f"twins and orphans hold AP and AP50, not {metric!r}")
+    rows = []
+    for (group, split), members in _groups(reports, by).items():
+        measured = [r["subsets"] for r in members if isinstance(r.get("subsets"), dict)]
+        for name in measured[0] if measured else ():
+            rows.append(_row(group, split, name, [s[name][metric] for s in measured], metric=metric,
+                             instances=measured[0][name]["instances"]))
+    return rows
+
+
 def pr_curves(reports: Sequence[tuple[str, dict]], by: str = "ablation", size: str = "all",
               iou: str = "iou50") -> list[dict]:
     """Per (group, split): recall thresholds and the mean precision over its reports (-1 points dropped)."""

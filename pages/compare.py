@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from borrowcore.compare import (borrow_precision_table, breakdown_rows, coco_size_table, per_class_table, pr_curves,
-                                size_bin_table)
+                                size_bin_table, subset_table)
 from viewer import assets, figures
 from viewer.loaders import error_breakdown, report_from_path, report_from_upload
 
@@ -60,6 +60,25 @@ if {"twins", "orphans"} <= set(splits):
     st.plotly_chart(figures.split_bars(small, "AP of small instances (AP_S) by split", "AP_S"), key="compare_twins")
     st.dataframe(pivot.reset_index(), hide_index=True,
                  column_config={c: st.column_config.NumberColumn(format="percent") for c in pivot.columns})
+
+subsets = pd.DataFrame(subset_table(reports, by, "AP"))
+if not subsets.empty:
+    st.subheader("Small twins and orphans, instance by instance")
+    st.caption("On any data set: a small instance (side < 32 px) is a twin when its image holds an instance of its "
+               "class at least twice its side and at least 48 px, else an orphan. AP on each subset, the rest of the "
+               "ground truth ignored (a detection on it is neither a hit nor a false positive). Borrowing should gain "
+               "on twins, not on orphans.")
+    st.plotly_chart(figures.size_bars(subsets, "AP on small twins and orphans", "AP"), key="compare_subsets")
+    subsets["mean"] = subsets["mean"].where(subsets["mean"] >= 0)  # -1: no such instance in the split
+    wide = subsets.pivot_table(index=["group", "split"], columns="size", values="mean", aggfunc="first", sort=False)
+    if {"twins", "orphans"} <= set(wide.columns):
+        wide["twins − orphans"] = wide["twins"] - wide["orphans"]
+    st.dataframe(wide.reset_index(), hide_index=True,
+                 column_config={c: st.column_config.NumberColumn(format="percent") for c in wide.columns})
+lacking = [name for name, report in reports if "subsets" not in report]
+if lacking and len(lacking) < len(reports):
+    st.info(f"{len(lacking)} of these reports predate AP on small twins and orphans (`borrowcore table --add-subsets` "
+            "adds it from their detections): " + ", ".join(lacking))
 
 precision = borrow_precision_table(reports, by)
 if precision:

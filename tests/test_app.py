@@ -255,13 +255,17 @@ def test_inspect_uploaded_checkpoints_good_and_bad(app, assets, tmp_path):
 
 def test_compare_draws_size_bars_twins_orphans_pr_and_classes_from_bundled_reports(app):
     at = app("../pages/compare.py")
-    coco, bins, twins, pr = charts(at)
+    coco, bins, twins, subsets, pr = charts(at)
     groups = {trace["name"] for trace in coco["data"]}
     assert groups == {"full", "ssd"}
     full = next(t for t in coco["data"] if t["name"] == "full" and t["xaxis"] == "x")  # first split panel
     assert list(full["x"]) == ["all", "small", "large"]  # the tiny set has no medium boxes: no bar there
     assert {t["name"] for t in twins["data"]} == {"twins", "orphans"}
     assert "Twins against orphans" in texts(at) and "Borrow precision" in texts(at)
+    # instance-level twins / orphans (evaluate.instance_subsets): the twins split holds only twins, the orphans
+    # split only orphans, so each panel has one bar per group
+    assert {t["name"] for t in subsets["data"]} == {"full", "ssd"} and "Small twins and orphans" in texts(at)
+    assert {x for t in subsets["data"] for x in t["x"]} == {"twins", "orphans"}
     assert sorted(t["name"] for t in pr["data"]) == ["full · orphans", "full · twins", "ssd · orphans", "ssd · twins"]
     classes = at.dataframe[-1].value
     assert len(classes) == 6 and "full · twins" in classes.columns
@@ -288,7 +292,7 @@ def test_compare_malformed_uploads_get_a_message(app):
     assert any(e.startswith("Cannot use this report: broken.json: not valid JSON") for e in errors)
     assert any("other.json: not a borrowcore evaluation report" in e for e in errors)
     assert any("half.json: malformed report: report.created: missing" in e for e in errors)
-    assert len(charts(at)) == 4  # the bundled reports still draw
+    assert len(charts(at)) == 5  # the bundled reports still draw
 
 
 @pytest.mark.skipif(not (ROOT / "assets" / "reports").is_dir(), reason="no bundled reports in assets/reports yet")

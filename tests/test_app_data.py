@@ -82,6 +82,25 @@ def test_compare_means_and_stds_over_seeds_by_hand():
     assert per_class_table(reports)[0]["mean"] == pytest.approx(0.5)
 
 
+def test_twins_and_orphans_means_over_seeds_and_old_reports_by_hand():
+    from borrowcore.compare import subset_table
+
+    def with_subsets(r: dict, twins: float, orphans: float) -> dict:
+        return {**r, "subsets": {"twins": {"AP": twins, "AP50": twins, "instances": 4},
+                                 "orphans": {"AP": orphans, "AP50": orphans, "instances": 2}}}
+
+    reports = [("a", with_subsets(report(0.4, 0), 0.5, -1.0)), ("b", with_subsets(report(0.6, 1), 0.7, -1.0)),
+               ("c", report(0.2, 2)),  # a report written before issue 15: left out of the means
+               ("d", report(0.2, 0, neck="ssd"))]
+    rows = {(r["group"], r["size"]): r for r in subset_table(reports)}
+    assert set(rows) == {("full", "twins"), ("full", "orphans")}  # ssd's only report has none: no rows
+    assert rows["full", "twins"]["mean"] == pytest.approx(0.6) and rows["full", "twins"]["std"] == pytest.approx(0.1414214)
+    assert rows["full", "twins"]["reports"] == 2 and rows["full", "twins"]["instances"] == 4
+    assert rows["full", "orphans"]["mean"] == -1.0  # no orphans in this split: no bar
+    with pytest.raises(ValueError):
+        subset_table(reports, metric="AR100")
+
+
 def test_parse_report_names_the_upload():
     assert parse_report(json.dumps(report(0.1, 0)).encode(), "r.json")["metrics"]["AP"] == 0.1
     with pytest.raises(ReportError, match=r"^r.json: not valid JSON"):
