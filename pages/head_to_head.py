@@ -69,7 +69,8 @@ st.plotly_chart(figures.difference_figure(result["ranges"], f"AP(B) − AP(A), 9
 table = pd.DataFrame([{"range": label, "AP A": row["AP_a"], "AP B": row["AP_b"], "B − A": row["diff"],
                        "CI low": row["ci"][0], "CI high": row["ci"][1],
                        "significant": row["ci"][0] > 0 or row["ci"][1] < 0}
-                      for label, row in result["ranges"].items() if row["AP_a"] >= 0])
+                      for label, row in [*result["ranges"].items(), *result.get("subsets", {}).items()]  # small twins, orphans
+                      if row["AP_a"] >= 0])
 st.dataframe(table, hide_index=True,
              column_config={c: st.column_config.NumberColumn(format="percent") for c in table.columns[1:-1]})
 

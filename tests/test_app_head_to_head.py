@@ -122,6 +122,7 @@ def test_head_to_head_differences_and_gallery_of_fixed_and_broken(app):
     assert points["x"][0] == "all" and "arrayminus" in points["error_y"]
     table = at.dataframe[0].value
     assert (table["CI low"] <= table["B − A"]).all() and (table["B − A"] <= table["CI high"]).all()
+    assert "twins" in table["range"].tolist()  # small twins (evaluate.instance_subsets) below the size ranges
 
     at.selectbox(key="h2h_size").set_value("all").run()
     listed = at.dataframe[1].value
