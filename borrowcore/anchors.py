@@ -40,13 +40,15 @@ class AnchorGenerator(nn.Module):
         """A = |R| + 1 (SPEC §3): S_k and S'_k at ratio 1, plus r and 1/r for each listed r."""
         return 2 + 2 * len(self.aspect_ratios)
 
-    def sizes(self, image_size: int) -> list[tuple[float, float]]:
-        """(S_k, S'_k) per layer; S'_N = the input size."""
+    def sizes(self, image_size: int | None) -> list[tuple[float, float]]:
+        """(S_k, S'_k) per layer; S'_N = the input size, or for a whole image (``image_size`` None)
+        sqrt(S_N * 2 S_N), as if a layer at the next stride existed (SPEC §3)."""
         s = [self.anchor_scale * stride for stride in self.strides]
-        second = [math.sqrt(s[k] * s[k + 1]) for k in range(len(s) - 1)] + [float(image_size)]
+        last = float(image_size) if image_size is not None else math.sqrt(2.0) * s[-1]
+        second = [math.sqrt(s[k] * s[k + 1]) for k in range(len(s) - 1)] + [last]
         return list(zip(s, second))
 
-    def cell_shapes(self, image_size: int) -> list[Tensor]:
+    def cell_shapes(self, image_size: int | None) -> list[Tensor]:
         """Per layer the (A, 2) anchor widths and heights of one cell, in anchor order."""
         shapes = []
         for size, second in self.sizes(image_size):
@@ -56,10 +58,12 @@ class AnchorGenerator(nn.Module):
             shapes.append(torch.tensor(wh, dtype=torch.float64))
         return shapes
 
-    def forward(self, grid_sizes: Sequence[tuple[int, int]], image_size: int,
+    def forward(self, grid_sizes: Sequence[tuple[int, int]], image_size: int | None,
                 device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
-        """All anchors (sum_k h_k w_k A, 4), xyxy in input pixels. Not clipped (SPEC §3)."""
-        key = (tuple(tuple(g) for g in grid_sizes), int(image_size), device, dtype)
+        """All anchors (sum_k h_k w_k A, 4), xyxy in input pixels. Not clipped (SPEC §3).
+
+        ``image_size`` S of an S x S input, or None for a whole image of any H x W (SPEC §1, §3)."""
+        key = (tuple(tuple(g) for g in grid_sizes), None if image_size is None else int(image_size), device, dtype)
         if key not in self._cache:
             if len(grid_sizes) != len(self.strides):
                 raise ValueError(f"{len(grid_sizes)} grids for {len(self.strides)} strides")

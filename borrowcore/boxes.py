@@ -53,3 +53,20 @@ def match_anchors(boxes: Tensor, anchors: Tensor, iou_threshold: float = 0.5) ->
     best_anchor = iou.argmax(dim=1)  # (G,): each box keeps at least its best anchor
     matches[best_anchor] = torch.arange(boxes.shape[0], device=anchors.device)
     return matches
+
+
+def ignored_anchors(ignore_boxes: Tensor, anchors: Tensor, iof_threshold: float = 0.5) -> Tensor:
+    """Anchors lying mostly inside an ignore region (a crowd box, WIDER's ``invalid`` face): (A,) bool.
+
+    An anchor is ignored when the share of its own area inside some ignore box (intersection over the
+    anchor, mmdetection's ``ignore_iof_thr``) is at least ``iof_threshold``. ignore_boxes (G, 4),
+    anchors (A, 4), xyxy.
+    """
+    if ignore_boxes.numel() == 0:
+        return torch.zeros(anchors.shape[0], dtype=torch.bool, device=anchors.device)
+    top_left = torch.max(anchors[:, None, :2], ignore_boxes[None, :, :2])  # (A, G, 2)
+    bottom_right = torch.min(anchors[:, None, 2:], ignore_boxes[None, :, 2:])
+    intersection = (bottom_right - top_left).clamp(min=0).prod(dim=-1)  # (A, G)
+    anchor_area = (anchors[:, 2] - anchors[:, 0]) * (anchors[:, 3] - anchors[:, 1])  # (A,)
+    iof = intersection / anchor_area.clamp(min=1e-9)[:, None]
+    return (iof >= iof_threshold).any(dim=1)

@@ -72,6 +72,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from borrowcore.train import train
 
     config = apply_overrides(load_config(args.config), args.set or [])
+    if args.skip_bad:
+        config.train.skip_bad = True
     if args.data:
         data = Path(args.data)
         config.train.train_images, config.train.train_annotations = str(data / "train" / "images"), str(data / "train" / "annotations.json")
@@ -113,7 +115,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     report = evaluate_checkpoint(args.checkpoint, args.coco, args.images, out, device=args.device,
                                  split=args.split, dataset_name=args.name, size_bins=parse_size_bins(args.size_bins),
                                  batch_size=args.batch_size, workers=args.workers, tile=args.tile, overlap=args.overlap,
-                                 input_size=args.input_size, borrow_precision=args.borrow_precision)
+                                 input_size=args.input_size, borrow_precision=args.borrow_precision,
+                                 skip_bad=args.skip_bad)
     if report is not None:
         print(format_metrics(report))
         print(f"report: {out}")
@@ -174,6 +177,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     summary = predict_files(args.source, args.out, checkpoint=args.checkpoint, onnx=args.onnx, device=args.device,
                             conf=args.conf, batch_size=args.batch, tile_size=args.tile, overlap=args.overlap,
                             merge_edges=args.merge_edges, save_images=args.save_images, classes=args.classes)
+    if summary["skipped"]:
+        for skipped in json.loads(Path(summary["detections_file"]).read_text())["skipped"]:
+            print(f"predict: skipped {skipped['path']}: {skipped['reason']}", file=sys.stderr)
     print(f"predict: {summary['images']} images ({summary['skipped']} skipped), {summary['detections']} detections, "
           f"{summary['images_per_s']:.2f} images/s -> {summary['detections_file']}")
     return 0
@@ -209,14 +215,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    """YOLO txt or Pascal VOC xml labels -> one COCO json."""
-    from borrowcore.formats import read_names, read_voc, read_yolo
+    """YOLO txt, Pascal VOC xml or WIDER FACE labels -> one COCO json."""
+    from borrowcore.formats import read_names, read_voc, read_wider, read_yolo
     from borrowcore.report import write_json_atomic
 
     if args.source == "yolo":
         if not args.names:
             raise ValueError("--from yolo needs --names (a names file or an ultralytics data.yaml)")
         coco = read_yolo(args.images, args.labels, read_names(args.names))
+    elif args.source == "wider":
+        coco = read_wider(args.images, args.labels, read_names(args.names)[0] if args.names else "face")
     else:
         coco = read_voc(args.images, args.labels, read_names(args.names) if args.names else None)
     write_json_atomic(coco, args.out)
@@ -282,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--set", nargs="*", metavar="SECTION.FIELD=VALUE",
                    help="override config fields, e.g. train.max_steps=50 model.width=0.25")
+    p.add_argument("--skip-bad", dest="skip_bad", action="store_true",
+                   help="train.skip_bad: skip unreadable images and bad annotations with a warning instead of stopping")
     p.set_defaults(func=cmd_train)
 
     p = commands.add_parser("eval", help="COCO evaluation by object size (also under torchrun)")
@@ -303,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "at native resolution")
     p.add_argument("--borrow-precision", dest="borrow_precision", action="store_true",
                    help="borrow/full only: the share of small instances' matching mass on larger same-class ones")
+    p.add_argument("--skip-bad", dest="skip_bad", action="store_true",
+                   help="leave unreadable images (and bad annotations) out of the evaluation, counted in the report, "
+                        "instead of stopping at the first")
     p.set_defaults(func=cmd_eval)
 
     p = commands.add_parser("ablate", help="train + evaluate ssd/context/borrow/full over seeds; mean/std table")
@@ -354,10 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"])
     p.set_defaults(func=cmd_bench)
 
-    p = commands.add_parser("convert", help="YOLO txt or Pascal VOC xml labels to COCO json")
-    p.add_argument("--from", dest="source", choices=["yolo", "voc"], required=True)
+    p = commands.add_parser("convert", help="YOLO txt, Pascal VOC xml or WIDER FACE labels to COCO json")
+    p.add_argument("--from", dest="source", choices=["yolo", "voc", "wider"], required=True)
     p.add_argument("--images", required=True, help="image folder")
-    p.add_argument("--labels", required=True, help="YOLO labels folder (<stem>.txt) or VOC Annotations folder (*.xml)")
+    p.add_argument("--labels", required=True, help="YOLO labels folder (<stem>.txt), VOC Annotations folder (*.xml) "
+                   "or a WIDER FACE ground-truth file (wider_face_*_bbx_gt.txt)")
     p.add_argument("--names", help="class names: a names file (one per line) or an ultralytics data.yaml")
     p.add_argument("--out", required=True, help="COCO json to write")
     p.set_defaults(func=cmd_convert)

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 NECKS = ("ssd", "context", "borrow", "full")
+INFERENCE_MODES = ("resize", "whole", "tiles")
 SIMILARITIES = ("cosine", "dot")
 
 
@@ -32,6 +33,12 @@ class DetectorConfig:
     borrow_channels: int = 256  # c, the FRB / deconvolution channels at width 1
     anchor_scale: float = 4.0  # S_k = anchor_scale * stride_k (Table 1: 32, 64, 128, 256)
     aspect_ratios: list[float] = field(default_factory=lambda: [1.5, 3.0])  # each r gives r and 1/r
+    match_iou: float = 0.5  # SPEC §5; S3FD / RetinaFace match tiny faces at 0.35
+    # The inference recipe, stored with the weights so predict, eval and the app need no flags (SPEC §1):
+    # "resize" to S x S; "whole" image at native resolution, padded to multiples of 64 (photos whose
+    # longer side exceeds max_whole_side are cut into S x S tiles instead); "tiles" of S x S always.
+    inference: str = "resize"
+    max_whole_side: int = 2048
     score_threshold: float = 0.01
     nms_iou: float = 0.45
     candidates_per_class: int = 400
@@ -42,6 +49,10 @@ class DetectorConfig:
             raise ValueError(f"neck must be one of {NECKS}, got {self.neck!r}")
         if self.similarity not in SIMILARITIES:
             raise ValueError(f"similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
+        if self.inference not in INFERENCE_MODES:
+            raise ValueError(f"inference must be one of {INFERENCE_MODES}, got {self.inference!r}")
+        if not 0 < self.match_iou <= 1:
+            raise ValueError(f"match_iou must be in (0, 1], got {self.match_iou}")
         if self.input_size < 128:
             raise ValueError(f"input_size must be >= 128 (SPEC §1), got {self.input_size}")
         if self.width <= 0:

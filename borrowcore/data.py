@@ -6,17 +6,17 @@ import contextlib
 import io
 import json
 import math
-import re
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import numpy as np
 import torch
 from pycocotools.coco import COCO
 from torchvision import tv_tensors
-from torchvision.io import ImageReadMode, decode_image
-from torchvision.transforms.v2 import functional as F
+
+# Every image is read by the one decoder, which checks the header before decoding (borrowcore.images).
+from borrowcore.images import BadImageError, read_image_rgb  # noqa: F401 - re-exported
 
 # Problems an annotation (or an image, with verify_images) can have; the keys of `CocoDetection.skipped`.
 PROBLEM_KINDS = (
@@ -33,13 +33,13 @@ OUTSIDE_TOLERANCE_PX = 1.0
 
 _MASK64 = (1 << 64) - 1
 
+# The training-target label of a crowd / ignore region (CocoDetection(ignore_regions=True)): the loss
+# trains no anchor on it, as positive or as negative.
+IGNORE_LABEL = -1
+
 
 class BadAnnotationError(ValueError):
     """An annotation file, or one annotation in it, that cannot be trained on."""
-
-
-class BadImageError(ValueError):
-    """An image file that cannot be read or decoded, or whose size disagrees with its annotation file."""
 
 
 class BadDataWarning(UserWarning):
@@ -63,39 +63,6 @@ def augmentation_seed(seed: int, epoch: int, index: int) -> int:
     for value in (seed, epoch, index):
         state = _splitmix64(state ^ (value & _MASK64))
     return state >> 1  # 63 bits: always a valid torch.manual_seed argument
-
-
-def read_image_rgb(path: str | Path, expected_size: tuple[int, int] | None = None) -> torch.Tensor:
-    """Decode an image file to a uint8 (3, H, W) RGB tensor.
-
-    Grayscale and RGBA become RGB, 16-bit becomes 8-bit, EXIF orientation is applied unless
-    `expected_size` (H, W) says the annotations were made on the raw, unrotated pixels.
-    Raises BadImageError naming the file and the reason.
-    """
-    path = Path(path)
-    try:
-        data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
-        with warnings.catch_warnings():
-            # torchvision 0.29 deprecates its decoders in favour of TorchCodec; 0.26 has no such warning.
-            warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)
-            image = decode_image(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)  # (3, H, W)
-            if expected_size is not None and tuple(image.shape[-2:]) != tuple(expected_size):
-                raw = decode_image(data, mode=ImageReadMode.RGB)
-                if tuple(raw.shape[-2:]) == tuple(expected_size):
-                    image = raw  # the annotation file's width/height are those of the unrotated pixels
-    except (RuntimeError, OSError, ValueError) as error:
-        # torchvision prefixes its C++ source location: "decode_image, /path/decode_image.cpp:67, ..."
-        reason = re.sub(r"^\w+, \S+:\d+, ", "", str(error).strip()) or type(error).__name__
-        raise BadImageError(f"{path}: cannot read or decode image ({reason})") from error
-    if expected_size is not None and tuple(image.shape[-2:]) != tuple(expected_size):
-        height, width = image.shape[-2:]
-        raise BadImageError(
-            f"{path}: image is {width}x{height} px but the annotation file says "
-            f"{expected_size[1]}x{expected_size[0]} px"
-        )
-    if image.dtype != torch.uint8:
-        image = F.to_dtype(image, torch.uint8, scale=True)  # 16-bit PNG
-    return image
 
 
 def _load_coco(ann_file: Path) -> COCO:
@@ -131,6 +98,28 @@ def _load_coco(ann_file: Path) -> COCO:
     return coco
 
 
+def drop_images(coco: COCO, image_ids: Collection[int]) -> None:
+    """Remove images and their annotations from a COCO object, in place (re-indexed)."""
+    image_ids = set(image_ids)
+    if not image_ids:
+        return
+    coco.dataset["images"] = [image for image in coco.dataset["images"] if image["id"] not in image_ids]
+    coco.dataset["annotations"] = [a for a in coco.dataset["annotations"] if a["image_id"] not in image_ids]
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+
+
+def load_ground_truth(ann_file: str | Path, skip_bad: bool = False, unreadable: Collection[int] = ()) -> COCO:
+    """The ground truth an evaluation scores against: the COCO file as CocoDetection cleans it (boxes
+    clipped within OUTSIDE_TOLERANCE_PX; with ``skip_bad``, bad annotations dropped), without the images
+    in ``unreadable`` (ids an evaluation with skip_bad could not decode). No image is read."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BadDataWarning)  # already reported by the evaluation
+        coco = CocoDetection(Path(ann_file).parent, ann_file, skip_bad=skip_bad).coco
+    drop_images(coco, unreadable)
+    return coco
+
+
 class CocoDetection(torch.utils.data.Dataset):
     """A COCO detection dataset whose annotations are validated when it is built.
 
@@ -148,6 +137,9 @@ class CocoDetection(torch.utils.data.Dataset):
         repeats: visits of every image per epoch (mmdetection's ``RepeatDataset``): a few large images
             cropped to random tiles give ``repeats`` different windows each per epoch.
         verify_images: decode every image once at construction (skipped when unreadable if skip_bad).
+        ignore_regions: put crowd boxes in the targets with label ``IGNORE_LABEL`` (-1), so augmentation
+            moves them with the image and the loss trains no anchor on them (WIDER's ``invalid`` faces,
+            VOC's ``difficult``); off, they are left out of the targets.
     """
 
     def __init__(
@@ -159,6 +151,7 @@ class CocoDetection(torch.utils.data.Dataset):
         seed: int = 0,
         verify_images: bool = False,
         repeats: int = 1,
+        ignore_regions: bool = False,
     ) -> None:
         if repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -168,6 +161,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self.skip_bad = skip_bad
         self.seed = seed
         self.repeats = repeats
+        self.ignore_regions = ignore_regions
         # Shared memory, so set_epoch reaches DataLoader workers that persist across epochs.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
@@ -182,8 +176,11 @@ class CocoDetection(torch.utils.data.Dataset):
         self._targets = self._validate_annotations()  # image id -> (boxes (n, 4) xyxy, labels (n,))
 
         self.ids: list[int] = sorted(self.coco.imgs)
+        self.unreadable: dict[int, str] = {}  # image id -> why it was skipped (verify_images with skip_bad)
         if verify_images:
             self.ids = [image_id for image_id in self.ids if self._verify_image(image_id)]
+            # evaluation reads self.coco: an image that was never seen must not count its boxes as misses
+            drop_images(self.coco, self.unreadable)
 
     # Construction-time checks
 
@@ -235,10 +232,13 @@ class CocoDetection(torch.utils.data.Dataset):
             if bbox != ann["bbox"]:
                 ann, changed = {**ann, "bbox": bbox}, True  # clipped within the tolerance
             kept.append(ann)
+            x, y, w, h = bbox
             if ann.get("iscrowd", 0):
                 self.num_crowd += 1  # SSD matching ignores crowd regions (SPEC §5)
+                if self.ignore_regions:
+                    boxes[ann["image_id"]].append([x, y, x + w, y + h])
+                    labels[ann["image_id"]].append(IGNORE_LABEL)
                 continue
-            x, y, w, h = bbox
             boxes[ann["image_id"]].append([x, y, x + w, y + h])
             labels[ann["image_id"]].append(self.cat_id_to_label[ann["category_id"]])
         if changed:
@@ -258,6 +258,7 @@ class CocoDetection(torch.utils.data.Dataset):
             self._read_image(image_id)
         except BadImageError as error:
             self._problem("unreadable_image", f"{self.ann_file}: image id {image_id}: {error}")
+            self.unreadable[image_id] = str(error)
             return False
         return True
 

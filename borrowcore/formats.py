@@ -156,3 +156,94 @@ def read_voc(images_dir: str | Path, annotations_dir: str | Path, names: list[st
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": index[name],
                                 "bbox": [xmin - 1, ymin - 1, w, h], "area": w * h, "iscrowd": int(difficult)})
     return _coco(images, annotations, names)
+
+
+# Boxes may overshoot the image by this many pixels in WIDER's official files; they are clipped.
+WIDER_TOLERANCE_PX = 1.0
+
+
+def read_wider(images_dir: str | Path, gt_file: str | Path, name: str = "face") -> dict:
+    """COCO dict from a WIDER FACE ground-truth file (``wider_face_*_bbx_gt.txt``).
+
+    Per image: its path under ``images_dir``, the number of faces n, then n lines
+    ``x y w h blur expression illumination invalid occlusion pose`` (an image with no face still has one
+    line of zeros). Boxes marked ``invalid`` become crowd regions (``iscrowd`` 1): no anchor trains on
+    them and COCOeval ignores detections on them. Boxes of zero width or height (a few in the official
+    files) are dropped and counted in the returned dict's ``info.dropped_empty``. Raises LabelError
+    naming the file and line for a count that does not match its lines, a non-number, a missing image
+    or a box outside its image.
+    """
+    images_dir, gt_file = Path(images_dir), Path(gt_file)
+    try:
+        lines = gt_file.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise LabelError(f"{gt_file}: cannot read ({error})") from error
+    images, annotations, dropped = [], [], 0
+    number = 0  # index into lines; line numbers printed 1-based
+
+    def where(index: int) -> str:
+        return f"{gt_file}:{index + 1}"
+
+    while number < len(lines):
+        file_name = lines[number].strip()
+        if not file_name:
+            number += 1
+            continue
+        path_line = number
+        if len(file_name.split()) != 1:
+            raise LabelError(f"{where(path_line)}: expected an image path, got {file_name!r} "
+                             f"(does the previous image's face count match its lines?)")
+        path = images_dir / file_name
+        if not path.is_file():
+            raise LabelError(f"{where(path_line)}: image {path} not found")
+        if number + 1 >= len(lines):
+            raise LabelError(f"{where(path_line)}: {file_name} has no face count line")
+        try:
+            count = int(lines[number + 1].strip())
+        except ValueError:
+            raise LabelError(f"{where(number + 1)}: expected the face count of {file_name}, "
+                             f"got {lines[number + 1].strip()!r}") from None
+        if count < 0:
+            raise LabelError(f"{where(number + 1)}: negative face count {count}")
+        width, height = image_size(path)
+        image_id = len(images) + 1
+        images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
+        box_lines = max(count, 1)  # a count of 0 is followed by one line of zeros
+        first = number + 2
+        for index in range(first, first + box_lines):
+            if index >= len(lines):
+                raise LabelError(f"{where(index - 1)}: {file_name} says {count} faces but the file ends after "
+                                 f"{index - first} box lines")
+            fields = lines[index].split()
+            if len(fields) == 1:
+                raise LabelError(f"{where(index)}: {file_name} says {count} faces but only {index - first} box "
+                                 f"lines follow before {fields[0]!r}")
+            if len(fields) != 10:
+                raise LabelError(f"{where(index)}: expected 10 values 'x y w h blur expression illumination "
+                                 f"invalid occlusion pose', got {len(fields)}")
+            try:
+                values = [int(v) for v in fields]
+            except ValueError:
+                raise LabelError(f"{where(index)}: expected integers, got {lines[index].strip()!r}") from None
+            if count == 0:
+                if any(values):
+                    raise LabelError(f"{where(index)}: {file_name} says 0 faces but the line after is not zeros")
+                continue
+            x, y, w, h, invalid = values[0], values[1], values[2], values[3], values[7]
+            if w <= 0 or h <= 0:
+                dropped += 1
+                continue
+            tol = WIDER_TOLERANCE_PX
+            if x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
+                raise LabelError(f"{where(index)}: box ({x}, {y}, {w}, {h}) lies outside the {width}x{height} "
+                                 f"image {file_name}")
+            x0, y0 = max(x, 0), max(y, 0)
+            w, h = min(x + w, width) - x0, min(y + h, height) - y0
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": 1,
+                                "bbox": [x0, y0, w, h], "area": w * h, "iscrowd": int(invalid == 1)})
+        number = first + box_lines
+    if not images:
+        raise LabelError(f"{gt_file}: no images")
+    coco = _coco(images, annotations, [name])
+    coco["info"] = {"source": str(gt_file), "format": "wider", "dropped_empty": dropped}
+    return coco

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from borrowcore.boxes import BoxCoder, match_anchors
+from borrowcore.boxes import BoxCoder, ignored_anchors, match_anchors
 
 
 class MultiBoxLoss(nn.Module):
@@ -14,19 +14,36 @@ class MultiBoxLoss(nn.Module):
 
     Args:
         box_coder: encodes matched boxes against their anchors.
-        iou_threshold: matching threshold.
+        iou_threshold: matching threshold (SPEC §5: 0.5; S3FD and RetinaFace match tiny faces at 0.35).
         negatives_per_positive: hard negatives kept per positive, ranked by their loss.
+        ignore_iof: an anchor with at least this share of its area inside an ignore region (targets'
+            boxes labelled < 0, see ``CocoDetection(ignore_regions=True)``) is neither positive nor negative.
     """
 
-    def __init__(self, box_coder: BoxCoder | None = None, iou_threshold: float = 0.5, negatives_per_positive: int = 3) -> None:
+    def __init__(self, box_coder: BoxCoder | None = None, iou_threshold: float = 0.5, negatives_per_positive: int = 3,
+                 ignore_iof: float = 0.5) -> None:
         super().__init__()
         self.box_coder = box_coder or BoxCoder()
         self.iou_threshold = iou_threshold
         self.negatives_per_positive = negatives_per_positive
+        self.ignore_iof = ignore_iof
 
     def match(self, targets: list[dict[str, Tensor]], anchors: Tensor) -> list[Tensor]:
-        """Per image, the matched box index of each anchor (-1 background)."""
-        return [match_anchors(t["boxes"], anchors, self.iou_threshold) for t in targets]
+        """Per image, the matched box index of each anchor: >= 0 a box, -1 background, -2 ignored.
+
+        Box indices refer to the target's own ``boxes``; ignore regions (label < 0) are never matched."""
+        all_matches = []
+        for t in targets:
+            labels = t["labels"]
+            real = (labels > 0).nonzero().squeeze(1)
+            matches = match_anchors(t["boxes"][real], anchors, self.iou_threshold)
+            if real.numel():
+                matches = torch.where(matches >= 0, real[matches.clamp(min=0)], matches)  # back to t's indices
+            ignore_boxes = t["boxes"][labels < 0]
+            if ignore_boxes.numel():
+                matches[(matches < 0) & ignored_anchors(ignore_boxes, anchors, self.ignore_iof)] = -2
+            all_matches.append(matches)
+        return all_matches
 
     def forward(self, cls_logits: Tensor, box_regression: Tensor, anchors: Tensor,
                 targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
@@ -54,10 +71,10 @@ class MultiBoxLoss(nn.Module):
         cls_loss = cls_loss.view_as(target_labels)  # (B, A)
         # hard negative mining: per image, the negatives with the highest loss, 3 per positive
         negative_loss = cls_loss.detach().clone()
-        negative_loss[positive] = -float("inf")
+        negative_loss[matches != -1] = -float("inf")  # positives and ignored anchors are never negatives
         order = negative_loss.sort(dim=1, descending=True)[1]
         rank = order.sort(dim=1)[1]  # rank of each anchor among its image's negatives
         num_negative = self.negatives_per_positive * positive.sum(dim=1, keepdim=True)  # (B, 1)
-        hard_negative = rank < num_negative
+        hard_negative = (rank < num_negative) & (matches == -1)
         loss_cls = (cls_loss[positive].sum() + cls_loss[hard_negative].sum())
         return {"loss_box": loss_box / normaliser, "loss_cls": loss_cls / normaliser}

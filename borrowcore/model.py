@@ -24,6 +24,7 @@ from borrowcore.postprocess import PostProcess
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+PAD_MULTIPLE = 64  # the coarsest stride: a whole image is padded to H x W multiples of it (SPEC §1)
 
 
 class NetworkOutput(NamedTuple):
@@ -60,12 +61,15 @@ class Detector(nn.Module):
         postprocess: decoding + NMS.
         input_size: S; images are resized to S x S.
         class_names: names of labels 1..K.
+        whole_image: take each image at native resolution, padded right and bottom to multiples of 64
+            (SPEC §1's whole-image mode), instead of resizing it to S x S; boxes need no scaling.
     """
 
     def __init__(self, network: BorrowSSD, anchors: AnchorGenerator, loss: MultiBoxLoss, postprocess: PostProcess,
                  input_size: int, class_names: list[str], mean: tuple[float, ...] = IMAGENET_MEAN,
-                 std: tuple[float, ...] = IMAGENET_STD) -> None:
+                 std: tuple[float, ...] = IMAGENET_STD, whole_image: bool = False) -> None:
         super().__init__()
+        self.whole_image = whole_image
         self.network = network
         self.anchors = anchors
         self.loss = loss
@@ -75,8 +79,22 @@ class Detector(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
+    @property
+    def anchor_image_size(self) -> int | None:
+        """What the anchor generator's S'_N follows: S, or None for whole images (SPEC §3)."""
+        return None if self.whole_image else self.input_size
+
+    def input_scales(self, sizes: list[tuple[int, int]]) -> list[tuple[float, float]]:
+        """Per image (x, y) factors from its pixels to the network input's."""
+        if self.whole_image:
+            return [(1.0, 1.0)] * len(sizes)
+        return [(self.input_size / w, self.input_size / h) for h, w in sizes]
+
     def preprocess(self, images: list[Tensor] | Tensor) -> tuple[Tensor, list[tuple[int, int]]]:
-        """Images (3, H, W) float in [0, 1] (uint8 is scaled) -> normalised (B, 3, S, S) and their (H, W)."""
+        """Images (3, H, W) float in [0, 1] (uint8 is scaled) -> normalised (B, 3, S, S) and their (H, W).
+
+        Whole-image mode: (B, 3, H', W'), every image at native resolution in the top-left corner, zero
+        (the mean colour) to the right and below, H' and W' the largest sides rounded up to 64."""
         if isinstance(images, Tensor) and images.dim() == 3:
             images = [images]
         sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
@@ -87,17 +105,24 @@ class Detector(nn.Module):
                 raise ValueError(f"expected images of shape (3, H, W), got {tuple(img.shape)}")
             img = img.to(self.mean.device)
             img = img.float() / 255 if img.dtype == torch.uint8 else img.float()
-            if img.shape[-2:] != (s, s):  # SPEC §1: a plain resize, no letterbox
+            img = (img - self.mean[0]) / self.std[0]
+            if not self.whole_image and img.shape[-2:] != (s, s):  # SPEC §1: a plain resize, no letterbox
                 img = F.interpolate(img[None], size=(s, s), mode="bilinear", align_corners=False, antialias=True)[0]
             batch.append(img)
-        batch = torch.stack(batch)  # (B, 3, S, S)
-        return (batch - self.mean) / self.std, sizes
+        if not self.whole_image:
+            return torch.stack(batch), sizes  # (B, 3, S, S)
+        height = -(-max(h for h, _ in sizes) // PAD_MULTIPLE) * PAD_MULTIPLE
+        width = -(-max(w for _, w in sizes) // PAD_MULTIPLE) * PAD_MULTIPLE
+        padded = batch[0].new_zeros((len(batch), 3, height, width))  # (B, 3, H', W')
+        for i, img in enumerate(batch):
+            padded[i, :, : img.shape[-2], : img.shape[-1]] = img
+        return padded, sizes
 
     def scale_targets(self, targets: list[dict[str, Tensor]], sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
         """Targets' boxes from each image's pixels to the S x S input."""
         scaled = []
-        for target, (h, w) in zip(targets, sizes):
-            factor = torch.tensor([self.input_size / w, self.input_size / h] * 2, device=self.mean.device)
+        for target, (sx, sy) in zip(targets, self.input_scales(sizes)):
+            factor = torch.tensor([sx, sy] * 2, device=self.mean.device)
             scaled.append({"boxes": target["boxes"].to(self.mean.device).float().reshape(-1, 4) * factor,
                            "labels": target["labels"].to(self.mean.device)})
         return scaled
@@ -106,7 +131,7 @@ class Detector(nn.Module):
         """The loss parts in either mode (validation loss runs in eval mode)."""
         batch, sizes = self.preprocess(images)
         output = self.network(batch)
-        anchors = self.anchors(output.grid_sizes, self.input_size, device=batch.device)
+        anchors = self.anchors(output.grid_sizes, self.anchor_image_size, device=batch.device)
         return self.loss(output.cls_logits, output.box_regression, anchors, self.scale_targets(targets, sizes))
 
     def forward(self, images: list[Tensor] | Tensor, targets: list[dict[str, Tensor]] | None = None,
@@ -120,8 +145,8 @@ class Detector(nn.Module):
             return self.compute_loss(images, targets)
         batch, sizes = self.preprocess(images)
         output = self.network(batch, return_matching=return_matching)
-        anchors = self.anchors(output.grid_sizes, self.input_size, device=batch.device)
-        detections = self.postprocess(output.cls_logits, output.box_regression, anchors, self.input_size, sizes)
+        anchors = self.anchors(output.grid_sizes, self.anchor_image_size, device=batch.device)
+        detections = self.postprocess(output.cls_logits, output.box_regression, anchors, self.input_scales(sizes), sizes)
         if return_matching:
             for i, detection in enumerate(detections):
                 detection["matching"] = [
@@ -146,7 +171,7 @@ def build_detector(config: DetectorConfig, class_names: list[str] | None = None)
     box_coder = BoxCoder()
     postprocess = PostProcess(box_coder, config.score_threshold, config.candidates_per_class,
                               config.nms_iou, config.detections_per_image)
-    detector = Detector(BorrowSSD(backbone, neck, head), anchors, MultiBoxLoss(box_coder), postprocess,
-                        config.input_size, class_names)
+    detector = Detector(BorrowSSD(backbone, neck, head), anchors, MultiBoxLoss(box_coder, config.match_iou), postprocess,
+                        config.input_size, class_names, whole_image=config.inference == "whole")
     detector.config = config  # what a checkpoint records to rebuild it
     return detector

@@ -30,28 +30,31 @@ class PostProcess(nn.Module):
         self.detections_per_image = detections_per_image
 
     @torch.no_grad()
-    def forward(self, cls_logits: Tensor, box_regression: Tensor, anchors: Tensor, input_size: int,
-                image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
-        """cls_logits (B, A, K+1), box_regression (B, A, 4), anchors (A, 4) in the S x S input;
+    def forward(self, cls_logits: Tensor, box_regression: Tensor, anchors: Tensor,
+                input_size: int | list[tuple[float, float]], image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+        """cls_logits (B, A, K+1), box_regression (B, A, 4), anchors (A, 4) in the network input;
+        ``input_size`` S of an S x S resize, or per image the (x, y) factors from its pixels to the input;
         image_sizes the (H, W) each image had -> [{"boxes" (D, 4) xyxy, "scores" (D,), "labels" (D,)}]."""
         scores_all = torch.softmax(cls_logits.float(), dim=-1)[..., 1:]  # (B, A, K): drop background
         boxes_all = self.box_coder.decode(box_regression.float(), anchors.float())  # (B, A, 4)
         return self.select(scores_all, boxes_all, input_size, image_sizes)
 
-    def select(self, scores_all: Tensor, boxes_all: Tensor, input_size: int,
+    def select(self, scores_all: Tensor, boxes_all: Tensor, input_size: int | list[tuple[float, float]],
                image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
         """The steps after softmax and decoding (also for an ONNX graph exported without NMS): class
         scores (B, A, K) without background and boxes (B, A, 4) in the S x S input -> detections."""
         num_anchors, num_classes = scores_all.shape[1:]
         k = min(self.candidates_per_class, num_anchors)
+        if isinstance(input_size, (int, float)):  # a plain resize to S x S (SPEC §1)
+            input_size = [(input_size / w, input_size / h) for h, w in image_sizes]
         detections = []
-        for scores, boxes, (height, width) in zip(scores_all, boxes_all, image_sizes):
+        for scores, boxes, (height, width), (sx, sy) in zip(scores_all, boxes_all, image_sizes, input_size):
             top_scores, top_anchor = scores.topk(k, dim=0)  # (k, K): the best anchors of each class
             labels = torch.arange(1, num_classes + 1, device=scores.device).expand(k, -1)  # (k, K)
             keep = top_scores > self.score_threshold
             top_scores, top_anchor, labels = top_scores[keep], top_anchor[keep], labels[keep]
-            # back to this image's pixels: the input was a plain resize to S x S (SPEC §1)
-            scale = torch.tensor([width / input_size, height / input_size] * 2, device=boxes.device)
+            # back to this image's pixels (the input was a resize to S x S, or the image itself padded)
+            scale = torch.tensor([1 / sx, 1 / sy] * 2, device=boxes.device)
             candidate_boxes = clip_boxes_to_image(boxes[top_anchor] * scale, (height, width))
             keep = batched_nms(candidate_boxes, top_scores, labels, self.nms_iou)[: self.detections_per_image]
             detections.append({"boxes": candidate_boxes[keep], "scores": top_scores[keep], "labels": labels[keep]})

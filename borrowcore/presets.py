@@ -15,7 +15,7 @@ from torchvision.transforms import v2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 
-PRESET_NAMES = ("ssd", "overhead", "tiles", "flip", "eval")
+PRESET_NAMES = ("ssd", "overhead", "tiles", "faces", "flip", "eval")
 
 
 def ssd_train_preset(size: int, mean: Sequence[float] = IMAGENET_MEAN) -> v2.Compose:
@@ -95,6 +95,70 @@ def tiles_train_preset(size: int, min_visibility: float = 0.5) -> v2.Compose:
     ])
 
 
+class RandomScaledCrop:
+    """A ``size`` x ``size`` crop of the image rescaled by a random factor: scale jitter at native
+    resolution, without rescaling the whole photo first.
+
+    The factor s is log-uniform in ``scale_range``; the window is size / s image pixels, so objects
+    come out s times their size. With probability ``focus`` the window holds the centre of one random
+    object (S3FD's data-anchor sampling in spirit: crops around the objects, not mostly background);
+    otherwise it lies anywhere. Images smaller than the window are padded right and bottom with the
+    mean colour. Boxes cut by the window are kept when ``min_visibility`` of them is inside; objects
+    smaller than ``min_object`` px after scaling become ignore regions (label -1: no anchor trains on
+    them, SPEC §5 matching cannot reach them). Labels < 0 on input are ignore regions and stay so.
+    """
+
+    def __init__(self, size: int, scale_range: tuple[float, float] = (0.5, 2.0), focus: float = 0.7,
+                 min_visibility: float = 0.5, min_object: float = 6.0, mean: Sequence[float] = IMAGENET_MEAN) -> None:
+        self.size, self.scale_range, self.focus = size, scale_range, focus
+        self.min_visibility, self.min_object = min_visibility, min_object
+        self.fill = [int(round(255 * m)) for m in mean]
+
+    def __call__(self, image: tv_tensors.Image, target: dict) -> tuple[tv_tensors.Image, dict]:
+        height, width = image.shape[-2:]
+        low, high = (torch.tensor(v).log() for v in self.scale_range)
+        scale = float((low + (high - low) * torch.rand(())).exp())
+        side = max(1, int(round(self.size / scale)))
+        if height < side or width < side:
+            image = v2.functional.pad(image, [0, 0, max(0, side - width), max(0, side - height)], fill=self.fill)
+        boxes = target["boxes"].as_subclass(torch.Tensor)
+        labels = target["labels"]
+        objects = (labels > 0).nonzero().squeeze(1)
+        max_left, max_top = max(0, width - side), max(0, height - side)
+        if len(objects) and float(torch.rand(())) < self.focus:
+            box = boxes[objects[int(torch.randint(len(objects), ()))]]
+            cx, cy = float(box[0] + box[2]) / 2, float(box[1] + box[3]) / 2
+            # the window [left, left + side) holds cx, and stays inside the image where it can
+            lo_x, hi_x = max(0.0, cx - side + 1), min(float(max_left), cx)
+            lo_y, hi_y = max(0.0, cy - side + 1), min(float(max_top), cy)
+            left = int(lo_x + (max(hi_x, lo_x) - lo_x) * float(torch.rand(())))
+            top = int(lo_y + (max(hi_y, lo_y) - lo_y) * float(torch.rand(())))
+        else:
+            left, top = int(torch.randint(0, max_left + 1, ())), int(torch.randint(0, max_top + 1, ()))
+        kept, keep = crop_boxes(boxes, left, top, side, self.min_visibility)
+        kept = kept * (self.size / side)
+        labels = labels[keep].clone()
+        sides = ((kept[:, 2] - kept[:, 0]) * (kept[:, 3] - kept[:, 1])).clamp(min=0).sqrt()
+        labels[(labels > 0) & (sides < self.min_object)] = -1
+        image = v2.functional.crop(image, top, left, side, side)
+        image = v2.functional.resize(image, [self.size, self.size], antialias=True)
+        target = {**target, "labels": labels,
+                  "boxes": tv_tensors.BoundingBoxes(kept, format="XYXY", canvas_size=(self.size, self.size))}
+        return tv_tensors.Image(image), target
+
+
+def faces_train_preset(size: int, scale_range: tuple[float, float] = (0.5, 2.0)) -> v2.Compose:
+    """Objects small and large in one photo (faces in crowds): scale-jittered native-resolution crops
+    around the objects, photometric jitter, horizontal flips (faces have an up)."""
+    return v2.Compose([
+        RandomScaledCrop(size, scale_range),
+        v2.RandomPhotometricDistort(),
+        v2.RandomHorizontalFlip(),
+        v2.SanitizeBoundingBoxes(),
+        v2.ToDtype(torch.float32, scale=True),
+    ])
+
+
 def flip_train_preset(size: int) -> v2.Compose:
     """Horizontal flips only: the recipe of SPEC §10's reference run."""
     return v2.Compose([
@@ -121,6 +185,8 @@ def build_preset(name: str, size: int) -> v2.Compose:
         return overhead_train_preset(size)
     if name == "tiles":
         return tiles_train_preset(size)
+    if name == "faces":
+        return faces_train_preset(size)
     if name == "flip":
         return flip_train_preset(size)
     if name == "eval":

@@ -157,6 +157,22 @@ def merge_detections(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshol
 
 
 @torch.inference_mode()
+def recipe_tile_size(detector: object, height: int, width: int, tile: int | None = None) -> int | None:
+    """The tile size T the checkpoint's inference recipe asks for on an H x W image, or None for one pass.
+
+    An explicit ``tile`` wins. Else the detector's config decides (SPEC §1): "tiles" cuts S x S tiles;
+    "whole" takes the image whole unless a side exceeds ``max_whole_side`` (then S x S tiles, so memory
+    stays bounded); "resize" never tiles. A detector without a config (ONNX) never tiles."""
+    if tile:
+        return tile
+    config = getattr(detector, "config", None)
+    if config is None or config.inference == "resize":
+        return None
+    if config.inference == "tiles" or max(height, width) > config.max_whole_side:
+        return config.input_size
+    return None
+
+
 def detect_tiled(detect: DetectFn, image: Tensor, tile_size: int, overlap: float = 0.2, batch_size: int = 8,
                  iou_threshold: float = 0.45, score_threshold: float = 0.0, merge_edges: bool = False,
                  edge_margin: float = 2.0, max_detections: int | None = None) -> dict[str, Tensor]:

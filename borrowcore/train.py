@@ -89,12 +89,13 @@ class JsonLog:
 def build_loaders(config: ExperimentConfig, context: DistributedContext):
     t = config.train
     size = config.model.input_size
+    # crowd boxes (WIDER's invalid faces) travel with the targets as ignore regions (label -1)
     train_set = CocoDetection(t.train_images, t.train_annotations, build_preset(t.augmentation, size),
-                              skip_bad=t.skip_bad, seed=t.seed, repeats=t.repeats)
+                              skip_bad=t.skip_bad, seed=t.seed, repeats=t.repeats, ignore_regions=True)
     val_set = None
     if t.val_annotations:
         val_set = CocoDetection(t.val_images, t.val_annotations, build_preset("eval", size), skip_bad=t.skip_bad,
-                                seed=t.seed)
+                                seed=t.seed, ignore_regions=True)
     return train_set, val_set
 
 

@@ -1,0 +1,237 @@
+"""Faces in crowds: the WIDER reader, ignore regions in training and evaluation, whole-photo inference,
+the scale-jittered crop and the inference recipe stored in a checkpoint."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torchvision import tv_tensors
+
+from borrowcore.boxes import ignored_anchors
+from borrowcore.checkpoint import load_detector, save_checkpoint
+from borrowcore.config import DetectorConfig
+from borrowcore.data import IGNORE_LABEL, CocoDetection
+from borrowcore.evaluate import coco_metrics
+from borrowcore.formats import LabelError, read_wider
+from borrowcore.loss import MultiBoxLoss
+from borrowcore.model import BorrowSSD, NetworkOutput, build_detector
+from borrowcore.presets import RandomScaledCrop
+from borrowcore.tiling import recipe_tile_size
+
+WIDER = Path(__file__).resolve().parents[2] / "shared" / "data" / "wider-faces"
+
+
+# ---- the WIDER reader ----
+
+def write_images(folder: Path, sizes: dict[str, tuple[int, int]]) -> None:
+    for name, (width, height) in sizes.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (width, height)).save(folder / name)
+
+
+GOOD = """\
+0--Parade/a.jpg
+3
+10 20 30 40 2 0 0 0 0 0
+0 0 5 5 0 0 0 1 0 0
+50 60 0 8 0 0 0 0 0 0
+1--Handshaking/b.jpg
+0
+0 0 0 0 0 0 0 0 0 0
+1--Handshaking/c.jpg
+1
+99 49 2 2 0 0 0 0 0 0
+"""
+
+
+@pytest.fixture()
+def wider_images(tmp_path: Path) -> Path:
+    write_images(tmp_path, {"0--Parade/a.jpg": (100, 80), "1--Handshaking/b.jpg": (64, 64),
+                            "1--Handshaking/c.jpg": (100, 50)})
+    return tmp_path
+
+
+def test_read_wider_boxes_invalid_and_empty(wider_images: Path):
+    gt = wider_images / "gt.txt"
+    gt.write_text(GOOD)
+    coco = read_wider(wider_images, gt)
+    assert [(i["file_name"], i["width"], i["height"]) for i in coco["images"]] == [
+        ("0--Parade/a.jpg", 100, 80), ("1--Handshaking/b.jpg", 64, 64), ("1--Handshaking/c.jpg", 100, 50)]
+    # a: one face, one invalid (crowd), one of zero width dropped; b: none; c: one overshooting by 1 px, clipped
+    assert [(a["image_id"], a["bbox"], a["iscrowd"]) for a in coco["annotations"]] == [
+        (1, [10, 20, 30, 40], 0), (1, [0, 0, 5, 5], 1), (3, [99, 49, 1, 1], 0)]
+    assert coco["info"]["dropped_empty"] == 1
+    assert coco["categories"] == [{"id": 1, "name": "face", "supercategory": "face"}]
+
+
+@pytest.mark.parametrize("text, where, problem", [
+    # says 2 faces, one line follows, then the next image's path
+    ("0--Parade/a.jpg\n2\n10 20 30 40 2 0 0 0 0 0\n1--Handshaking/b.jpg\n0\n0 0 0 0 0 0 0 0 0 0\n",
+     ":4:", "says 2 faces but only 1 box lines follow"),
+    ("0--Parade/a.jpg\n2\n10 20 30 40 2 0 0 0 0 0\n", ":3:", "file ends after 1 box lines"),
+    ("0--Parade/a.jpg\n1\n10 20 x 40 2 0 0 0 0 0\n", ":3:", "expected integers"),
+    ("0--Parade/a.jpg\none\n10 20 30 40 2 0 0 0 0 0\n", ":2:", "expected the face count"),
+    ("0--Parade/missing.jpg\n1\n10 20 30 40 2 0 0 0 0 0\n", ":1:", "not found"),
+    ("0--Parade/a.jpg\n1\n90 20 30 40 2 0 0 0 0 0\n", ":3:", "outside the 100x80 image"),
+    ("0--Parade/a.jpg\n1\n10 20 30 40 2 0\n", ":3:", "expected 10 values"),
+])
+def test_read_wider_names_file_and_line(wider_images: Path, text: str, where: str, problem: str):
+    gt = wider_images / "gt.txt"
+    gt.write_text(text)
+    with pytest.raises(LabelError) as error:
+        read_wider(wider_images, gt)
+    assert str(error.value).startswith(f"{gt}{where}") and problem in str(error.value)
+
+
+@pytest.mark.skipif(not WIDER.is_dir(), reason="needs ../shared/data/wider-faces")
+def test_read_wider_real_split_counts():
+    coco = read_wider(WIDER / "images", WIDER / "val_bbx_gt.txt")
+    valid = [a for a in coco["annotations"] if not a["iscrowd"]]
+    assert len(coco["images"]) == 199 and len(valid) == 3689  # the data README's table
+
+
+# ---- ignore regions ----
+
+def test_ignored_anchors_by_share_of_anchor_inside():
+    anchors = torch.tensor([[0.0, 0, 10, 10], [5, 0, 15, 10], [8, 0, 18, 10], [0, 0, 40, 40]])
+    ignore = torch.tensor([[0.0, 0, 10, 10]])
+    # inside shares: 1.0, 0.5, 0.2, 100/1600
+    assert ignored_anchors(ignore, anchors, 0.5).tolist() == [True, True, False, False]
+
+
+def test_loss_trains_no_anchor_on_an_ignore_region():
+    anchors = torch.tensor([[0.0, 0, 10, 10], [20, 0, 30, 10], [40, 0, 50, 10], [60, 0, 70, 10]])
+    face = torch.tensor([[0.0, 0, 10, 10]])
+    ignore = torch.tensor([[40.0, 0, 50, 10]])
+    logits = torch.zeros(1, 4, 2)
+    logits[0, :, 1] = torch.tensor([0.0, 1.0, 5.0, 2.0])  # anchor 2 (ignored) is the most confident negative
+    regression = torch.zeros(1, 4, 4)
+    loss = MultiBoxLoss(negatives_per_positive=1)
+    with_ignore = {"boxes": torch.cat([face, ignore]), "labels": torch.tensor([1, IGNORE_LABEL])}
+    assert loss.match([with_ignore], anchors)[0].tolist() == [0, -1, -2, -1]
+    parts = loss(logits, regression, anchors, [with_ignore])
+    # positive anchor 0: CE = log(2); the one hard negative is anchor 3 (logit 2), not the ignored anchor 2
+    expected = math.log(2) + math.log(1 + math.exp(2.0))
+    assert parts["loss_cls"].item() == pytest.approx(expected, rel=1e-5)
+    without = loss(logits, regression, anchors, [{"boxes": face, "labels": torch.tensor([1])}])
+    assert without["loss_cls"].item() == pytest.approx(math.log(2) + math.log(1 + math.exp(5.0)), rel=1e-5)
+
+
+def test_dataset_keeps_crowd_boxes_as_ignore_regions(wider_images: Path):
+    import json
+
+    gt = wider_images / "gt.txt"
+    gt.write_text(GOOD)
+    (wider_images / "coco.json").write_text(json.dumps(read_wider(wider_images, gt)))
+    plain = CocoDetection(wider_images, wider_images / "coco.json")
+    kept = CocoDetection(wider_images, wider_images / "coco.json", ignore_regions=True)
+    assert plain[0][1]["labels"].tolist() == [1]
+    assert kept[0][1]["labels"].tolist() == [1, IGNORE_LABEL]
+    assert kept[0][1]["boxes"].as_subclass(torch.Tensor)[1].tolist() == [0, 0, 5, 5]
+
+
+def test_evaluation_ignores_detections_on_invalid_faces():
+    from pycocotools.coco import COCO
+
+    coco = COCO()
+    coco.dataset = {"images": [{"id": 1, "width": 100, "height": 100, "file_name": "a.jpg"}],
+                    "categories": [{"id": 1, "name": "face"}],
+                    "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "area": 400, "iscrowd": 0},
+                                    {"id": 2, "image_id": 1, "category_id": 1, "bbox": [60, 60, 20, 20], "area": 400, "iscrowd": 1}]}
+    coco.createIndex()
+    on_invalid = {"image_id": 1, "category_id": 1, "bbox": [60, 60, 20, 20], "score": 0.9}
+    on_face = {"image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "score": 0.8}
+    # ranked first, the detection on the invalid face would halve precision if it counted as a false positive
+    assert coco_metrics(coco, [on_invalid, on_face])["metrics"]["AP"] == pytest.approx(1.0)
+    coco.dataset["annotations"][1]["iscrowd"] = 0
+    coco.dataset["annotations"] = coco.dataset["annotations"][:1]
+    coco.createIndex()
+    assert coco_metrics(coco, [on_invalid, on_face])["metrics"]["AP"] < 0.6
+
+
+# ---- the scale-jittered crop ----
+
+def test_random_scaled_crop_scales_boxes_and_ignores_tiny_faces():
+    torch.manual_seed(0)
+    image = torch.zeros(3, 200, 300, dtype=torch.uint8)
+    image[:, 50:90, 100:140] = 255  # a 40 px face
+    boxes = torch.tensor([[100.0, 50, 140, 90], [150, 150, 152, 152]])  # and a 2 px one
+    target = {"boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(200, 300)),
+              "labels": torch.tensor([1, 1])}
+    crop = RandomScaledCrop(128, scale_range=(2.0, 2.0), focus=1.0, min_object=6.0)
+    for _ in range(5):
+        out_image, out = crop(tv_tensors.Image(image), target)
+        assert out_image.shape == (3, 128, 128)
+        face = out["labels"] == 1
+        if face.any():
+            box = out["boxes"].as_subclass(torch.Tensor)[face][0]
+            x0, y0, x1, y1 = box.round().int().tolist()
+            if x1 - x0 == 80 and y1 - y0 == 80:  # whole in the window: twice its size, and the face's pixels
+                assert out_image[:, y0 + 2:y1 - 2, x0 + 2:x1 - 2].float().mean() > 250
+        # the 2 px face, 4 px after scaling, can only be an ignore region
+        sizes = (out["boxes"][:, 2:] - out["boxes"][:, :2]).as_subclass(torch.Tensor)
+        assert not ((sizes.max(dim=1).values < 6) & (out["labels"] > 0)).any()
+
+
+# ---- whole-photo inference ----
+
+class OneAnchor(torch.nn.Module):
+    """A stand-in network: sees (B, 3, H, W), answers 'face' at one anchor with zero offsets."""
+
+    def __init__(self, network: BorrowSSD, anchor: int) -> None:
+        super().__init__()
+        self.network, self.anchor = network, anchor
+        self.seen: list[tuple[int, ...]] = []
+
+    def forward(self, images, return_matching=False):
+        self.seen.append(tuple(images.shape))
+        grids = [(images.shape[-2] // s, images.shape[-1] // s) for s in (8, 16, 32, 64)]
+        count = sum(h * w for h, w in grids) * 4
+        logits = torch.zeros(images.shape[0], count, 2)
+        logits[:, :, 0] = 10.0
+        logits[:, self.anchor] = torch.tensor([0.0, 10.0])
+        return NetworkOutput(logits, torch.zeros(images.shape[0], count, 4), grids, [])
+
+
+def test_whole_image_boxes_are_in_image_pixels():
+    config = DetectorConfig(neck="ssd", num_classes=1, input_size=256, width=0.125, batch_norm=True,
+                            anchor_scale=2.0, aspect_ratios=[1.1538], inference="whole")
+    detector = build_detector(config, ["face"]).eval()
+    # a 200 x 300 (H x W) photo is padded to 256 x 320: conv4_3's grid is 32 x 40, 4 anchors a cell.
+    # Row 10, column 30, first anchor (S_1 = 2 x 8 = 16 px, ratio 1): centre (30.5 x 8, 10.5 x 8).
+    anchor = (10 * 40 + 30) * 4
+    detector.network = OneAnchor(detector.network, anchor)
+    [detection] = detector([torch.zeros(3, 200, 300)])
+    assert detector.network.seen == [(1, 3, 256, 320)]
+    assert detection["boxes"][0].tolist() == pytest.approx([236.0, 76.0, 252.0, 92.0])
+    # the last layer's second anchor follows the stride, not the photo: sqrt(128 x 256)
+    assert detector.anchors.sizes(detector.anchor_image_size)[-1][1] == pytest.approx(math.sqrt(128 * 256))
+
+
+def test_whole_image_batch_pads_each_photo_top_left():
+    config = DetectorConfig(neck="ssd", num_classes=1, input_size=256, width=0.125, inference="whole")
+    detector = build_detector(config, ["face"])
+    batch, sizes = detector.preprocess([torch.ones(3, 70, 130), torch.ones(3, 130, 60)])
+    assert batch.shape == (2, 3, 192, 192) and sizes == [(70, 130), (130, 60)]
+    assert (batch[0, :, 70:] == 0).all() and (batch[0, :, :, 130:] == 0).all()  # padding: the mean, 0 normalised
+    assert (batch[0, :, :70, :130] != 0).all()
+
+
+# ---- the inference recipe in the checkpoint ----
+
+def test_inference_recipe_round_trips_through_the_checkpoint(tmp_path: Path):
+    config = DetectorConfig(neck="full", num_classes=1, input_size=256, width=0.125, batch_norm=True,
+                            anchor_scale=2.0, aspect_ratios=[1.1538], match_iou=0.35, inference="whole",
+                            max_whole_side=1024)
+    save_checkpoint(tmp_path / "faces.pt", build_detector(config, ["face"]), config)
+    detector = load_detector(tmp_path / "faces.pt")
+    assert detector.config == config and detector.whole_image and detector.loss.iou_threshold == 0.35
+    assert recipe_tile_size(detector, 800, 1000) is None  # whole
+    assert recipe_tile_size(detector, 800, 1500) == 256  # a side over max_whole_side: tiles of S
+    assert recipe_tile_size(detector, 800, 1000, tile=512) == 512  # an explicit tile wins
+    resized = build_detector(DetectorConfig(num_classes=1, width=0.125), ["face"])
+    assert recipe_tile_size(resized, 5000, 5000) is None and not resized.whole_image
