@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Evaluate every face run under RUNS (RUNS/<neck>/seed<k>/weights.pt) on the 199 WIDER val photos,
+# skipping reports already written (rerun to resume). Size bins by sqrt(area): 0-16, 16-32, 32-64, 64+.
+#   val     - the checkpoint's own recipe: the whole photo at native resolution, padded (borrow and full:
+#             also borrow precision, the share of a small face's matching mass on faces >= 2x its area)
+#   tiled   - 256 px tiles at native resolution, overlap 0.2: a small face sees only its tile's faces
+#   x0.5, x2, colour - the same photos rescaled 0.5x / 2x, and recoloured (hue +0.1, saturation 0.6,
+#             brightness 0.8), written once by `borrowcore shift`: how far the model holds off its
+#             training distribution (ssd and full)
+#   bash scripts/faces-eval.sh [RUNS]
+set -eu
+RUNS=${1:-runs/faces}
+PY=${PYTHON:-.venv/bin/python}
+WIDER=../shared/data/wider-faces
+[ -f data/wider/val.json ] || $PY -m borrowcore convert --from wider --images $WIDER/images \
+    --labels $WIDER/val_bbx_gt.txt --out data/wider/val.json
+shifted() {  # name shift-args...
+    local name=$1; shift
+    [ -f data/wider-$name/instances.json ] || $PY -m borrowcore shift --coco data/wider/val.json \
+        --images $WIDER/images --out data/wider-$name "$@"
+}
+shifted x0.5 --scale 0.5
+shifted x2 --scale 2
+shifted colour --hue 0.1 --saturation 0.6 --brightness 0.8
+evaluate() {  # weights split coco images [eval args...]
+    local weights=$1 split=$2 coco=$3 images=$4; shift 4
+    local report="$(dirname "$weights")/eval_$split.json"
+    [ -f "$report" ] && return 0
+    $PY -m borrowcore eval --checkpoint "$weights" --coco "$coco" --images "$images" --out "$report" \
+        --split "$split" --name wider-faces --size-bins 0,16,32,64 "$@"
+}
+for weights in "$RUNS"/{ssd,full,context,borrow}/seed*/weights.pt; do
+    [ -f "$weights" ] || continue
+    borrowing=()
+    case "$weights" in */borrow/*|*/full/*) borrowing=(--borrow-precision) ;; esac
+    evaluate "$weights" val data/wider/val.json $WIDER/images "${borrowing[@]}"
+done
+for weights in "$RUNS"/{ssd,full}/seed*/weights.pt; do
+    [ -f "$weights" ] || continue
+    evaluate "$weights" tiled data/wider/val.json $WIDER/images --tile 256 --overlap 0.2
+    evaluate "$weights" colour data/wider-colour/instances.json data/wider-colour/images
+    evaluate "$weights" x0.5 data/wider-x0.5/instances.json data/wider-x0.5/images
+    evaluate "$weights" x2 data/wider-x2/instances.json data/wider-x2/images
+done
