@@ -30,6 +30,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torchvision.ops import box_convert, box_iou
 
+from borrowcore.data import load_ground_truth
 from borrowcore.evaluate import (COCO_RANGES, DEFAULT_SIZE_BINS, MAX_AREA, bin_label, instance_subsets, results_to_coco,
                                  subset_evaluator)
 from borrowcore.report import ReportError, load_detections, load_report, save_report
@@ -38,8 +39,16 @@ CONDITIONS = ("C75", "C50", "Loc", "Sim", "Oth", "BG", "FN")
 
 
 def load_coco(path: str | Path) -> COCO:
-    with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(str(path))
+    """A COCO file as evaluation scores against it (data.load_ground_truth: validated, boxes clipped)."""
+    return load_ground_truth(path)
+
+
+def report_ground_truth(report: dict, coco: str | Path | None = None) -> COCO:
+    """The ground truth a report's metrics were computed on: its COCO file (or ``coco``) cleaned as the
+    evaluation cleaned it, without the images that evaluation could not read (eval --skip-bad)."""
+    dataset = report["dataset"]
+    return load_ground_truth(coco or dataset["annotations"], dataset.get("skip_bad", False),
+                             [row["id"] for row in dataset.get("unreadable_images", [])])
 
 
 def _ranges(size_bins: Sequence[tuple[float, float]]) -> list[tuple[str, float, float]]:
@@ -111,7 +120,7 @@ def error_analysis(coco_gt: COCO, results: list[dict],
 def analyze_report(report_path: str | Path, coco: str | Path | None = None, write: bool = True) -> dict[str, Any]:
     """``borrowcore analyze``: the breakdown of a report's detections, stored in its ``extra``."""
     report = load_report(report_path)
-    coco_gt = load_coco(coco or report["dataset"]["annotations"])
+    coco_gt = report_ground_truth(report, coco)
     bins = [(row["min"], row["max"] if row["max"] < MAX_AREA ** 0.5 else math.inf) for row in report["size_bins"]]
     analysis = error_analysis(coco_gt, load_detections(report, report_path), bins)
     if write:
@@ -203,7 +212,7 @@ def compare_reports(path_a: str | Path, path_b: str | Path, coco: str | Path | N
     if report_a["dataset"]["annotations_sha256"] != report_b["dataset"]["annotations_sha256"]:
         raise ReportError(f"{path_a} and {path_b} were evaluated on different ground truth "
                           f"({report_a['dataset']['annotations']} vs {report_b['dataset']['annotations']})")
-    coco_gt = load_coco(coco or report_a["dataset"]["annotations"])
+    coco_gt = report_ground_truth(report_a, coco)
     results_a, results_b = load_detections(report_a, path_a), load_detections(report_b, path_b)
     bins = [(row["min"], row["max"] if row["max"] < MAX_AREA ** 0.5 else math.inf) for row in report_a["size_bins"]]
     ranges = _ranges(bins)
@@ -218,20 +227,23 @@ def compare_reports(path_a: str | Path, path_b: str | Path, coco: str | Path | N
     everything = np.arange(len(image_ids))
     ap_a, ap_b = _ap_on_samples(evals_a, image_ids, everything), _ap_on_samples(evals_b, image_ids, everything)
     rng = np.random.default_rng(seed)
-    diffs = []
-    for _ in range(bootstrap):
+    draws_a, draws_b = np.empty((bootstrap, len(ap_a))), np.empty((bootstrap, len(ap_b)))  # AP per draw and range
+    for i in range(bootstrap):
         positions = rng.integers(0, len(image_ids), len(image_ids))  # the same images for A and B: paired
-        diffs.append(_ap_on_samples(evals_b, image_ids, positions) - _ap_on_samples(evals_a, image_ids, positions))
-    diffs = np.array(diffs)  # (bootstrap, A)
+        draws_a[i] = _ap_on_samples(evals_a, image_ids, positions)
+        draws_b[i] = _ap_on_samples(evals_b, image_ids, positions)
     out_ranges = {}
     for a, label in enumerate([label for label, _, _ in ranges] + list(subsets)):
         if ap_a[a] < 0 or ap_b[a] < 0:
-            out_ranges[label] = {"AP_a": -1.0, "AP_b": -1.0, "diff": 0.0, "ci": [0.0, 0.0]}
+            out_ranges[label] = {"AP_a": -1.0, "AP_b": -1.0, "diff": 0.0, "ci": [0.0, 0.0], "dropped": 0}
             continue
-        valid = diffs[:, a][(diffs[:, a] > -1.5)]
-        low, high = (np.percentile(valid, [2.5, 97.5]) if valid.size else (0.0, 0.0))
+        # a draw with no ground truth in this range has no AP (-1), not a difference of 0: counted as 0 it
+        # would narrow the interval of sparse ranges, so it is dropped, and the number dropped reported
+        valid = (draws_a[:, a] >= 0) & (draws_b[:, a] >= 0)
+        diffs = draws_b[valid, a] - draws_a[valid, a]
+        low, high = (np.percentile(diffs, [2.5, 97.5]) if diffs.size else (0.0, 0.0))
         out_ranges[label] = {"AP_a": float(ap_a[a]), "AP_b": float(ap_b[a]), "diff": float(ap_b[a] - ap_a[a]),
-                             "ci": [float(low), float(high)]}
+                             "ci": [float(low), float(high)], "dropped": int(bootstrap - valid.sum())}
     out_subsets = {name: {**out_ranges.pop(name), "instances": len(keep)} for name, keep in subsets.items()}
     hit_a = detected_instances(coco_gt, results_a, score_threshold)
     hit_b = detected_instances(coco_gt, results_b, score_threshold)
@@ -258,8 +270,10 @@ def format_comparison(comparison: dict[str, Any]) -> str:
         if row["AP_a"] < 0:
             lines.append(f"{label:<10}{'n/a':>8}{'n/a':>8}")
             continue
+        dropped = row.get("dropped", 0)
         lines.append(f"{label:<10}{100 * row['AP_a']:8.1f}{100 * row['AP_b']:8.1f}{100 * row['diff']:+8.1f}   "
-                     f"[{100 * row['ci'][0]:+.1f}, {100 * row['ci'][1]:+.1f}]")
+                     f"[{100 * row['ci'][0]:+.1f}, {100 * row['ci'][1]:+.1f}]"
+                     + (f"  ({dropped} draws without ground truth here dropped)" if dropped else ""))
     lines.append(f"fixed by B (B detects, A misses): {len(comparison['fixed'])}; "
                  f"broken by B (A detects, B misses): {len(comparison['broken'])}")
     return "\n".join(lines)

@@ -307,16 +307,20 @@ def evaluate_detector(detector: torch.nn.Module, annotations: str | Path, images
                       size_bins: Sequence[tuple[float, float]] = DEFAULT_SIZE_BINS, batch_size: int = 8,
                       workers: int = 0, device: str | torch.device = "cpu", context: DistributedContext | None = None,
                       show_progress: bool = True, tile: int | None = None, overlap: float = 0.2,
-                      borrow_precision: bool = False) -> dict | None:
+                      borrow_precision: bool = False, skip_bad: bool = False) -> dict | None:
     """Evaluate ``detector`` on a COCO file; returns the report (on rank 0; None elsewhere) and writes it
     with its detections (``<out stem>.detections.json.gz``) when ``out`` is given.
 
     ``borrow_precision`` (a borrowing ablation) adds ``extra.borrow_precision``: the share of each small
     instance's matching mass on larger same-class instances, against chance, on the same inputs the
-    detector saw (whole images, or with ``tile`` every window)."""
+    detector saw (whole images, or with ``tile`` every window).
+
+    An image that cannot be decoded stops the evaluation with a BadImageError naming it; with ``skip_bad``
+    every image is decoded once first and the unreadable ones (and bad annotations) are left out of the
+    evaluation, their boxes too, and listed in the report's ``dataset.unreadable_images``."""
     context = context or DistributedContext()
     annotations, images = Path(annotations), Path(images)
-    dataset = CocoDetection(images, annotations)
+    dataset = CocoDetection(images, annotations, skip_bad=skip_bad, verify_images=skip_bad)
     results, seconds = predict(detector, dataset, device, batch_size, workers, context, show_progress, tile, overlap)
     results = gather_results(results, context)
     if context.distributed:
@@ -335,7 +339,10 @@ def evaluate_detector(detector: torch.nn.Module, annotations: str | Path, images
                   "ablation": config.neck if config is not None else ""},
         "dataset": {"name": dataset_name or annotations.parent.name, "split": split or annotations.stem,
                     "annotations": str(annotations), "annotations_sha256": sha256_file(annotations),
-                    "images": str(images), "num_images": len(dataset),
+                    "images": str(images), "num_images": len(dataset), "skip_bad": skip_bad,
+                    "unreadable_images": [{"id": i, "reason": reason}
+                                          for i, reason in sorted(dataset.unreadable.items())],
+                    "skipped": dict(dataset.skipped),
                     "num_boxes": sum(1 for a in dataset.coco.dataset["annotations"] if not a.get("iscrowd", 0))},
         "detections": "",
         **evaluation,

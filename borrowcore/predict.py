@@ -25,8 +25,7 @@ from borrowcore.data import BadImageError, read_image_rgb
 from borrowcore.report import write_json_atomic
 from borrowcore.tiling import detect_tiled
 
-# read_image_rgb decodes JPEG, PNG, WebP and GIF; BMP and TIFF files are listed so that they are reported
-# (as unsupported) rather than silently passed over
+# the formats read_image_rgb (Pillow, header checked first) decodes; a file that fails is reported and skipped
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 LIST_SUFFIXES = (".txt",)
 

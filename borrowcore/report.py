@@ -31,7 +31,9 @@ REPORT_SPEC: dict[str, Any] = {
     "model": {"config": dict, "class_names": [str], "checkpoint": str, "checkpoint_sha256": str,
               "ablation": str},
     "dataset": {"name": str, "split": str, "annotations": str, "annotations_sha256": str, "images": str,
-                "num_images": int, "num_boxes": int},
+                "num_images": int, "num_boxes": int,
+                # eval --skip-bad: images left out of the evaluation (ids) and why; older reports lack them
+                "skip_bad?": bool, "unreadable_images?": [{"id": int, "reason": str}], "skipped?": dict},
     "detections": str,  # path of the COCO results json, relative to the report's folder
     "metrics": {key: NUMBER for key in METRIC_KEYS},
     "size_bins": [{"label": str, "min": NUMBER, "max": NUMBER, "num_gt": int, "AP": NUMBER, "AP50": NUMBER,

@@ -17,3 +17,17 @@ def make_detector(config: DetectorConfig, neck: str | None = None, seed: int = 0
     if neck is not None:
         config = DetectorConfig(**{**config.__dict__, "neck": neck})
     return build_detector(config)
+
+
+def png_header_bomb(width: int = 40000, height: int = 40000) -> bytes:
+    """A PNG whose header claims width x height RGB pixels, followed by a tiny, truncated IDAT: a few hundred
+    bytes that libpng would try to decode into gigabytes (and crash on: "Not enough image data")."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    rows = zlib.compress(b"\x00" * 1000)  # far less than one row of the claimed image
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")

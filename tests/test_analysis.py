@@ -107,15 +107,42 @@ def test_compare_fixed_and_broken(tmp_path):
     assert comparison["ranges"]["all"]["AP_a"] == pytest.approx(comparison["ranges"]["all"]["AP_b"])
 
 
-def test_bootstrap_is_deterministic_and_covers_zero_for_the_same_model(tmp_path):
+def test_bootstrap_is_deterministic_and_paired(tmp_path):
     path_a, path_b = hand_pair(tmp_path)
-    same = compare_reports(path_a, path_a, bootstrap=50, seed=3)
-    assert same["ranges"]["all"]["diff"] == 0 and same["ranges"]["all"]["ci"] == [0.0, 0.0]
     one, two = compare_reports(path_a, path_b, bootstrap=50, seed=3), compare_reports(path_a, path_b, bootstrap=50, seed=3)
     assert one["ranges"] == two["ranges"]
     low, high = one["ranges"]["all"]["ci"]
     assert low < 0 < high  # A and B each miss 2 of 8 boxes: the interval straddles 0
     assert compare_reports(path_a, path_b, bootstrap=50, seed=4)["ranges"]["all"]["ci"] != [low, high]
+    # paired: A and B see the same images in every draw, so swapping them negates every draw's difference
+    swapped = compare_reports(path_b, path_a, bootstrap=50, seed=3)["ranges"]["all"]
+    assert swapped["diff"] == pytest.approx(-one["ranges"]["all"]["diff"])
+    assert swapped["ci"] == pytest.approx([-high, -low])
+
+
+def test_bootstrap_drops_draws_without_ground_truth_in_a_range(tmp_path):
+    """Ten images with a 40 px box each; image 1 also has the only 10 px box, which B finds and A misses. A
+    draw without image 1 has no ground truth in 0-16: dropped (and counted), not a difference of 0."""
+    import numpy as np
+
+    annotations = [{"id": i, "image_id": i, "category_id": 1, "bbox": [200, 200, 40, 40], "area": 1600, "iscrowd": 0}
+                   for i in range(1, 11)]
+    annotations.append({"id": 11, "image_id": 1, "category_id": 1, "bbox": [20, 20, 10, 10], "area": 100, "iscrowd": 0})
+    data = {"images": [{"id": i, "file_name": f"{i}.png", "width": 400, "height": 400} for i in range(1, 11)],
+            "categories": CATEGORIES, "annotations": annotations}
+    gt_path = tmp_path / "gt.json"
+    gt_path.write_text(json.dumps(data))
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(gt_path))
+    found = [det(a["bbox"], 0.9, image_id=a["image_id"]) for a in annotations]
+    path_a = write_report(tmp_path, "a", gt_path, found[:10], coco)
+    path_b = write_report(tmp_path, "b", gt_path, found, coco)
+    tiny = compare_reports(path_a, path_b, bootstrap=200, seed=5)["ranges"]["0-16"]
+    assert (tiny["AP_a"], tiny["AP_b"]) == (0.0, pytest.approx(1.0))
+    assert tiny["ci"] == [pytest.approx(1.0), pytest.approx(1.0)]  # every draw that holds the box: B - A = 1
+    rng = np.random.default_rng(5)  # the draws compare_reports makes: image 1 (position 0) missing from some
+    expected = sum(0 not in rng.integers(0, 10, 10) for _ in range(200))
+    assert tiny["dropped"] == expected > 0
 
 
 def test_resampled_ap_equals_cocoeval_on_those_images(tmp_path):
@@ -172,7 +199,7 @@ def test_compare_twins_and_orphans_with_the_same_resamples(tmp_path):
     assert twins["diff"] == pytest.approx(-50 / 101) and twins["instances"] == 4
     assert twins["ci"][0] < 0 and twins["ci"][1] <= 0  # B is never better on any resample of images
     assert orphans == {"AP_a": pytest.approx(1.0), "AP_b": pytest.approx(1.0), "diff": pytest.approx(0.0),
-                       "ci": [0.0, 0.0], "instances": 4}
+                       "ci": [0.0, 0.0], "dropped": 0, "instances": 4}
     lines = format_comparison(comparison).splitlines()
     assert any(line.startswith("twins") and "-49.5" in line for line in lines)
     assert any(line.startswith("orphans") and "+0.0" in line for line in lines)
@@ -184,7 +211,8 @@ def test_compare_old_reports_without_small_instances(tmp_path):
 
     path_a, path_b = hand_pair(tmp_path)  # 40 px boxes only: no twins, no orphans
     comparison = compare_reports(path_a, path_b, bootstrap=10, seed=0)
-    assert comparison["subsets"]["twins"] == {"AP_a": -1.0, "AP_b": -1.0, "diff": 0.0, "ci": [0.0, 0.0], "instances": 0}
+    assert comparison["subsets"]["twins"] == {"AP_a": -1.0, "AP_b": -1.0, "diff": 0.0, "ci": [0.0, 0.0], "dropped": 0,
+                                              "instances": 0}
     assert any(line.split() == ["twins", "n/a", "n/a"] for line in format_comparison(comparison).splitlines())
     del comparison["subsets"]  # a comparison json written before issue 15
     assert "twins" not in format_comparison(comparison)

@@ -16,7 +16,7 @@ from borrowcore.cli import main
 from borrowcore.data import read_image_rgb
 from borrowcore.predict import EagerDetector, class_filter, collect_sources, predict, predict_files
 
-from conftest import make_detector
+from conftest import make_detector, png_header_bomb
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
@@ -54,17 +54,18 @@ def folder(tmp_path):
     exif[0x0112] = 6
     Image.fromarray(rng.integers(0, 256, (20, 40, 3), dtype=np.uint8)).save(buffer, "JPEG", exif=exif)
     (root / "rotated.jpg").write_bytes(buffer.getvalue())
-    # bad: a truncated JPEG, text named .png, an empty file, a format the decoder lacks
+    # bad: a truncated JPEG, text named .png, an empty file, a PNG header claiming 40000 x 40000 pixels (libpng
+    # segfaulted on it before the header was checked)
     (root / "truncated.jpg").write_bytes(photo.read_bytes()[:300])
     (root / "sub" / "notes.png").write_text("not an image")
     (root / "empty.jpg").write_bytes(b"")
-    cv2.imwrite(str(root / "bitmap.bmp"), rng.integers(0, 256, (10, 10, 3), dtype=np.uint8))
+    (root / "sub" / "bomb.png").write_bytes(png_header_bomb(40000, 40000))
     (root / "README.md").write_text("not listed: no image suffix")
     return root
 
 
 GOOD = {"000000000110.jpg", "deep16.png", "rotated.jpg", "sub/000000.png", "sub/gray.png", "sub/rgba.png"}
-BAD = {"bitmap.bmp", "empty.jpg", "truncated.jpg", "notes.png"}
+BAD = {"bomb.png", "empty.jpg", "truncated.jpg", "notes.png"}
 
 
 def test_folder_with_good_and_bad_files(checkpoint, folder, tmp_path):
@@ -77,7 +78,9 @@ def test_folder_with_good_and_bad_files(checkpoint, folder, tmp_path):
     assert {Path(s["path"]).name for s in data["skipped"]} == BAD
     reasons = {Path(s["path"]).name: s["reason"] for s in data["skipped"]}
     assert all(reason and str(folder) not in reason for reason in reasons.values())  # the reason, not the path again
-    assert "Unsupported" in reasons["bitmap.bmp"] or "unsupported" in reasons["bitmap.bmp"].lower()
+    assert reasons["bomb.png"].startswith("refused: 1,600,000,000 pixels is over the limit of 40,000,000")
+    assert reasons["empty.jpg"] == "the file is empty" and reasons["notes.png"].startswith("not an image (it is text)")
+    assert "corrupt" in reasons["truncated.jpg"]  # cut inside its header
     # ids: images 1..N, every detection on a listed image, its box inside that image
     ids = [image["id"] for image in data["images"]]
     assert ids == list(range(1, len(GOOD) + 1))
@@ -136,6 +139,24 @@ def test_list_file_and_missing_sources(checkpoint, folder, tmp_path, capsys):
     assert "3 images (2 skipped)" in capsys.readouterr().out
     with pytest.raises(FileNotFoundError, match="no images found"):
         predict_files([tmp_path / "absent"], out, checkpoint=checkpoint, device="cpu", progress=False)
+
+
+def test_cli_reports_a_png_bomb_and_goes_on(checkpoint, tmp_path, capsys):
+    # a 40000 x 40000 PNG header in a folder: named on stderr and skipped, the other image still predicted
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "bomb.png").write_bytes(png_header_bomb(40000, 40000))
+    synth = sorted((ASSETS / "synth-tiny" / "images").glob("*.png"))[0]
+    (folder / "good.png").write_bytes(synth.read_bytes())
+    out = tmp_path / "out"
+    code = main(["predict", "--checkpoint", str(checkpoint), "--source", str(folder), "--out", str(out),
+                 "--device", "cpu"])
+    assert code == 0
+    printed = capsys.readouterr()
+    assert f"predict: skipped {folder / 'bomb.png'}: refused: 1,600,000,000 pixels is over the limit" in printed.err
+    assert "1 images (1 skipped)" in printed.out
+    data = json.loads((out / "detections.json").read_text())
+    assert [image["file_name"] for image in data["images"]] == ["good.png"]
 
 
 def test_collect_sources_order_and_suffixes(tmp_path):
