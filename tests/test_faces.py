@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -235,3 +236,26 @@ def test_inference_recipe_round_trips_through_the_checkpoint(tmp_path: Path):
     assert recipe_tile_size(detector, 800, 1000, tile=512) == 512  # an explicit tile wins
     resized = build_detector(DetectorConfig(num_classes=1, width=0.125), ["face"])
     assert recipe_tile_size(resized, 5000, 5000) is None and not resized.whole_image
+
+
+# ---- off-distribution copies ----
+
+def test_shift_rescales_images_and_boxes(tmp_path: Path):
+    import json
+
+    from borrowcore.shift import write_shifted
+
+    image = torch.zeros(3, 40, 60, dtype=torch.uint8)
+    image[:, 10:20, 30:50] = 200
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp_path / "a.png")
+    coco = {"images": [{"id": 1, "file_name": "a.png", "width": 60, "height": 40}],
+            "categories": [{"id": 1, "name": "face"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [30, 10, 20, 10], "area": 200, "iscrowd": 0}]}
+    (tmp_path / "a.json").write_text(json.dumps(coco))
+    path = write_shifted(tmp_path / "a.json", tmp_path, tmp_path / "x2", scale=2.0)
+    shifted = json.loads(path.read_text())
+    assert shifted["images"][0] == {"id": 1, "file_name": "a.jpg", "width": 120, "height": 80}
+    assert shifted["annotations"][0]["bbox"] == [60, 20, 40, 20] and shifted["annotations"][0]["area"] == 800
+    pixels = torch.from_numpy(np.asarray(Image.open(tmp_path / "x2" / "images" / "a.jpg"))).permute(2, 0, 1)
+    assert pixels.shape == (3, 80, 120)
+    assert pixels[:, 24:36, 64:96].float().mean() > 190 and pixels[:, 50:, :].float().mean() < 10  # the box moved with it
