@@ -65,6 +65,7 @@ class VGGBackbone(nn.Module):
         super().__init__()
         self.width = width
         self.batch_norm = batch_norm
+        self.fc6_dilation = fc6_dilation
 
         def ch(c: int) -> int:
             return scaled_channels(c, width)
@@ -125,11 +126,22 @@ class VGGBackbone(nn.Module):
         """conv1_1 .. conv5_3 (and their BatchNorms) in order: what ImageNet VGG16 weights cover."""
         return [m for m in [*self.to_conv4_3, *self.to_conv5_3] if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
 
-    def load_vgg16(self, path: str | Path) -> None:
-        """Load torchvision ``vgg16`` / ``vgg16_bn`` ImageNet weights from a local state-dict file.
+    def load_vgg16(self, path: str | Path) -> list[str]:
+        """Load ImageNet VGG16 weights from a local state-dict file (width 1 only); returns the layers loaded.
 
-        Only ``features.*`` is used: it maps onto conv1_1 .. conv5_3 (width 1 only). fc6/fc7 start fresh
-        (SPEC §2: converting them needs dilation 3).
+        Two layouts (anything else is refused with an error naming the file):
+        - torchvision ``vgg16`` / ``vgg16_bn``: ``features.*`` maps onto conv1_1 .. conv5_3 (and their
+          BatchNorms). fc6/fc7 start fresh (SPEC §2: converting them needs dilation 3).
+        - ssd.pytorch's ``vgg16_reducedfc.pth`` (the base network of SSD and the detectors built on it):
+          ``vgg()``'s nn.ModuleList, conv/ReLU pairs with pools between, so conv1_1 .. conv5_3 sit at
+          0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28 (torchvision's indices), then pool5 (30),
+          fc6 (31: 3x3, dilation 6, 1024) and fc7 (33: 1x1, 1024). Its fc6 follows a 3x3/1 pool5 (stride 16),
+          so its taps are 6 x 16 = 96 px apart: what dilation 3 after this backbone's 2x2/2 pool5
+          (stride 32) samples. fc6 and fc7 are loaded only with ``fc6_dilation=3``; at dilation 1 the
+          shapes fit but the taps would be 32 px apart, so they start fresh (and fc7 with fc6).
+
+        A ``vgg16_bn`` conv has a bias that this backbone's BatchNorm convs lack; BatchNorm's running
+        mean was measured with it, so it is folded in: BN(W x + b) with mean m is BN(W x) with mean m - b.
         """
         path = Path(path)
         try:
@@ -139,38 +151,80 @@ class VGGBackbone(nn.Module):
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
         if not isinstance(state, dict):
-            raise ValueError(f"{path}: expected a torchvision vgg16 state dict, got {type(state).__name__}")
-        # group features.<index>.<param> by index, keep index order: conv (4-D weight) or BatchNorm
-        by_index: dict[int, dict[str, Tensor]] = {}
-        for key, value in state.items():
-            parts = key.split(".")
-            if len(parts) == 3 and parts[0] == "features" and parts[1].isdigit():
-                by_index.setdefault(int(parts[1]), {})[parts[2]] = value
-        if not by_index:
-            raise ValueError(f"{path}: no 'features.*' tensors: not a torchvision vgg16 state dict")
-        source = [by_index[i] for i in sorted(by_index)]
-        targets = self.vgg_layers()
+            raise ValueError(f"{path}: expected a VGG16 state dict, got {type(state).__name__}")
+        layout, by_index = _vgg16_layout(state, path)
+        if layout == "reducedfc":
+            expected = set(REDUCEDFC_CONVS) | {REDUCEDFC_FC6, REDUCEDFC_FC7}
+            if set(by_index) != expected or any(set(params) != {"weight", "bias"} for params in by_index.values()):
+                raise ValueError(
+                    f"{path}: not a vgg16_reducedfc layout: expected weight and bias at indices "
+                    f"{sorted(expected)}, found indices {sorted(by_index)}")
+            source = [by_index[i] for i in REDUCEDFC_CONVS]
+        else:
+            source = [by_index[i] for i in sorted(by_index)]
         has_bn_source = any("running_mean" in params for params in source)
         if has_bn_source != self.batch_norm:
-            raise ValueError(
-                f"{path}: file is vgg16{'_bn' if has_bn_source else ''} but the backbone has "
-                f"batch_norm={self.batch_norm}"
-            )
+            name = {"reducedfc": "vgg16_reducedfc", "torchvision": "vgg16_bn" if has_bn_source else "vgg16"}[layout]
+            raise ValueError(f"{path}: file is {name} but the backbone has batch_norm={self.batch_norm}")
+        targets = self.vgg_layers()
         if len(source) != len(targets):
             raise ValueError(f"{path}: {len(source)} feature layers, expected {len(targets)} (VGG16 conv1_1..conv5_3)")
+        folded_bias: Tensor | None = None  # a vgg16_bn conv's bias, waiting for its BatchNorm
         for params, module in zip(source, targets):
-            own = module.state_dict()
-            for name, tensor in own.items():
-                if name not in params:
-                    if name == "num_batches_tracked":
-                        continue
-                    raise ValueError(f"{path}: missing '{name}' for {module}")
-                if params[name].shape != tensor.shape:
-                    raise ValueError(
-                        f"{path}: {name} has shape {tuple(params[name].shape)}, the backbone needs "
-                        f"{tuple(tensor.shape)} (ImageNet weights need width 1.0, this backbone has width {self.width})"
-                    )
-            module.load_state_dict({k: v for k, v in params.items() if k in own}, strict=False)
+            params = dict(params)
+            if isinstance(module, nn.Conv2d) and module.bias is None:
+                folded_bias = params.pop("bias", None)
+            elif isinstance(module, nn.BatchNorm2d) and folded_bias is not None:
+                params["running_mean"] = params["running_mean"] - folded_bias  # BN(Wx + b; m) = BN(Wx; m - b)
+                folded_bias = None
+            self._load_layer(module, params, path)
+        loaded = [f"conv{block}_{i}" for block, n in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3)) for i in range(1, n + 1)]
+        if layout == "reducedfc" and self.fc6_dilation == 3:
+            fc6, fc7 = [m for m in self.to_conv_fc7 if isinstance(m, nn.Conv2d)]
+            self._load_layer(fc6, by_index[REDUCEDFC_FC6], path)
+            self._load_layer(fc7, by_index[REDUCEDFC_FC7], path)
+            loaded += ["fc6", "fc7"]
+        return loaded
+
+    def _load_layer(self, module: nn.Module, params: dict[str, Tensor], path: Path) -> None:
+        own = module.state_dict()
+        for name, tensor in own.items():
+            if name not in params:
+                if name == "num_batches_tracked":
+                    continue
+                raise ValueError(f"{path}: missing '{name}' for {module}")
+            if params[name].shape != tensor.shape:
+                raise ValueError(
+                    f"{path}: {name} has shape {tuple(params[name].shape)}, the backbone needs "
+                    f"{tuple(tensor.shape)} (ImageNet weights need width 1.0, this backbone has width {self.width})"
+                )
+        module.load_state_dict({k: v for k, v in params.items() if k in own}, strict=False)
+
+
+# ssd.pytorch's vgg(base['300'], 3): conv1_1 .. conv5_3, then pool5 (30), conv6 = fc6 (31), conv7 = fc7 (33)
+REDUCEDFC_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+REDUCEDFC_FC6, REDUCEDFC_FC7 = 31, 33
+
+
+def _vgg16_layout(state: dict, path: Path) -> tuple[str, dict[int, dict[str, Tensor]]]:
+    """("torchvision" | "reducedfc", {module index: {param name: tensor}}) of a VGG16 state dict.
+
+    torchvision keys are ``features.<i>.<param>`` (``classifier.*`` ignored); ssd.pytorch's base network
+    ``<i>.<param>``, or ``vgg.<i>.<param>`` inside a whole SSD's state dict (its extras and heads ignored).
+    """
+    for layout, prefix in (("torchvision", "features."), ("reducedfc", ""), ("reducedfc", "vgg.")):
+        by_index: dict[int, dict[str, Tensor]] = {}
+        for key, value in state.items():
+            if not isinstance(key, str) or not key.startswith(prefix):
+                continue
+            parts = key[len(prefix):].split(".")
+            if len(parts) == 2 and parts[0].isdigit() and isinstance(value, Tensor):
+                by_index.setdefault(int(parts[0]), {})[parts[1]] = value
+        if by_index:
+            return layout, by_index
+    keys = ", ".join(sorted(str(k) for k in state)[:6])
+    raise ValueError(f"{path}: not a VGG16 state dict this backbone reads (torchvision vgg16/vgg16_bn 'features.*', "
+                     f"or ssd.pytorch vgg16_reducedfc '0.weight' .. '33.weight'); its keys begin {keys}")
 
 
 def receptive_fields(backbone: VGGBackbone, head_kernel: int = 3) -> list[int]:

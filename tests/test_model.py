@@ -189,24 +189,128 @@ def test_return_matching_per_image(tiny_config):
         assert ssd([torch.rand(3, 128, 128)], return_matching=True)[0]["matching"] == []
 
 
+def randomise_like_a_trained_vgg(vgg: nn.Module, seed: int = 0) -> nn.Module:
+    """Nonzero conv biases and nontrivial BatchNorm statistics and affines (torchvision inits them to 0 / 1),
+    so that a loader that drops or misplaces any of them gives other features."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in vgg.modules():
+            if isinstance(module, nn.Conv2d):
+                module.bias.copy_(torch.randn(module.bias.shape, generator=g) * 0.5)
+            elif isinstance(module, nn.BatchNorm2d):
+                n = module.num_features
+                module.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
+                module.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+                module.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                module.bias.copy_(torch.randn(n, generator=g) * 0.1)
+    return vgg.eval()
+
+
 def test_imagenet_vgg16_weights_load(tmp_path):
-    torchvision = pytest.importorskip("torchvision")
+    import torchvision
+
     for bn in (False, True):
-        vgg = (torchvision.models.vgg16_bn if bn else torchvision.models.vgg16)(weights=None)
+        vgg = randomise_like_a_trained_vgg((torchvision.models.vgg16_bn if bn else torchvision.models.vgg16)(weights=None))
         path = tmp_path / f"vgg16{'_bn' if bn else ''}.pth"
-        torch.save({f"features.{k}": v for k, v in vgg.features.state_dict().items()}, path)
+        torch.save(vgg.state_dict(), path)  # the whole model's state dict, classifier.* included
         backbone = VGGBackbone(width=1.0, batch_norm=bn)
-        backbone.load_vgg16(path)
+        assert backbone.load_vgg16(path) == [f"conv{b}_{i}" for b, n in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))
+                                             for i in range(1, n + 1)]
         convs = [m for m in vgg.features if isinstance(m, nn.Conv2d)]
         ours = [m for m in backbone.vgg_layers() if isinstance(m, nn.Conv2d)]
         assert len(convs) == len(ours) == 13
         for theirs, mine in zip(convs, ours):
             assert torch.equal(theirs.weight, mine.weight)
-        if bn:
-            theirs_bn = [m for m in vgg.features if isinstance(m, nn.BatchNorm2d)]
-            mine_bn = [m for m in backbone.vgg_layers() if isinstance(m, nn.BatchNorm2d)]
-            assert all(torch.equal(a.running_mean, b.running_mean) for a, b in zip(theirs_bn, mine_bn))
+            if not bn:
+                assert torch.equal(theirs.bias, mine.bias)
     with pytest.raises(ValueError, match="width 1.0"):
         VGGBackbone(width=0.5).load_vgg16(tmp_path / "vgg16.pth")
-    with pytest.raises(ValueError, match="batch_norm"):
+    with pytest.raises(ValueError, match="vgg16 but the backbone has batch_norm=True"):
         VGGBackbone(width=1.0, batch_norm=True).load_vgg16(tmp_path / "vgg16.pth")
+
+
+@pytest.mark.parametrize("bn", [False, True])
+def test_vgg16_features_equal_torchvisions_at_conv4_3_and_conv5_3(tmp_path, bn):
+    # vgg16_bn: the conv bias (which the BatchNorm backbone's convs lack) is folded into running_mean;
+    # dropping it shifts conv4_3 by O(1)
+    import torchvision
+
+    vgg = randomise_like_a_trained_vgg((torchvision.models.vgg16_bn if bn else torchvision.models.vgg16)(weights=None))
+    path = tmp_path / "vgg.pth"
+    torch.save({k: v for k, v in vgg.state_dict().items() if k.startswith("features.")}, path)
+    backbone = VGGBackbone(width=1.0, batch_norm=bn)
+    backbone.load_vgg16(path)
+    backbone.eval()
+    conv4_3_end = 33 if bn else 23  # torchvision's features index after conv4_3's ReLU
+    conv5_3_end = 43 if bn else 30
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))  # even grids: ceil = floor pools
+    with torch.no_grad():
+        theirs_4, ours_4 = vgg.features[:conv4_3_end](x), backbone.to_conv4_3(x)  # (2, 512, 8, 8)
+        theirs_5, ours_5 = vgg.features[:conv5_3_end](x), backbone.to_conv5_3(ours_4)  # (2, 512, 4, 4)
+    assert ours_4.shape == theirs_4.shape == (2, 512, 8, 8) and theirs_4.abs().max() > 0.1
+    for theirs, ours in ((theirs_4, ours_4), (theirs_5, ours_5)):
+        assert torch.allclose(ours, theirs, rtol=1e-4, atol=1e-4 * float(theirs.abs().max()))
+
+
+def ssd_pytorch_vgg(batch_norm: bool = False) -> nn.ModuleList:
+    """ssd.pytorch's ``vgg(base['300'], 3)`` (ssd.py), the layout of its vgg16_reducedfc.pth."""
+    layers, in_channels = [], 3
+    for v in [64, 64, "M", 128, 128, "M", 256, 256, 256, "C", 512, 512, 512, "M", 512, 512, 512]:
+        if v == "M":
+            layers += [nn.MaxPool2d(kernel_size=2, stride=2)]
+        elif v == "C":
+            layers += [nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True)]
+        else:
+            conv2d = nn.Conv2d(in_channels, v, kernel_size=3, padding=1)
+            layers += [conv2d, nn.BatchNorm2d(v), nn.ReLU(inplace=True)] if batch_norm else [conv2d, nn.ReLU(inplace=True)]
+            in_channels = v
+    pool5 = nn.MaxPool2d(kernel_size=3, stride=1, padding=1)
+    conv6 = nn.Conv2d(512, 1024, kernel_size=3, padding=6, dilation=6)
+    conv7 = nn.Conv2d(1024, 1024, kernel_size=1)
+    layers += [pool5, conv6, nn.ReLU(inplace=True), conv7, nn.ReLU(inplace=True)]
+    return nn.ModuleList(layers)
+
+
+def test_ssd_pytorch_reducedfc_weights_load(tmp_path):
+    base = randomise_like_a_trained_vgg(ssd_pytorch_vgg())
+    state = base.state_dict()
+    assert {int(k.split(".")[0]) for k in state} == {0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28, 31, 33}
+    path = tmp_path / "vgg16_reducedfc.pth"
+    torch.save(state, path)
+
+    # fc6_dilation 3: fc6's taps 3 x 32 = 96 px apart, as the file's dilation 6 at stride 16: fc6 and fc7 load
+    backbone = VGGBackbone(width=1.0, fc6_dilation=3).eval()
+    assert backbone.load_vgg16(path)[-3:] == ["conv5_3", "fc6", "fc7"]
+    fc6, fc7 = [m for m in backbone.to_conv_fc7 if isinstance(m, nn.Conv2d)]
+    assert torch.equal(fc6.weight, base[31].weight) and torch.equal(fc6.bias, base[31].bias)
+    assert torch.equal(fc7.weight, base[33].weight) and torch.equal(fc7.bias, base[33].bias)
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        theirs = x
+        for module in base[:30]:  # through conv5_3's ReLU
+            theirs = module(theirs)
+        ours = backbone.to_conv5_3(backbone.to_conv4_3(x))
+    assert torch.allclose(ours, theirs, rtol=1e-4, atol=1e-4 * float(theirs.abs().max()))
+
+    # fc6_dilation 1 (SPEC's default): same shapes, other taps: fc6 and fc7 stay fresh
+    fresh = VGGBackbone(width=1.0)
+    before = [m.weight.clone() for m in fresh.to_conv_fc7 if isinstance(m, nn.Conv2d)]
+    assert fresh.load_vgg16(path)[-1] == "conv5_3"
+    assert all(torch.equal(a, m.weight) for a, m in zip(before, [m for m in fresh.to_conv_fc7 if isinstance(m, nn.Conv2d)]))
+    # inside a whole ssd.pytorch SSD's state dict (vgg.*, extras.*, loc.*, conf.*)
+    whole = tmp_path / "ssd300.pth"
+    torch.save({**{f"vgg.{k}": v for k, v in state.items()}, "extras.0.weight": torch.zeros(256, 1024, 1, 1)}, whole)
+    assert VGGBackbone(width=1.0, fc6_dilation=3).load_vgg16(whole)[-1] == "fc7"
+
+    # other layouts: a clear error naming the file
+    with pytest.raises(ValueError, match="vgg16_reducedfc but the backbone has batch_norm=True"):
+        VGGBackbone(width=1.0, batch_norm=True).load_vgg16(path)
+    torch.save({k: v for k, v in state.items() if not k.startswith("33.")}, tmp_path / "no_fc7.pth")
+    with pytest.raises(ValueError, match=r"no_fc7.pth: not a vgg16_reducedfc layout.*found indices \[0, 2, .*31\]"):
+        VGGBackbone(width=1.0).load_vgg16(tmp_path / "no_fc7.pth")
+    torch.save(randomise_like_a_trained_vgg(ssd_pytorch_vgg(batch_norm=True)).state_dict(), tmp_path / "bn.pth")
+    with pytest.raises(ValueError, match="bn.pth: not a vgg16_reducedfc layout"):
+        VGGBackbone(width=1.0, batch_norm=True).load_vgg16(tmp_path / "bn.pth")
+    torch.save({"backbone.conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "resnet.pth")
+    with pytest.raises(ValueError, match="resnet.pth: not a VGG16 state dict.*backbone.conv1.weight"):
+        VGGBackbone(width=1.0).load_vgg16(tmp_path / "resnet.pth")
