@@ -233,6 +233,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_shift(args: argparse.Namespace) -> int:
+    """An off-distribution copy of a COCO set: its images rescaled and/or recoloured, boxes moved."""
+    from borrowcore.shift import write_shifted
+
+    path = write_shifted(args.coco, args.images, args.out, args.scale, args.hue, args.saturation, args.brightness)
+    print(f"{path}: images in {Path(args.out) / 'images'}")
+    return 0
+
+
 def cmd_release(args: argparse.Namespace) -> int:
     """Copy an ablation's checkpoints (without training state), reports and logs into assets/."""
     from borrowcore.ablation import release_ablation
@@ -375,6 +384,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--names", help="class names: a names file (one per line) or an ultralytics data.yaml")
     p.add_argument("--out", required=True, help="COCO json to write")
     p.set_defaults(func=cmd_convert)
+
+    p = commands.add_parser("shift", help="an off-distribution copy of a COCO set: rescaled and/or recoloured")
+    p.add_argument("--coco", required=True, help="COCO annotation json")
+    p.add_argument("--images", required=True, help="its image folder")
+    p.add_argument("--out", required=True, help="folder for images/ and instances.json")
+    p.add_argument("--scale", type=float, default=1.0, help="resize factor (boxes scale with it)")
+    p.add_argument("--hue", type=float, default=0.0, help="hue shift, a fraction of the colour wheel (-0.5..0.5)")
+    p.add_argument("--saturation", type=float, default=1.0, help="saturation factor")
+    p.add_argument("--brightness", type=float, default=1.0, help="brightness factor")
+    p.set_defaults(func=cmd_shift)
 
     p = commands.add_parser("release", help="ship an ablation's weights, reports and logs in assets/")
     p.add_argument("--runs", required=True, help="the ablate --out folder")

@@ -61,14 +61,18 @@ def predict(detector: torch.nn.Module, dataset: CocoDetection, device: torch.dev
     detector.eval().to(device)
     results: list[dict] = []
     seconds = 0.0
+    from borrowcore.tiling import detect_tiled, recipe_tile_size
+
+    whole_image = getattr(detector, "whole_image", False)
     for images, targets in tqdm(loader, desc="eval", disable=not (show_progress and context.is_main), dynamic_ncols=True):
         images = [img.to(device) for img in images]
         start = time.perf_counter()
-        if tile:
-            from borrowcore.tiling import detect_tiled
-
-            detections = [detect_tiled(detector, img, tile, overlap, batch_size,
-                                       max_detections=detector.postprocess.detections_per_image) for img in images]
+        tiles = [recipe_tile_size(detector, *img.shape[-2:], tile) for img in images]
+        if any(tiles) or whole_image:
+            # tiles per image; whole photos one at a time (a batch would pad all to the largest)
+            detections = [detect_tiled(detector, img, t, overlap, batch_size,
+                                       max_detections=detector.postprocess.detections_per_image)
+                          if t else detector([img])[0] for img, t in zip(images, tiles)]
         else:
             detections = detector(images)
         if torch.device(device).type == "cuda":
@@ -350,7 +354,7 @@ def evaluate_detector(detector: torch.nn.Module, annotations: str | Path, images
         "timing": {"images": len(dataset), "seconds": round(seconds, 3),
                    "images_per_s": round(len(dataset) / seconds, 2) if seconds > 0 else 0.0,
                    "device": str(device) if torch.device(device).type != "cuda" else torch.cuda.get_device_name(device)},
-        "extra": {"inference": f"tiles {tile} px, overlap {overlap}" if tile else f"resize to {detector.input_size}",
+        "extra": {"inference": inference_description(detector, tile, overlap),
                   "small_top1": small_top1},
     }
     if borrow_precision:
@@ -367,6 +371,17 @@ def evaluate_detector(detector: torch.nn.Module, annotations: str | Path, images
         report["detections"] = detections_path.name
         save_report(report, out)
     return report
+
+
+def inference_description(detector: torch.nn.Module, tile: int | None, overlap: float) -> str:
+    """How the detector saw the images, in words, for the report."""
+    config = getattr(detector, "config", None)
+    if tile or (config is not None and config.inference == "tiles"):
+        return f"tiles {tile or config.input_size} px, overlap {overlap}"
+    if getattr(detector, "whole_image", False):
+        return (f"whole image at native resolution, padded to multiples of 64 (tiles of {config.input_size} px "
+                f"above {config.max_whole_side} px)")
+    return f"resize to {detector.input_size}"
 
 
 def evaluate_checkpoint(checkpoint: str | Path, annotations: str | Path, images: str | Path,

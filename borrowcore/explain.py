@@ -19,6 +19,16 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
+# What a small instance borrows from (paper §1 and §3: small objects borrow features from "larger instances"
+# of their class; SPEC §10: small twins of 24-31 px and their large instance of 97-112 px): another instance
+# with at least this many times its area. A sibling barely larger than it is not a larger instance.
+LARGER_AREA_RATIO = 2.0
+
+
+def is_larger_instance(areas: Tensor | float, area: Tensor | float, ratio: float = LARGER_AREA_RATIO) -> Tensor | bool:
+    """Whether instances of ``areas`` are larger instances than one of ``area``: at least ``ratio`` x its area."""
+    return areas >= ratio * area
+
 from borrowcore.neck import MatchingScores
 
 
@@ -36,6 +46,7 @@ class Explanation:
     detection_layers: list[int] = field(default_factory=list)
     anchors: Tensor | None = None  # (A, 4) xyxy in input pixels, when the checkpoint borrows
     anchors_per_layer: list[int] = field(default_factory=list)
+    whole_image: bool = False  # the network saw the image itself, padded (SPEC §1), not an S x S resize
 
     @property
     def borrows(self) -> bool:
@@ -49,6 +60,8 @@ class Explanation:
 
     def scale(self) -> tuple[float, float]:
         """(sx, sy) from network-input pixels to image pixels."""
+        if self.whole_image:
+            return 1.0, 1.0
         h, w = self.image_size
         return w / self.input_size, h / self.input_size
 
@@ -189,10 +202,11 @@ def explain(detector: torch.nn.Module, image: Tensor) -> Explanation:
     matching = [MatchingScores(m.layer, m.scores[0].cpu(), m.query_grid, m.query_stride, m.source_layers,
                                m.source_grids, m.source_strides) for m in detection.pop("matching")]
     explanation = Explanation({k: v.cpu() for k, v in detection.items()}, matching, tuple(image.shape[-2:]),
-                              detector.input_size, list(detector.class_names))
+                              detector.input_size, list(detector.class_names),
+                              whole_image=getattr(detector, "whole_image", False))
     if matching and matching[0].layer == 1:  # layer 1 borrows from all the others: every grid is known
         grids = [matching[0].query_grid, *matching[0].source_grids]
-        explanation.anchors = detector.anchors(grids, detector.input_size, device=torch.device("cpu")).clone()
+        explanation.anchors = detector.anchors(grids, detector.anchor_image_size, device=torch.device("cpu")).clone()
         explanation.anchors_per_layer = [h * w * detector.anchors.num_anchors_per_location() for h, w in grids]
         explanation.detection_layers = instance_layers(explanation, explanation.detections["boxes"])
     return explanation
@@ -219,13 +233,15 @@ def with_instances(explanation: Explanation, boxes: Tensor, labels: Tensor, clas
 
 @torch.inference_mode()
 def borrow_precision(detector: torch.nn.Module, dataset, device: str | torch.device = "cpu",
-                     small_side: float = 32.0) -> dict[str, float]:
+                     small_side: float = 32.0, min_area_ratio: float = LARGER_AREA_RATIO) -> dict[str, float]:
     """Share of each small ground-truth instance's matching mass on larger same-class instances.
 
     For each small instance (sqrt(area) < ``small_side``): the S_hat rows of its cells (centres inside
     its box) on the layer of its best anchor; the mass on deeper cells whose centres lie inside a larger
-    ground-truth instance of the same class; averaged over its cells, then over instances. The chance
-    level is the share of deeper cells those instances cover (what a uniform row would give).
+    instance of the same class (``is_larger_instance``: at least ``min_area_ratio`` x its area, the same
+    definition as ``borrow_view``'s links); averaged over its cells, then over instances. The chance
+    level is the share of deeper cells those instances cover (what a uniform row would give). Small
+    instances without a larger one of their class are counted in ``skipped``.
     """
     detector.eval().to(device)
     network, s = detector.network, detector.input_size
@@ -237,18 +253,20 @@ def borrow_precision(detector: torch.nn.Module, dataset, device: str | torch.dev
         output = network(batch, return_matching=True)
         if not output.matching:
             raise ValueError("borrow precision needs a borrowing ablation (borrow or full)")
-        anchors = detector.anchors(output.grid_sizes, s, device=torch.device("cpu"))
+        anchors = detector.anchors(output.grid_sizes, detector.anchor_image_size, device=torch.device("cpu"))
         per_layer = [gh * gw * detector.anchors.num_anchors_per_location() for gh, gw in output.grid_sizes]
-        boxes = target["boxes"].as_subclass(Tensor).float() * torch.tensor([s / w, s / h, s / w, s / h])
+        [(sx, sy)] = detector.input_scales([(h, w)])
+        boxes = target["boxes"].as_subclass(Tensor).float() * torch.tensor([sx, sy, sx, sy])
         labels = target["labels"]
         areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-        original_areas = areas * (w / s) * (h / s)
+        original_areas = areas / (sx * sy)
         for i in range(len(boxes)):
             if original_areas[i].sqrt() >= small_side:
                 continue
             layer = best_anchor_layer(boxes[i], anchors, per_layer)
             matching = next((m for m in output.matching if m.layer == layer), None)
-            larger = (labels == labels[i]) & (areas > areas[i])
+            larger = (labels == labels[i]) & is_larger_instance(areas, areas[i], min_area_ratio)
+            larger[i] = False
             if matching is None or not larger.any():
                 skipped += 1
                 continue
@@ -352,15 +370,15 @@ def cell_at(explanation: Explanation, layer: int, x: float, y: float) -> tuple[i
 
 def borrow_view(explanation: Explanation, *, detection: int | None = None, cell: tuple[int, int] | None = None,
                 layer: int | None = None, among: Sequence[int] | None = None, k: int = 5,
-                min_area_ratio: float = 2.0, min_lift: float = 1.25) -> BorrowView:
+                min_area_ratio: float = LARGER_AREA_RATIO, min_lift: float = 1.25) -> BorrowView:
     """Everything to draw for one query, in image pixels.
 
     Args:
         detection: query a detection: its cells on ``layer``, by default the layer of its best anchor
             (the deepest borrowing layer when that is the last layer, which borrows nothing).
         cell: or query one (row, col) cell of ``layer``.
-        among: detections that may be linked (default all); for a detection query only those at least
-            ``min_area_ratio`` times its area count as larger instances it borrowed from.
+        among: detections that may be linked (default all); for a detection query only its larger
+            instances (``is_larger_instance``: at least ``min_area_ratio`` times its area) are linked.
         k: how many top source cells.
         min_lift: a link counts as ``borrowed`` when its share is at least this many times ``chance``
             (the share an unfocused, uniform row would put on that instance).
@@ -407,7 +425,7 @@ def borrow_view(explanation: Explanation, *, detection: int | None = None, cell:
         if other == detection:
             continue
         box = boxes[other]
-        if detection is not None and float((box[2:] - box[:2]).prod()) < min_area_ratio * area:
+        if detection is not None and not is_larger_instance(float((box[2:] - box[:2]).prod()), area, min_area_ratio):
             continue
         if detection is None and bool(points_in_box(torch.tensor([start]), box)[0]):
             continue  # a cell inside a detection does not borrow "from" it
@@ -441,7 +459,7 @@ def layer_maps(explanation: Explanation, layer: int) -> dict[str, GridMap]:
             "peak": place(scores.max(dim=1).values.reshape(h, w))}
 
 
-def default_query(explanation: Explanation, among: Sequence[int], min_area_ratio: float = 2.0,
+def default_query(explanation: Explanation, among: Sequence[int], min_area_ratio: float = LARGER_AREA_RATIO,
                   min_lift: float = 1.25, candidates: int = 30) -> int | None:
     """The detection to show first, the smallest of ``among`` (on a borrowing layer) that, in this order:
     borrowed from a larger instance of its own class (what the paper says borrowing is for); borrowed
@@ -458,7 +476,8 @@ def default_query(explanation: Explanation, among: Sequence[int], min_area_ratio
                           if not explanation.detection_layers or explanation.detection_layers[i] in borrowing]
     links = {i: borrow_view(explanation, detection=i, among=among, k=1, min_area_ratio=min_area_ratio,
                             min_lift=min_lift).links if explanation.borrows else [] for i in on_borrowing_layer}
-    larger = {i: [j for j in among if j != i and areas[j] >= min_area_ratio * areas[i]] for i in on_borrowing_layer}
+    larger = {i: [j for j in among if j != i and is_larger_instance(areas[j], areas[i], min_area_ratio)]
+              for i in on_borrowing_layer}
     tiers = [lambda i: any(link["borrowed"] and link["same_class"] for link in links[i]),
              lambda i: any(link["borrowed"] for link in links[i]),
              lambda i: any(labels[j] == labels[i] for j in larger[i]),

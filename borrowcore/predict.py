@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from borrowcore.data import BadImageError, read_image_rgb
 from borrowcore.report import write_json_atomic
-from borrowcore.tiling import detect_tiled
+from borrowcore.tiling import detect_tiled, recipe_tile_size
 
 # the formats read_image_rgb (Pillow, header checked first) decodes; a file that fails is reported and skipped
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
@@ -106,6 +106,8 @@ class EagerDetector:
     def __init__(self, detector: torch.nn.Module, device: str | torch.device = "cpu", amp: bool = True) -> None:
         self.device = torch.device(device)
         self.detector = detector.to(self.device).eval()
+        self.config = getattr(detector, "config", None)  # the inference recipe (borrowcore.tiling.recipe_tile_size)
+        self.whole_image = getattr(detector, "whole_image", False)
         self.class_names = list(detector.class_names)
         self.nms_iou = float(detector.postprocess.nms_iou)
         self.amp = amp and self.device.type == "cuda"
@@ -211,12 +213,14 @@ def predict(detector: Callable[[list[Tensor]], list[dict[str, Tensor]]], class_n
         except BadImageError as error:
             skipped.append({"path": str(source.path), "reason": str(error).removeprefix(f"{source.path}: ")})
             continue
-        if tile_size:
-            record(source, image, detect_tiled(detector, image, tile_size, overlap, batch_size, nms_iou,
+        tile = recipe_tile_size(detector, *image.shape[-2:], tile_size)
+        if tile:
+            record(source, image, detect_tiled(detector, image, tile, overlap, batch_size, nms_iou,
                                                score_threshold=conf, merge_edges=merge_edges))
         else:
             pending.append((source, image))
-            if len(pending) == batch_size:
+            # whole photos one at a time: a batch would pad every photo to the largest
+            if len(pending) == batch_size or getattr(detector, "whole_image", False):
                 flush()
     flush()
     seconds = time.perf_counter() - start
