@@ -108,15 +108,22 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """COCO evaluation by object size of a checkpoint; writes the report and its detections."""
-    from borrowcore.evaluate import evaluate_checkpoint, format_metrics, parse_size_bins
+    """COCO evaluation by object size of a checkpoint (or of another detector's results file); writes the
+    report and its detections."""
+    from borrowcore.evaluate import evaluate_checkpoint, evaluate_results, format_metrics, parse_size_bins
 
-    out = args.out or str(Path(args.checkpoint).with_name(f"eval_{Path(args.coco).stem}.json"))
-    report = evaluate_checkpoint(args.checkpoint, args.coco, args.images, out, device=args.device,
-                                 split=args.split, dataset_name=args.name, size_bins=parse_size_bins(args.size_bins),
-                                 batch_size=args.batch_size, workers=args.workers, tile=args.tile, overlap=args.overlap,
-                                 input_size=args.input_size, borrow_precision=args.borrow_precision,
-                                 skip_bad=args.skip_bad)
+    source = args.checkpoint or args.detections
+    out = args.out or str(Path(source).with_name(f"eval_{Path(args.coco).stem}.json"))
+    if args.detections:
+        report = evaluate_results(args.detections, args.coco, args.images, out, model_name=args.model_name,
+                                  split=args.split, dataset_name=args.name, size_bins=parse_size_bins(args.size_bins))
+    else:
+        report = evaluate_checkpoint(args.checkpoint, args.coco, args.images, out, device=args.device,
+                                     split=args.split, dataset_name=args.name,
+                                     size_bins=parse_size_bins(args.size_bins), batch_size=args.batch_size,
+                                     workers=args.workers, tile=args.tile, overlap=args.overlap,
+                                     input_size=args.input_size, borrow_precision=args.borrow_precision,
+                                     skip_bad=args.skip_bad)
     if report is not None:
         print(format_metrics(report))
         print(f"report: {out}")
@@ -304,7 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = commands.add_parser("eval", help="COCO evaluation by object size (also under torchrun)")
-    p.add_argument("--checkpoint", required=True)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint")
+    source.add_argument("--detections", help="another detector's COCO results json (image_id, category_id, bbox, "
+                        "score), scored by the same evaluator into the same report")
+    p.add_argument("--model-name", dest="model_name", default="", help="with --detections: the model's name in tables")
     p.add_argument("--coco", required=True, help="ground-truth COCO json")
     p.add_argument("--images", required=True, help="image folder")
     p.add_argument("--out", help="report json (default: beside the checkpoint, eval_<coco stem>.json)")

@@ -331,32 +331,16 @@ def evaluate_detector(detector: torch.nn.Module, annotations: str | Path, images
         seconds = max(s for s in gather_results([seconds], context))  # wall time of the slowest shard
     if not context.is_main:
         return None
-    evaluation = coco_metrics(dataset.coco, results, size_bins)
-    small_top1 = small_instance_accuracy(dataset.coco, results)
     config = getattr(detector, "config", None)
-    report = {
-        "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": {"config": dataclasses.asdict(config) if config is not None else {},
-                  "class_names": list(detector.class_names), "checkpoint": str(checkpoint),
-                  "checkpoint_sha256": sha256_file(checkpoint) if checkpoint else "",
-                  "ablation": config.neck if config is not None else ""},
-        "dataset": {"name": dataset_name or annotations.parent.name, "split": split or annotations.stem,
-                    "annotations": str(annotations), "annotations_sha256": sha256_file(annotations),
-                    "images": str(images), "num_images": len(dataset), "skip_bad": skip_bad,
-                    "unreadable_images": [{"id": i, "reason": reason}
-                                          for i, reason in sorted(dataset.unreadable.items())],
-                    "skipped": dict(dataset.skipped),
-                    "num_boxes": sum(1 for a in dataset.coco.dataset["annotations"] if not a.get("iscrowd", 0))},
-        "detections": "",
-        **evaluation,
-        "subsets": subset_metrics(dataset.coco, results),  # small twins and orphans (instance_subsets)
-        "timing": {"images": len(dataset), "seconds": round(seconds, 3),
-                   "images_per_s": round(len(dataset) / seconds, 2) if seconds > 0 else 0.0,
-                   "device": str(device) if torch.device(device).type != "cuda" else torch.cuda.get_device_name(device)},
-        "extra": {"inference": inference_description(detector, tile, overlap),
-                  "small_top1": small_top1},
-    }
+    model = {"config": dataclasses.asdict(config) if config is not None else {},
+             "class_names": list(detector.class_names), "checkpoint": str(checkpoint),
+             "checkpoint_sha256": sha256_file(checkpoint) if checkpoint else "",
+             "ablation": config.neck if config is not None else ""}
+    timing = {"images": len(dataset), "seconds": round(seconds, 3),
+              "images_per_s": round(len(dataset) / seconds, 2) if seconds > 0 else 0.0,
+              "device": str(device) if torch.device(device).type != "cuda" else torch.cuda.get_device_name(device)}
+    report = build_report(dataset, results, model, timing, inference_description(detector, tile, overlap),
+                          size_bins, split, dataset_name)
     if borrow_precision:
         from borrowcore.explain import borrow_precision as measure
         from borrowcore.tiling import TiledDataset
@@ -365,11 +349,67 @@ def evaluate_detector(detector: torch.nn.Module, annotations: str | Path, images
         report["extra"]["borrow_precision"] = {**measure(detector, inputs, device),
                                                "inputs": f"tiles {tile} px" if tile else "whole images"}
     if out is not None:
-        out = Path(out)
-        detections_path = out.with_name(out.stem + ".detections.json.gz")
-        write_json_atomic(results, detections_path)
-        report["detections"] = detections_path.name
-        save_report(report, out)
+        write_report(report, results, out)
+    return report
+
+
+def build_report(dataset: CocoDetection, results: list[dict], model: dict, timing: dict, inference: str,
+                 size_bins: Sequence[tuple[float, float]] = DEFAULT_SIZE_BINS, split: str | None = None,
+                 dataset_name: str | None = None) -> dict:
+    """The evaluation report of ``results`` (COCO detections) on ``dataset``'s cleaned ground truth."""
+    annotations, images = dataset.ann_file, dataset.image_dir
+    return {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": model,
+        "dataset": {"name": dataset_name or annotations.parent.name, "split": split or annotations.stem,
+                    "annotations": str(annotations), "annotations_sha256": sha256_file(annotations),
+                    "images": str(images), "num_images": len(dataset), "skip_bad": dataset.skip_bad,
+                    "unreadable_images": [{"id": i, "reason": reason}
+                                          for i, reason in sorted(dataset.unreadable.items())],
+                    "skipped": dict(dataset.skipped),
+                    "num_boxes": sum(1 for a in dataset.coco.dataset["annotations"] if not a.get("iscrowd", 0))},
+        "detections": "",
+        **coco_metrics(dataset.coco, results, size_bins),
+        "subsets": subset_metrics(dataset.coco, results),  # small twins and orphans (instance_subsets)
+        "timing": timing,
+        "extra": {"inference": inference, "small_top1": small_instance_accuracy(dataset.coco, results)},
+    }
+
+
+def write_report(report: dict, results: list[dict], out: str | Path) -> None:
+    """``out`` and its detections beside it (``<out stem>.detections.json.gz``), both atomically."""
+    out = Path(out)
+    detections_path = out.with_name(out.stem + ".detections.json.gz")
+    write_json_atomic(results, detections_path)
+    report["detections"] = detections_path.name
+    save_report(report, out)
+
+
+def evaluate_results(results_file: str | Path, annotations: str | Path, images: str | Path,
+                     out: str | Path | None = None, *, model_name: str = "", split: str | None = None,
+                     dataset_name: str | None = None, size_bins: Sequence[tuple[float, float]] = DEFAULT_SIZE_BINS,
+                     seconds: float = 0.0, device: str = "") -> dict:
+    """Score another detector's COCO results file (a list of {image_id, category_id, bbox xywh, score} in
+    the set's image ids and category ids) with the same evaluator and report: a peer in the same table."""
+    from borrowcore.report import read_json
+
+    dataset = CocoDetection(images, annotations)
+    results = read_json(results_file)
+    if not isinstance(results, list) or any(
+            not isinstance(r, dict) or not {"image_id", "category_id", "bbox", "score"} <= set(r) for r in results):
+        raise ValueError(f"{results_file}: not a COCO results list (each entry needs image_id, category_id, bbox, score)")
+    unknown = {r["image_id"] for r in results} - set(dataset.coco.imgs)
+    if unknown:
+        raise ValueError(f"{results_file}: image ids not in {annotations}: {sorted(unknown)[:5]}")
+    model = {"config": {}, "class_names": list(dataset.class_names), "checkpoint": str(results_file),
+             "checkpoint_sha256": sha256_file(results_file), "ablation": model_name or Path(results_file).stem}
+    timing = {"images": len(dataset), "seconds": round(seconds, 3),
+              "images_per_s": round(len(dataset) / seconds, 2) if seconds > 0 else 0.0, "device": device}
+    report = build_report(dataset, results, model, timing, f"external detections ({model_name or 'unnamed'})",
+                          size_bins, split, dataset_name)
+    if out is not None:
+        write_report(report, results, out)
     return report
 
 

@@ -244,7 +244,7 @@ def borrow_precision(detector: torch.nn.Module, dataset, device: str | torch.dev
     instances without a larger one of their class are counted in ``skipped``.
     """
     detector.eval().to(device)
-    network, s = detector.network, detector.input_size
+    network = detector.network
     shares, chances, skipped = [], [], 0
     for index in range(len(dataset)):
         image, target = dataset[index]

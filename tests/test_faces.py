@@ -259,3 +259,28 @@ def test_shift_rescales_images_and_boxes(tmp_path: Path):
     pixels = torch.from_numpy(np.asarray(Image.open(tmp_path / "x2" / "images" / "a.jpg"))).permute(2, 0, 1)
     assert pixels.shape == (3, 80, 120)
     assert pixels[:, 24:36, 64:96].float().mean() > 190 and pixels[:, 50:, :].float().mean() < 10  # the box moved with it
+
+
+# ---- a peer detector's results, scored by the same evaluator ----
+
+def test_eval_of_another_detectors_results(tmp_path: Path):
+    import json
+
+    from borrowcore.evaluate import evaluate_results
+
+    Image.new("RGB", (100, 100)).save(tmp_path / "a.png")
+    coco = {"images": [{"id": 7, "file_name": "a.png", "width": 100, "height": 100}],
+            "categories": [{"id": 1, "name": "face"}],
+            "annotations": [{"id": 1, "image_id": 7, "category_id": 1, "bbox": [10, 10, 20, 20], "area": 400, "iscrowd": 0},
+                            {"id": 2, "image_id": 7, "category_id": 1, "bbox": [50, 50, 40, 40], "area": 1600, "iscrowd": 0}]}
+    (tmp_path / "gt.json").write_text(json.dumps(coco))
+    # finds the small face, misses the large one: AP 0.5 over all, 1.0 on small, 0 on medium
+    (tmp_path / "peer.json").write_text(json.dumps([{"image_id": 7, "category_id": 1, "bbox": [10, 10, 20, 20], "score": 0.9}]))
+    report = evaluate_results(tmp_path / "peer.json", tmp_path / "gt.json", tmp_path, tmp_path / "eval_val.json",
+                              model_name="yolo11n")
+    assert report["model"]["ablation"] == "yolo11n"
+    assert report["metrics"]["AP_S"] == pytest.approx(1.0) and report["metrics"]["AP_M"] == pytest.approx(0.0)
+    assert (tmp_path / "eval_val.detections.json.gz").is_file()
+    (tmp_path / "bad.json").write_text(json.dumps([{"image_id": 8, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1}]))
+    with pytest.raises(ValueError, match="bad.json: image ids not in"):
+        evaluate_results(tmp_path / "bad.json", tmp_path / "gt.json", tmp_path)
