@@ -141,3 +141,48 @@ def test_detections_to_coco_writes_xywh():
     assert ann["bbox"] == [66.0, 34.0, 44.0, 44.0] and ann["category_id"] == 2 and ann["score"] == pytest.approx(0.8)
     assert coco["images"][0] == {"id": 1, "file_name": "x.png", "width": 128, "height": 128}
     assert [c["name"] for c in coco["categories"]] == ["a", "b"] and math.isclose(ann["area"], 44 * 44)
+
+
+def hand_dataset(with_large: bool = True) -> list:
+    """One 128 x 128 image (the detector's input size: no rescaling). Class 1: A 20 px, B 26 px (1.69x A's
+    area: a sibling, not a larger instance), C 64 px (10x A); class 2: D 20 px, alone."""
+    from torchvision import tv_tensors
+
+    boxes = [[0, 0, 20, 20], [100, 0, 126, 26], [0, 100, 20, 120]] + ([[32, 32, 96, 96]] if with_large else [])
+    labels = [1, 1, 2] + ([1] if with_large else [])
+    image = tv_tensors.Image(torch.randint(0, 256, (3, 128, 128), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)))
+    target = {"boxes": tv_tensors.BoundingBoxes(torch.tensor(boxes, dtype=torch.float32), format="XYXY", canvas_size=(128, 128)),
+              "labels": torch.tensor(labels)}
+    return [(image, target)]
+
+
+def test_borrow_precision_by_hand(tiny_config):
+    from borrowcore.explain import borrow_precision
+
+    detector = make_detector(tiny_config).eval()
+    with torch.no_grad():
+        for block in detector.network.neck.matching:
+            block.log_tau.fill_(-30.0)  # tau ~ 0: every S_hat row uniform, so the share on C is its cover
+    measured = borrow_precision(detector, hand_dataset())
+    # A and B (layer 1, 32 px anchors) borrow from C; D has no larger instance of its class. C = [32, 96]^2
+    # covers 4 x 4 of layer 2's 8 x 8 centres (8, 24, .., 120), 2 x 2 of layer 3's (16, 48, 80, 112) and all
+    # 2 x 2 of layer 4's (32, 96): 24 of 84 deeper cells
+    assert (measured["instances"], measured["skipped"]) == (2, 1)
+    assert measured["chance"] == pytest.approx(24 / 84)
+    assert measured["borrow_precision"] == pytest.approx(24 / 84, abs=1e-6)
+    # without C, B is not A's larger instance (1.69x < 2x, the same rule as borrow_view's links): none borrow
+    assert borrow_precision(detector, hand_dataset(with_large=False)) == {
+        "borrow_precision": -1.0, "chance": -1.0, "instances": 0, "skipped": 3}
+
+
+def test_borrow_view_links_use_the_same_larger_instance_rule():
+    from borrowcore.explain import LARGER_AREA_RATIO, is_larger_instance
+
+    explanation = hand_explanation()
+    side = 8 * math.sqrt(LARGER_AREA_RATIO)  # detection 0 is 8 x 8: a box of exactly twice its area
+    for extra, linked in ((side - 0.5, False), (side + 0.5, True)):
+        boxes = torch.cat([explanation.detections["boxes"][:1], torch.tensor([[66.0, 34, 66 + extra, 34 + extra]])])
+        two = Explanation({"boxes": boxes, "labels": torch.tensor([2, 2]), "scores": torch.tensor([0.9, 0.8])},
+                          explanation.matching, (128, 128), 128, ["a", "b"])
+        assert bool(is_larger_instance(extra ** 2, 64.0)) == linked
+        assert [link["detection"] for link in borrow_view(two, detection=0).links] == ([1] if linked else [])
