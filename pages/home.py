@@ -38,6 +38,9 @@ for column, (page, title, icon, text) in zip(columns, links):
 
 root = assets.assets_root()
 st.subheader("Bundled checkpoints")
+st.write("Which model for which image: **faces-\\*** for everyday photos of people (Inspect opens on "
+         "`faces-full.pt`, and an uploaded photo runs whole, at native resolution, with no other setting), "
+         "**aerial-\\*** for top-down aerial imagery, **synth-\\*** for the synthetic borrow benchmark only.")
 checkpoints = assets.checkpoints()
 if not checkpoints:
     st.write(f"No checkpoints are bundled yet (nothing matches `{root}/checkpoints/*.pt`). "
@@ -47,9 +50,10 @@ else:
     for path in checkpoints:
         try:
             info = checkpoint_info(path)
-            rows.append({"checkpoint": path.name, "neck": info["neck"], "classes": info["classes"],
-                         "input": info["input_size"], "width": info["width"],
-                         "size (MB)": round(path.stat().st_size / 1e6, 1)})
+            rows.append({"checkpoint": path.name, "use it for": assets.checkpoint_use(path) or "—",
+                         "neck": info["neck"], "classes": info["classes"],
+                         "input": "whole photo" if info["inference"] == "whole" else info["input_size"],
+                         "width": info["width"], "size (MB)": round(path.stat().st_size / 1e6, 1)})
         except CheckpointError as error:
             rows.append({"checkpoint": path.name, "neck": f"unreadable: {error}"})
     st.dataframe(pd.DataFrame(rows), hide_index=True)

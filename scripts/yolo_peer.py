@@ -53,6 +53,9 @@ def main() -> None:
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--close-mosaic", type=int, default=3,
+                        help="epochs without mosaic at the end (ultralytics' default 10 would switch mosaic off "
+                             "for the whole of a 10-epoch run)")
     parser.add_argument("--predict-imgsz", type=int, default=1024, help="val photos are 1024 px wide: native")
     args = parser.parse_args()
     from ultralytics import YOLO
@@ -64,7 +67,7 @@ def main() -> None:
     if not (out / "train" / "done").exists():
         model = YOLO(str(weights)) if weights.exists() else YOLO(args.model)
         model.train(data=str(data), epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, workers=0, device="cpu",
-                    pretrained=False, amp=False, plots=False, val=False, seed=args.seed, deterministic=True,
+                    pretrained=False, amp=False, plots=False, close_mosaic=args.close_mosaic, val=False, seed=args.seed, deterministic=True,
                     project=str(out), name="train", exist_ok=True, resume=weights.exists(), verbose=False)
         (out / "train" / "done").write_text(json.dumps({"seconds": round(time.time() - start, 1),
                                                         "threads": os.environ.get("OMP_NUM_THREADS", "")}))

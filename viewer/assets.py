@@ -31,6 +31,27 @@ def checkpoints() -> list[Path]:
     return sorted((assets_root() / "checkpoints").glob("*.pt"))
 
 
+# What each bundled model is for, by its name's prefix: the app opens on the first that is bundled, the
+# one for everyday photos (faces in crowds) first.
+BUNDLED_USES = {
+    "faces": "photos of people: faces small and large in one photo (the whole photo at native resolution)",
+    "aerial": "top-down aerial images: cars of 16-56 px (native-resolution windows of large tiles)",
+    "synth": "the borrow benchmark's synthetic shapes (twins and orphans), not real photos",
+}
+DEFAULT_CHECKPOINTS = ("faces-full.pt", "faces-ssd.pt", "aerial-full.pt")
+
+
+def checkpoint_use(path: Path) -> str:
+    """What a bundled checkpoint is for, from its name (empty for unknown names)."""
+    return next((use for prefix, use in BUNDLED_USES.items() if path.name.startswith(prefix + "-")), "")
+
+
+def default_checkpoint(paths: list[Path]) -> int:
+    """Index in ``paths`` of the checkpoint the app opens on: the face model when bundled, else the first."""
+    names = [p.name for p in paths]
+    return next((names.index(n) for n in DEFAULT_CHECKPOINTS if n in names), 0)
+
+
 def reports() -> list[Path]:
     """Evaluation reports under reports/ (their detections are .json.gz and are not listed)."""
     return sorted(p for p in (assets_root() / "reports").rglob("*.json") if p.is_file())

@@ -56,7 +56,7 @@ def _checkpoint_info(path: str, key: str) -> dict:
     config = checkpoint_config(checkpoint, path)
     state = checkpoint.get("train_state") or {}
     return {"neck": config.neck, "classes": len(checkpoint["class_names"]), "input_size": config.input_size,
-            "width": config.width, "step": state.get("step") if isinstance(state, dict) else None,
+            "width": config.width, "inference": config.inference, "max_whole_side": config.max_whole_side, "step": state.get("step") if isinstance(state, dict) else None,
             "class_names": list(checkpoint["class_names"])}
 
 
