@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from borrowcore.config import NECKS, ExperimentConfig, load_config
+from borrowcore.config import NECKS, ExperimentConfig, apply_overrides, load_config
 from borrowcore.report import load_report, save_report
 
 SPLITS = ("twins", "orphans", "shuffled")
@@ -23,8 +23,6 @@ SUBSET_COLUMNS = ("AP_twins", "AP_orphans", "AP50_twins", "AP50_orphans")  # eva
 
 
 def ablation_config(config_dir: Path, neck: str, data: Path, seed: int, overrides: Sequence[str] = ()) -> ExperimentConfig:
-    from borrowcore.cli import apply_overrides
-
     config = apply_overrides(load_config(config_dir / f"{neck}.yaml"), list(overrides))
     t = config.train
     t.seed = seed

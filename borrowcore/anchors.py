@@ -179,36 +179,17 @@ def anchor_recall(boxes_xywh: np.ndarray, image_sizes: np.ndarray, anchors: Tens
             "best_iou": best.numpy(), "side": side.numpy(), "bins": bins}
 
 
-def dataset_anchor_recall(coco_file, input_size: int, anchor_scale: float = 4.0,
-                          aspect_ratios: Sequence[float] = (1.5, 3.0), iou: float = 0.5) -> dict:
-    """:func:`anchor_recall` of a COCO file's non-crowd boxes with positive size, for a detector of
-    input ``input_size`` and the given anchor settings (ValueError naming the file when malformed)."""
+def design_anchor_recall(boxes_xywh: np.ndarray, image_sizes: np.ndarray, input_size: int,
+                         anchor_scale: float = 4.0, aspect_ratios: Sequence[float] = (1.5, 3.0),
+                         iou: float = 0.5) -> dict:
+    """:func:`anchor_recall` of boxes (n, 4) xywh in images of (H, W) ``image_sizes`` (n, 2), for a detector
+    of input ``input_size`` with these anchor settings (the anchors built as the detector builds them).
+    Reading a dataset's boxes is the readers' business (``borrowcore.stats.dataset_anchor_recall``)."""
     from borrowcore.backbone import STRIDES
-    from borrowcore.coco import read_coco_json
 
-    coco = read_coco_json(coco_file)
-    sizes = {}
-    for image in coco["images"]:
-        if not (isinstance(image, dict) and isinstance(image.get("width"), (int, float))
-                and isinstance(image.get("height"), (int, float)) and image["width"] > 0 and image["height"] > 0):
-            raise ValueError(f"{coco_file}: image entry {image!r:.80} needs a positive width and height")
-        sizes[image.get("id")] = (image["height"], image["width"])
-    boxes, image_sizes, skipped = [], [], 0
-    for ann in coco["annotations"]:
-        bbox = ann.get("bbox") if isinstance(ann, dict) else None
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
-            raise ValueError(f"{coco_file}: annotation {ann!r:.80} has no [x, y, w, h] bbox")
-        if ann.get("image_id") not in sizes:
-            raise ValueError(f"{coco_file}: annotation {ann.get('id')} refers to unknown image {ann.get('image_id')}")
-        if ann.get("iscrowd", 0) or bbox[2] <= 0 or bbox[3] <= 0:
-            skipped += 1
-            continue
-        boxes.append(bbox)
-        image_sizes.append(sizes[ann["image_id"]])
     generator = AnchorGenerator(STRIDES, anchor_scale, aspect_ratios)
     anchors = generator(feature_grid_sizes(input_size), input_size)
-    result = anchor_recall(np.array(boxes).reshape(-1, 4), np.array(image_sizes).reshape(-1, 2), anchors,
+    result = anchor_recall(np.asarray(boxes_xywh).reshape(-1, 4), np.asarray(image_sizes).reshape(-1, 2), anchors,
                            input_size, iou)
-    result["skipped"] = skipped  # crowd and zero-size boxes
     result["aspect_ratios"] = list(aspect_ratios)
     return result

@@ -48,27 +48,9 @@ def cmd_anchors(args: argparse.Namespace) -> int:
     return 0
 
 
-def apply_overrides(config, overrides: list[str]):
-    """``section.field=value`` pairs (value parsed as YAML) onto an ExperimentConfig, re-validated."""
-    import dataclasses
-
-    import yaml
-
-    from borrowcore.config import ExperimentConfig, _from_dict
-
-    values = dataclasses.asdict(config)
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        section, dot, name = key.partition(".")
-        if not sep or not dot or section not in values or name not in values[section]:
-            raise ValueError(f"--set {item!r}: expected model.FIELD=VALUE or train.FIELD=VALUE with a known field")
-        values[section][name] = yaml.safe_load(raw)
-    return _from_dict(ExperimentConfig, values, "--set")
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a detector from an experiment config (also under torchrun)."""
-    from borrowcore.config import load_config
+    from borrowcore.config import apply_overrides, load_config
     from borrowcore.train import train
 
     config = apply_overrides(load_config(args.config), args.set or [])

@@ -149,6 +149,19 @@ def load_config(path: str | Path) -> ExperimentConfig:
     return _from_dict(ExperimentConfig, values or {}, str(path))
 
 
+def apply_overrides(config: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
+    """``section.field=value`` pairs (value parsed as YAML: ``--set train.max_steps=50``) onto a copy of
+    ``config``, re-validated like a file."""
+    values = dataclasses.asdict(config)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or section not in values or name not in values[section]:
+            raise ValueError(f"--set {item!r}: expected model.FIELD=VALUE or train.FIELD=VALUE with a known field")
+        values[section][name] = yaml.safe_load(raw)
+    return _from_dict(ExperimentConfig, values, "--set")
+
+
 def save_config(config: ExperimentConfig, path: str | Path) -> None:
     """Write an ExperimentConfig as YAML or JSON, by the file's suffix."""
     path = Path(path)

@@ -122,3 +122,35 @@ def format_stats(stats: dict) -> str:
     if empty:
         lines.append(f"({empty} classes without boxes not shown)")
     return "\n".join(lines)
+
+
+def dataset_anchor_recall(coco_file: str | Path, input_size: int, anchor_scale: float = 4.0,
+                          aspect_ratios: tuple[float, ...] | list[float] = (1.5, 3.0), iou: float = 0.5) -> dict:
+    """Anchor recall (SPEC §9, ``anchors.design_anchor_recall``) of a COCO file's non-crowd boxes with
+    positive size; ValueError naming the file when it is malformed. ``skipped``: crowd and zero-size boxes."""
+    from borrowcore.anchors import design_anchor_recall
+
+    coco = read_coco_json(coco_file)
+    sizes = {}
+    for image in coco["images"]:
+        if not (isinstance(image, dict) and isinstance(image.get("width"), (int, float))
+                and isinstance(image.get("height"), (int, float)) and image["width"] > 0 and image["height"] > 0):
+            raise ValueError(f"{coco_file}: image entry {image!r:.80} needs a positive width and height")
+        sizes[image.get("id")] = (image["height"], image["width"])
+    boxes, image_sizes, skipped = [], [], 0
+    for ann in coco["annotations"]:
+        bbox = ann.get("bbox") if isinstance(ann, dict) else None
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+            raise ValueError(f"{coco_file}: annotation {ann!r:.80} has no [x, y, w, h] bbox")
+        if ann.get("image_id") not in sizes:
+            raise ValueError(f"{coco_file}: annotation {ann.get('id')} refers to unknown image {ann.get('image_id')}")
+        if ann.get("iscrowd", 0) or bbox[2] <= 0 or bbox[3] <= 0:
+            skipped += 1
+            continue
+        boxes.append(bbox)
+        image_sizes.append(sizes[ann["image_id"]])
+    result = design_anchor_recall(np.array(boxes, dtype=np.float64).reshape(-1, 4),
+                                  np.array(image_sizes, dtype=np.float64).reshape(-1, 2), input_size,
+                                  anchor_scale, aspect_ratios, iou)
+    result["skipped"] = skipped
+    return result

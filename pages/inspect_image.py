@@ -84,12 +84,12 @@ if queries.needs_window(full_height, full_width, size):
         if not whole:
             if request:  # centre the window on the requested instance
                 x, y, w, h = request["bbox"]
-                state["inspect_window_left"] = queries.window_start(x + w / 2, full_width, size)
-                state["inspect_window_top"] = queries.window_start(y + h / 2, full_height, size)
+                state[queries.window_key("left", digest)] = queries.window_start(x + w / 2, full_width, size)
+                state[queries.window_key("top", digest)] = queries.window_start(y + h / 2, full_height, size)
             window, step = [0, 0], max(1, size // 8)
             for axis, (label, length) in enumerate((("left", full_width), ("top", full_height))):
-                key = f"inspect_window_{label}"
-                centre = step * round(max(0, length - size) / 2 / step)  # a new image opens on its centre
+                key = queries.window_key(label, digest)  # per image: a new one opens on its own centre
+                centre = step * round(max(0, length - size) / 2 / step)
                 state[key] = min(state.get(key, centre), max(0, length - size))
                 if length > size:
                     window[axis] = st.slider(f"Window {label} (px)", 0, length - size, step=step, key=key)

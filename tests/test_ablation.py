@@ -39,7 +39,17 @@ def test_ablate_end_to_end_and_resumable(tmp_path, capsys):
     assert len(rows) == 1 + 2 * 3
     report = json.loads((out / "full" / "seed1" / "eval_twins.json").read_text())
     precision = report["extra"]["borrow_precision"]
-    assert 0 <= precision["borrow_precision"] <= 1 and 0 < precision["chance"] < 1 and precision["instances"] > 0
+    # every small twin (62 in the tiny set's twins.json) has its large twin, 10x its area or more: none skipped
+    assert (precision["instances"], precision["skipped"]) == (62, 0)
+    assert 0 <= precision["borrow_precision"] <= 1 and 0 < precision["chance"] < 1
+    # the table's borrow precision is the mean ± std of the seeds' reports
+    import numpy as np
+
+    seeds = [json.loads((out / "full" / f"seed{k}" / "eval_twins.json").read_text())["extra"]["borrow_precision"]
+             for k in (0, 1)]
+    values = [100 * p["borrow_precision"] for p in seeds]
+    row = next(line for line in table.splitlines() if line.startswith("| full | twins |"))
+    assert f"{np.mean(values):.1f} ± {np.std(values, ddof=1):.1f}" in row
     assert report["extra"]["seed"] == 1 and report["dataset"]["split"] == "twins"
     assert "borrow_precision" not in json.loads((out / "ssd" / "seed0" / "eval_twins.json").read_text())["extra"]
     # a second run finds everything done: no new training steps, same table
@@ -112,3 +122,16 @@ def test_table_shows_twins_and_orphans_when_reports_have_them(tmp_path, capsys):
     assert "AP50_twins_std" in (runs / "ablation.csv").read_text()
     assert load_report(runs / "full" / "seed1" / "eval_twins.json")["subsets"]["twins"]["instances"] == 4
     assert add_subsets(runs / "full" / "seed1" / "eval_twins.json") is False  # already there: left alone
+
+
+def test_overrides_are_parsed_next_to_the_config():
+    from borrowcore.config import apply_overrides, load_config
+
+    config = load_config(ROOT / "configs" / "full.yaml")
+    changed = apply_overrides(config, ["train.max_steps=50", "model.width=0.25", "train.milestones=[0.5, 0.9]"])
+    assert (changed.train.max_steps, changed.model.width, changed.train.milestones) == (50, 0.25, [0.5, 0.9])
+    assert config.train.max_steps != 50  # a copy: the loaded config is left as it was
+    with pytest.raises(ValueError, match="'train.nope=1'.*known field"):
+        apply_overrides(config, ["train.nope=1"])
+    with pytest.raises(ValueError, match="width"):
+        apply_overrides(config, ["model.width=-1"])  # re-validated like a file

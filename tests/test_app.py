@@ -121,7 +121,10 @@ def test_home_lists_what_is_bundled_and_the_device(app):
     assert sorted(table["checkpoint"]) == ["tiny-full.pt", "tiny-ssd.pt"] and set(table["neck"]) == {"full", "ssd"}
     reports = at.dataframe[1].value
     assert "ablation/full/seed0/twins" in set(reports["report"]) and len(reports) == 5
-    assert "Inference device: **CPU**" in texts(at) or "CUDA" in texts(at)
+    import torch
+
+    device = f"CUDA ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "CPU"
+    assert f"Inference device: **{device}**" in texts(at)
 
 
 def test_home_says_plainly_when_nothing_is_bundled(app, tmp_path):
@@ -425,8 +428,12 @@ def test_inspect_large_aerial_image_runs_on_a_native_resolution_window(app, asse
     assert not at.exception and at.sidebar.radio(key="inspect_region").value == "a native-resolution window"
     # centred: (1764 - 128) / 2 = 818 and (430 - 128) / 2 = 151, on the slider's 16 px steps
     assert "The 128 x 128 window at (816, 144) of the 1764 x 430 image" in texts(at)
-    at.sidebar.slider(key="inspect_window_left").set_value(640).run()
-    at.sidebar.slider(key="inspect_window_top").set_value(160).run()
+    from borrowcore.images import image_digest
+    from viewer.queries import window_key
+
+    digest = image_digest((ROOT / "assets" / "aerial" / "images" / "MOS175.jpg").read_bytes())
+    at.sidebar.slider(key=window_key("left", digest)).set_value(640).run()
+    at.sidebar.slider(key=window_key("top", digest)).set_value(160).run()
     at.radio(key="inspect_instances").set_value("ground truth (aerial/instances.json)").run()
     assert not at.exception
 
@@ -441,6 +448,13 @@ def test_inspect_large_aerial_image_runs_on_a_native_resolution_window(app, asse
         visible_h = max(0.0, min(y + h, 160 + 128) - max(y, 160))
         inside += visible_w * visible_h >= 0.5 * w * h
     assert inside > 0 and f"Ground truth: {inside} instances" in texts(at)
+
+    # another large image opens on its own centre, not at the window left on the first: (1284 - 128) / 2 = 578
+    # and (377 - 128) / 2 = 124.5 on 16 px steps
+    at.multiselect(key="inspect_samples").set_value(["aerial/MOS175.jpg", "aerial/MunichStreet02-MOS88.jpg"]).run()
+    at.radio(key="inspect_image").set_value("aerial/MunichStreet02-MOS88.jpg").run()
+    assert not at.exception and "The 128 x 128 window at (576, 128) of the 1284 x 377 image" in texts(at)
+    at.radio(key="inspect_image").set_value("aerial/MOS175.jpg").run()
 
     at.sidebar.radio(key="inspect_region").set_value("the whole image, resized").run()
     assert not at.exception and "window at" not in texts(at)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from borrowcore.anchors import AnchorGenerator, anchor_recall, dataset_anchor_recall, feature_grid_sizes
+from borrowcore.anchors import AnchorGenerator, anchor_recall, feature_grid_sizes
+from borrowcore.stats import dataset_anchor_recall
 from borrowcore.backbone import STRIDES
 from borrowcore.compare import coco_size_table, parse_report, per_class_table, pr_curves, size_bin_table
 from borrowcore.report import ReportError

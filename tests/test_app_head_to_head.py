@@ -194,4 +194,9 @@ def test_open_request_and_request_query_set_what_inspect_reads(tmp_path):
     x0, y0, x1, y1 = boxes[2].tolist()
     assert request_query(state, explanation, [0, 1, 2], [x0, y0, x1 - x0, y1 - y0]) == 2
     assert state["inspect_detection"] == 2 and state["inspect_mode"] == DETECTION
-    assert request_query(state, explanation, [0, 1], [x0, y0, x1 - x0, y1 - y0]) in (None, 0, 1)
+    # 0 and 1 do not overlap detection 2's box: no query, and the one chosen before stays
+    assert request_query(state, explanation, [0, 1], [x0, y0, x1 - x0, y1 - y0]) is None
+    assert state["inspect_detection"] == 2
+    x0, y0, x1, y1 = boxes[1].tolist()  # a box shifted a little off detection 1 still finds it among [0, 1]
+    assert request_query(state, explanation, [0, 1], [x0 + 3, y0 - 2, x1 - x0, y1 - y0]) == 1
+    assert state["inspect_detection"] == 1

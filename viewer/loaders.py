@@ -16,8 +16,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import streamlit as st
 
-from borrowcore.anchors import dataset_anchor_recall, design_aspect_ratios
+from borrowcore.anchors import design_aspect_ratios
 from borrowcore.coco import read_coco_boxes, read_coco_json
+from borrowcore.stats import dataset_anchor_recall
 from borrowcore.analysis import analyze_report, compare_reports
 from borrowcore.compare import parse_report, resolve_report_path
 from borrowcore.images import BadImageError, decode_upload

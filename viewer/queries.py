@@ -190,6 +190,12 @@ def needs_window(height: int, width: int, input_size: int) -> bool:
     return max(height, width) > WINDOW_FACTOR * input_size
 
 
+def window_key(label: str, digest: str) -> str:
+    """The session-state key of an image's window position ("left" or "top"): one per image, by the hash of
+    its bytes, so that a newly uploaded image opens on its own centre, not where the previous one was left."""
+    return f"inspect_window_{label}_{digest[:16]}"
+
+
 def window_start(center: float, length: int, size: int) -> int:
     """The start of an S-long window centred on ``center`` as far as the image allows."""
     return int(min(max(0.0, center - size / 2), max(0, length - size)))
