@@ -33,7 +33,8 @@ with st.sidebar:
     bundled = {path.name: path for path in assets.checkpoints()}
     if not bundled:
         st.caption("No checkpoints are bundled yet: upload one.")
-    choice = st.selectbox("Checkpoint", [*bundled, UPLOAD], key="inspect_checkpoint")
+    choice = st.selectbox("Checkpoint", [*bundled, UPLOAD], key="inspect_checkpoint",
+                          index=assets.default_checkpoint(list(bundled.values())))
     if choice == UPLOAD:
         upload = st.file_uploader("Checkpoint file (.pt)", type=["pt", "pth"], key="inspect_checkpoint_upload")
         if upload is None:
@@ -49,8 +50,12 @@ with st.sidebar:
     except CheckpointError as error:
         st.error(without_upload_path(str(error), checkpoint_path, checkpoint_name))
         st.stop()
-    st.caption(f"neck **{info['neck']}**, {info['classes']} classes, input {info['input_size']}, "
-               f"width {info['width']}; running on {device_label()}")
+    seen = ("whole photo at native resolution" if info["inference"] == "whole" else
+            f"{info['input_size']} px tiles" if info["inference"] == "tiles" else f"input {info['input_size']}")
+    st.caption(f"neck **{info['neck']}**, {info['classes']} classes, {seen}, width {info['width']}; "
+               f"running on {device_label()}")
+    if use := assets.checkpoint_use(checkpoint_path):
+        st.caption(f"For {use}.")
 
 # ---- images: this session's uploads and bundled samples ----
 twin = assets.default_sample(checkpoint_info(checkpoint_path)["class_names"])
@@ -72,9 +77,15 @@ name = st.radio("Image", list(images), horizontal=True, key="inspect_image") if 
 digest, image, file_name = images[name]
 
 # ---- large images: a native-resolution S x S window (small objects keep their size), or a resize ----
-size, (full_height, full_width) = detector.input_size, tuple(image.shape[-2:])
+(full_height, full_width) = tuple(image.shape[-2:])
+if detector.whole_image:  # the photo itself, up to this side; a window of it beyond (SPEC §1)
+    size = detector.config.max_whole_side
+    too_large = max(full_height, full_width) > size
+else:
+    size = detector.input_size
+    too_large = queries.needs_window(full_height, full_width, size)
 window = None
-if queries.needs_window(full_height, full_width, size):
+if too_large:
     with st.sidebar:
         st.header("Region")
         whole = st.radio("Run the detector on", [WINDOW, WHOLE], key="inspect_region",

@@ -25,6 +25,8 @@ SHOTS = Path("/tmp/borrowscope-shots")
 SAMPLE = ROOT / "assets" / "synth-tiny" / "images" / "000001.png"  # a twins image: small shapes beside large ones
 PHOTO = ROOT / "assets" / "photos" / "images" / "000000000110.jpg"  # COCO: small and large people
 AERIAL = ROOT / "assets" / "aerial" / "images" / "MOS175.jpg"  # 1764 x 430, 54 cars and a bus
+FACES = ROOT / "assets" / "faces" / "instances.json"  # three held-out WIDER val photos: faces small and large
+PEOPLE = ROOT / "assets" / "photos" / "images" / "000000000257.jpg"  # a COCO photo of people, not from WIDER
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 WAIT_MS = 180_000  # generous: CI machines have two cores
@@ -78,6 +80,21 @@ def aerial_server(tmp_path):
     (root / "checkpoints").mkdir(parents=True)
     (root / "checkpoints" / checkpoint.name).symlink_to(checkpoint)
     (root / "aerial").symlink_to(AERIAL.parents[1])
+    yield from serve(root, tmp_path)
+
+
+@pytest.fixture
+def faces_server(tmp_path):
+    """The app over every bundled real-imagery checkpoint (faces and aerial) and the face and photo samples."""
+    checkpoints = [ROOT / "assets" / "checkpoints" / name for name in ("aerial-full.pt", "faces-full.pt", "faces-ssd.pt")]
+    if not (all(c.is_file() for c in checkpoints) and FACES.is_file() and PEOPLE.is_file()):
+        pytest.fail("the bundled face checkpoints and samples are part of the repository and must exist")
+    root = tmp_path / "assets"
+    (root / "checkpoints").mkdir(parents=True)
+    for checkpoint in checkpoints:
+        (root / "checkpoints" / checkpoint.name).symlink_to(checkpoint)
+    for folder in ("faces", "photos"):
+        (root / folder).symlink_to(ROOT / "assets" / folder)
     yield from serve(root, tmp_path)
 
 
@@ -224,3 +241,35 @@ def test_inspect_aerial_tile_on_a_native_resolution_window(aerial_server, tmp_pa
         assert re.search(r"#\d+ (car|bus|minibus) \(\d+ × \d+ px, its cells on layer \d \(conv[\w_]+\)\)", text)
         assert "Traceback" not in text
         shoot(page, tmp_path, "aerial")
+
+
+@pytest.mark.slow
+def test_inspect_opens_on_faces_in_a_crowd(faces_server, tmp_path):
+    """With the aerial model bundled too, the app opens on the face model and a held-out crowd photo: the
+    faces it found, and for a small face the larger faces it borrowed from; then a photo of people it never
+    saw (COCO) runs whole with no other choice to make."""
+    first = json.loads(FACES.read_text())["images"][0]
+    with inspect_page(faces_server) as page:
+        page.locator(".js-plotly-plot .heatmaplayer").first.wait_for()
+        text = page.inner_text("body")
+        assert "faces-full.pt" in text and "whole photo at native resolution" in text
+        assert "Run the detector on" not in text  # a 1024 px photo needs no window: it runs whole
+        found = re.search(r"Detections: (\d+) at score", text)
+        assert found and int(found.group(1)) >= 3, text[:2000]  # a trained model finds faces in the crowd
+        # the default query is a small face with larger faces in the photo, and it borrowed from them
+        query = re.search(r"#\d+ face \((\d+) × (\d+) px, its cells on layer (\d) \(conv[\w_]+\)\)", text)
+        assert query and int(query.group(1)) < 32, text[:3000]
+        assert "Larger instances: the share of its mass on each" in text
+        assert "Traceback" not in text
+        shoot(page, tmp_path, "faces")
+        assert first["file_name"] in text
+
+        images = page.get_by_test_id("stFileUploader").filter(has_text="Upload images").locator("input[type='file']")
+        images.set_input_files([PEOPLE])
+        page.get_by_text(f"{PEOPLE.name} (uploaded)").first.wait_for()
+        settle(page)
+        page.get_by_test_id("stRadio").get_by_text(f"{PEOPLE.name} (uploaded)").click()
+        settle(page)
+        text = page.inner_text("body")
+        assert re.search(r"Detections: \d+ at score", text) and "Traceback" not in text
+        shoot(page, tmp_path, "faces-upload")
