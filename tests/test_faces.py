@@ -256,7 +256,7 @@ def test_shift_rescales_images_and_boxes(tmp_path: Path):
     shifted = json.loads(path.read_text())
     assert shifted["images"][0] == {"id": 1, "file_name": "a.jpg", "width": 120, "height": 80}
     assert shifted["annotations"][0]["bbox"] == [60, 20, 40, 20] and shifted["annotations"][0]["area"] == 800
-    pixels = torch.from_numpy(np.asarray(Image.open(tmp_path / "x2" / "images" / "a.jpg"))).permute(2, 0, 1)
+    pixels = torch.from_numpy(np.array(Image.open(tmp_path / "x2" / "images" / "a.jpg"))).permute(2, 0, 1)
     assert pixels.shape == (3, 80, 120)
     assert pixels[:, 24:36, 64:96].float().mean() > 190 and pixels[:, 50:, :].float().mean() < 10  # the box moved with it
 
