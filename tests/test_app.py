@@ -460,3 +460,24 @@ def test_inspect_large_aerial_image_runs_on_a_native_resolution_window(app, asse
     assert not at.exception and "window at" not in texts(at)
     at.radio(key="inspect_instances").set_value("ground truth (aerial/instances.json)").run()
     assert "Ground truth: 55 instances" in texts(at)
+
+
+def test_inspect_opens_on_the_face_model_and_runs_the_whole_photo(app, tmp_path):
+    """With an aerial and a face checkpoint bundled, Inspect opens on faces-full.pt and a held-out crowd
+    photo (the sample set annotated 'face'), and runs the 1024 px photo whole: no window to choose."""
+    root = tmp_path / "assets"
+    config = DetectorConfig(neck="full", num_classes=1, input_size=256, width=0.125, batch_norm=True,
+                            anchor_scale=2.0, aspect_ratios=[1.1538], inference="whole", score_threshold=0.05,
+                            detections_per_image=50)
+    torch.manual_seed(0)
+    save_checkpoint(root / "checkpoints" / "faces-full.pt", build_detector(config, ["face"]).eval())
+    save_checkpoint(root / "checkpoints" / "aerial-full.pt", tiny_detector("full", ["car", "bus", "minibus"]))
+    (root / "faces").symlink_to(ROOT / "assets" / "faces")
+    (root / "aerial").symlink_to(ROOT / "assets" / "aerial")
+    at = app("../pages/inspect_image.py", root=root)
+    assert not at.exception
+    assert at.sidebar.selectbox(key="inspect_checkpoint").value == "faces-full.pt"
+    first = json.loads((ROOT / "assets" / "faces" / "instances.json").read_text())["images"][0]["file_name"]
+    assert at.multiselect(key="inspect_samples").value == [f"faces/{first}"]
+    assert "whole photo at native resolution" in texts(at) and "For photos of people" in texts(at)
+    assert not [r for r in at.sidebar.radio if r.key == "inspect_region"]  # 1024 px < max_whole_side: no window
