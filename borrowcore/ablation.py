@@ -8,6 +8,7 @@ re-running the same command after an interruption continues where it stopped and
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 from pathlib import Path
 from typing import Sequence
@@ -210,6 +211,18 @@ def best_seed(runs: Path, neck: str, split: str) -> int | None:
     return max(scored)[1] if scored else None
 
 
+def release_threshold(report_path: Path) -> float:
+    """The F1-best score threshold (IoU 0.5) of a report's detections, rounded to 0.05, within [0.05, 0.95]."""
+    from borrowcore.analysis import report_ground_truth
+    from borrowcore.evaluate import best_f1_threshold
+    from borrowcore.report import read_json
+
+    report = load_report(report_path)
+    best = report.get("extra", {}).get("best_f1") or best_f1_threshold(
+        report_ground_truth(report), read_json(report_path.parent / report["detections"]))
+    return 0.5 if best["score"] < 0 else min(0.95, max(0.05, round(best["score"] * 20) / 20))
+
+
 def release_ablation(runs: str | Path, assets: str | Path, necks: Sequence[str] = NECKS, name: str = "synth",
                      reports_folder: str = "ablation", best_by: str | None = None,
                      weights_necks: Sequence[str] | None = None) -> list[Path]:
@@ -240,8 +253,12 @@ def release_ablation(runs: str | Path, assets: str | Path, necks: Sequence[str] 
             target = None
             if shipped:
                 checkpoint = read_checkpoint(source)
-                detector = build_detector(checkpoint_config(checkpoint, source), checkpoint["class_names"])
+                config = checkpoint_config(checkpoint, source)
+                detector = build_detector(config, checkpoint["class_names"])
                 load_state(detector, checkpoint, source)
+                if best_by:  # the app's default threshold: the F1-best score on the split that picked the seed
+                    detector.config = dataclasses.replace(
+                        config, display_threshold=release_threshold(run_dir / f"eval_{best_by}.json"))
                 suffix = "" if seed == 0 or best_by else f"-s{seed}"
                 target = assets / "checkpoints" / f"{name}-{neck}{suffix}.pt"
                 save_checkpoint(target, detector)  # weights, config and versions; no optimizer state

@@ -39,6 +39,7 @@ class DetectorConfig:
     # longer side exceeds max_whole_side are cut into S x S tiles instead); "tiles" of S x S always.
     inference: str = "resize"
     max_whole_side: int = 2048
+    display_threshold: float = 0.5  # the app's default score threshold (release: the F1-best on validation)
     score_threshold: float = 0.01
     nms_iou: float = 0.45
     candidates_per_class: int = 400

@@ -183,6 +183,27 @@ def coco_metrics(coco_gt: COCO, results: list[dict], size_bins: Sequence[tuple[f
                           "iou": [round(float(t), 2) for t in params.iouThrs], "ranges": curves}}
 
 
+def best_f1_threshold(coco_gt: COCO, results: list[dict], iou: float = 0.5) -> dict[str, float]:
+    """The score threshold with the best F1 at IoU ``iou`` over all classes and sizes (ultralytics' "best
+    confidence"): from COCOeval's per-recall-point precision and scores, classes averaged.
+
+    Returns {"score", "f1", "precision", "recall"}; all -1 when there is no ground truth or detection."""
+    evaluator, _ = run_cocoeval(coco_gt, results_to_coco(coco_gt, results), ())
+    t = int(np.argmin(np.abs(evaluator.params.iouThrs - iou)))
+    precision = evaluator.eval["precision"][t, :, :, 0, -1]  # (R, K): area "all", maxDets 100
+    scores = evaluator.eval["scores"][t, :, :, 0, -1]  # (R, K): the score reached at each recall point
+    recall = evaluator.params.recThrs[:, None].repeat(precision.shape[1], axis=1)
+    valid = (precision > 0) & (scores > 0)
+    rows = valid.any(axis=1)  # recall points some class reaches
+    if not rows.any():
+        return {"score": -1.0, "f1": -1.0, "precision": -1.0, "recall": -1.0}
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-9)
+    mean = lambda values: np.array([v[m].mean() if m.any() else -1.0 for v, m in zip(values, valid)])  # noqa: E731
+    best = int(np.argmax(np.where(rows, mean(f1), -1.0)))
+    return {"score": float(mean(scores)[best]), "f1": float(mean(f1)[best]),
+            "precision": float(mean(precision)[best]), "recall": float(recall[best, 0])}
+
+
 def small_instance_accuracy(coco_gt: COCO, results: list[dict], small_side: float = 32.0, iou: float = 0.5) -> dict[str, float]:
     """Top-1 class accuracy on small instances: for each small ground-truth box (sqrt(area) < small_side),
     the class of the highest-scoring detection of any class at IoU >= ``iou``; the share that is right.
@@ -373,7 +394,8 @@ def build_report(dataset: CocoDetection, results: list[dict], model: dict, timin
         **coco_metrics(dataset.coco, results, size_bins),
         "subsets": subset_metrics(dataset.coco, results),  # small twins and orphans (instance_subsets)
         "timing": timing,
-        "extra": {"inference": inference, "small_top1": small_instance_accuracy(dataset.coco, results)},
+        "extra": {"inference": inference, "small_top1": small_instance_accuracy(dataset.coco, results),
+                  "best_f1": best_f1_threshold(dataset.coco, results)},
     }
 
 

@@ -116,7 +116,9 @@ if too_large:
 class_names = list(detector.class_names)
 with st.sidebar:
     st.header("Detections")
-    threshold = st.slider("Score threshold", 0.05, 1.0, 0.5, 0.05, key="inspect_threshold")
+    threshold = st.slider("Score threshold", 0.05, 1.0, float(detector.config.display_threshold), 0.05,
+                          key="inspect_threshold", help="Starts at the checkpoint's own: for released models the score "
+                                                        "with the best F1 on their validation set.")
     chosen = st.multiselect("Classes", class_names, default=class_names,
                             key=f"inspect_classes_{image_digest(' '.join(class_names).encode())[:8]}")
 with st.spinner("Running the detector (one image at a time on the device; waiting for other sessions)…"):

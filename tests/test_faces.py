@@ -284,3 +284,24 @@ def test_eval_of_another_detectors_results(tmp_path: Path):
     (tmp_path / "bad.json").write_text(json.dumps([{"image_id": 8, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1}]))
     with pytest.raises(ValueError, match="bad.json: image ids not in"):
         evaluate_results(tmp_path / "bad.json", tmp_path / "gt.json", tmp_path)
+
+
+def test_best_f1_threshold_by_hand():
+    from pycocotools.coco import COCO
+
+    from borrowcore.evaluate import best_f1_threshold
+
+    coco = COCO()
+    coco.dataset = {"images": [{"id": 1, "width": 200, "height": 200, "file_name": "a.jpg"}],
+                    "categories": [{"id": 1, "name": "face"}],
+                    "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 40, 40], "area": 1600, "iscrowd": 0},
+                                    {"id": 2, "image_id": 1, "category_id": 1, "bbox": [100, 100, 40, 40], "area": 1600, "iscrowd": 0}]}
+    coco.createIndex()
+    results = [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 40, 40], "score": 0.9},  # TP
+               {"image_id": 1, "category_id": 1, "bbox": [150, 10, 40, 40], "score": 0.8},  # FP
+               {"image_id": 1, "category_id": 1, "bbox": [100, 100, 40, 40], "score": 0.3}]  # TP
+    # at 0.9: P 1, R 0.5, F1 2/3; at 0.3: P 2/3, R 1, F1 0.8 -> the threshold is 0.3
+    best = best_f1_threshold(coco, results)
+    assert best["score"] == pytest.approx(0.3) and best["f1"] == pytest.approx(0.8)
+    assert best["precision"] == pytest.approx(2 / 3) and best["recall"] == pytest.approx(1.0)
+    assert best_f1_threshold(coco, [])["score"] == -1
