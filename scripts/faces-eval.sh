@@ -6,7 +6,8 @@
 #   tiled   - 256 px tiles at native resolution, overlap 0.2: a small face sees only its tile's faces
 #   x0.5, x2, colour - the same photos rescaled 0.5x / 2x, and recoloured (hue +0.1, saturation 0.6,
 #             brightness 0.8), written once by `borrowcore shift`: how far the model holds off its
-#             training distribution (ssd and full)
+#             training distribution (ssd and full, seeds in SHIFT_SEEDS, default 0: the 2x photos take
+#             15 minutes with ssd and 30 with full on one core)
 #   bash scripts/faces-eval.sh [RUNS]
 set -eu
 RUNS=${1:-runs/faces}
@@ -38,7 +39,12 @@ done
 for weights in "$RUNS"/{ssd,full}/seed*/weights.pt; do
     [ -f "$weights" ] || continue
     evaluate "$weights" tiled data/wider/val.json $WIDER/images --tile 256 --overlap 0.2
+done
+for seed in ${SHIFT_SEEDS:-0}; do
+  for weights in "$RUNS"/{ssd,full}/seed$seed/weights.pt; do
+    [ -f "$weights" ] || continue
     evaluate "$weights" colour data/wider-colour/instances.json data/wider-colour/images
     evaluate "$weights" x0.5 data/wider-x0.5/instances.json data/wider-x0.5/images
     evaluate "$weights" x2 data/wider-x2/instances.json data/wider-x2/images
+  done
 done

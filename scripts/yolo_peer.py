@@ -4,7 +4,7 @@ then scored by borrowcore's own evaluator (``borrowcore eval --detections``), a 
 ultralytics is an optional install for this comparison only (``pip install ultralytics``), not a
 requirement of the package. Resumable: a finished training run or results file is reused.
 
-    python scripts/yolo_peer.py --out runs/faces/yolo11n/seed0 --epochs 10 --imgsz 640
+    python scripts/yolo_peer.py --out runs/faces/yolo11n/seed0 --hours 0.75 --imgsz 640
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ def main() -> None:
     parser.add_argument("--out", default="runs/faces/yolo11n/seed0")
     parser.add_argument("--model", default="yolo11n.yaml", help="an architecture yaml: from scratch, no weights")
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--hours", type=float, default=0.0,
+                        help="a wall-clock budget: ultralytics fits its schedule to it (overrides --epochs)")
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
@@ -67,7 +69,8 @@ def main() -> None:
     if not (out / "train" / "done").exists():
         model = YOLO(str(weights)) if weights.exists() else YOLO(args.model)
         model.train(data=str(data), epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, workers=0, device="cpu",
-                    pretrained=False, amp=False, plots=False, close_mosaic=args.close_mosaic, val=False, seed=args.seed, deterministic=True,
+                    pretrained=False, amp=False, plots=False, close_mosaic=args.close_mosaic,
+                    **({"time": args.hours} if args.hours else {}), val=False, seed=args.seed, deterministic=True,
                     project=str(out), name="train", exist_ok=True, resume=weights.exists(), verbose=False)
         (out / "train" / "done").write_text(json.dumps({"seconds": round(time.time() - start, 1),
                                                         "threads": os.environ.get("OMP_NUM_THREADS", "")}))
