@@ -170,7 +170,9 @@ def exportable(detector: Detector, input_size: int | None = None, with_nms: bool
     detector = copy.deepcopy(detector).cpu().eval()  # export traces on the CPU; the caller's model stays put
     with torch.no_grad():
         grid_sizes = detector.network(torch.zeros(1, 3, size, size)).grid_sizes
-    anchors = detector.anchors(grid_sizes, size)  # (A, 4): fixed by S, so the graph's input is S x S
+    # (A, 4): fixed by S, so the graph's input is S x S. A whole-image model keeps its own S'_N (SPEC §3);
+    # its graph still takes S x S inputs (a resize), not whole photos.
+    anchors = detector.anchors(grid_sizes, detector.anchor_image_size if detector.whole_image else size)
     module = ExportableDetector(detector.network, anchors, detector.postprocess.box_coder, detector.mean, detector.std)
     if with_nms:
         post = detector.postprocess

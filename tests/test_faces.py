@@ -305,3 +305,15 @@ def test_best_f1_threshold_by_hand():
     assert best["score"] == pytest.approx(0.3) and best["f1"] == pytest.approx(0.8)
     assert best["precision"] == pytest.approx(2 / 3) and best["recall"] == pytest.approx(1.0)
     assert best_f1_threshold(coco, [])["score"] == -1
+
+
+def test_export_keeps_a_whole_image_models_anchors():
+    from borrowcore.export import exportable
+
+    config = DetectorConfig(neck="ssd", num_classes=1, input_size=256, width=0.125, anchor_scale=2.0,
+                            aspect_ratios=[1.1538], inference="whole")
+    detector = build_detector(config, ["face"]).eval()
+    grids = [(256 // s, 256 // s) for s in (8, 16, 32, 64)]
+    anchors = exportable(detector).anchors
+    assert torch.equal(anchors, detector.anchors(grids, None))  # S'_N = sqrt(128 x 256), not S = 256
+    assert not torch.equal(anchors, detector.anchors(grids, 256))
