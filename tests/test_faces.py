@@ -135,23 +135,27 @@ def test_dataset_keeps_crowd_boxes_as_ignore_regions(wider_images: Path):
     assert kept[0][1]["boxes"].as_subclass(torch.Tensor)[1].tolist() == [0, 0, 5, 5]
 
 
-def test_evaluation_ignores_detections_on_invalid_faces():
+def face_ground_truth(boxes: list[list[float]], crowd: tuple[int, ...] = (), size: int = 100):
+    """A one-image, one-class COCO object with these xywh boxes (indices in ``crowd`` marked iscrowd)."""
     from pycocotools.coco import COCO
 
     coco = COCO()
-    coco.dataset = {"images": [{"id": 1, "width": 100, "height": 100, "file_name": "a.jpg"}],
+    coco.dataset = {"images": [{"id": 1, "width": size, "height": size, "file_name": "a.jpg"}],
                     "categories": [{"id": 1, "name": "face"}],
-                    "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "area": 400, "iscrowd": 0},
-                                    {"id": 2, "image_id": 1, "category_id": 1, "bbox": [60, 60, 20, 20], "area": 400, "iscrowd": 1}]}
+                    "annotations": [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": box, "area": box[2] * box[3],
+                                     "iscrowd": int(i in crowd)} for i, box in enumerate(boxes)]}
     coco.createIndex()
+    return coco
+
+
+def test_evaluation_ignores_detections_on_invalid_faces():
+    coco = face_ground_truth([[10, 10, 20, 20], [60, 60, 20, 20]], crowd=(1,))
     on_invalid = {"image_id": 1, "category_id": 1, "bbox": [60, 60, 20, 20], "score": 0.9}
     on_face = {"image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "score": 0.8}
     # ranked first, the detection on the invalid face would halve precision if it counted as a false positive
     assert coco_metrics(coco, [on_invalid, on_face])["metrics"]["AP"] == pytest.approx(1.0)
-    coco.dataset["annotations"][1]["iscrowd"] = 0
-    coco.dataset["annotations"] = coco.dataset["annotations"][:1]
-    coco.createIndex()
-    assert coco_metrics(coco, [on_invalid, on_face])["metrics"]["AP"] < 0.6
+    # without the invalid face there, the same detection is a false positive ranked first
+    assert coco_metrics(face_ground_truth([[10, 10, 20, 20]]), [on_invalid, on_face])["metrics"]["AP"] < 0.6
 
 
 # ---- the scale-jittered crop ----
@@ -287,16 +291,9 @@ def test_eval_of_another_detectors_results(tmp_path: Path):
 
 
 def test_best_f1_threshold_by_hand():
-    from pycocotools.coco import COCO
-
     from borrowcore.evaluate import best_f1_threshold
 
-    coco = COCO()
-    coco.dataset = {"images": [{"id": 1, "width": 200, "height": 200, "file_name": "a.jpg"}],
-                    "categories": [{"id": 1, "name": "face"}],
-                    "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 40, 40], "area": 1600, "iscrowd": 0},
-                                    {"id": 2, "image_id": 1, "category_id": 1, "bbox": [100, 100, 40, 40], "area": 1600, "iscrowd": 0}]}
-    coco.createIndex()
+    coco = face_ground_truth([[10, 10, 40, 40], [100, 100, 40, 40]], size=200)
     results = [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 40, 40], "score": 0.9},  # TP
                {"image_id": 1, "category_id": 1, "bbox": [150, 10, 40, 40], "score": 0.8},  # FP
                {"image_id": 1, "category_id": 1, "bbox": [100, 100, 40, 40], "score": 0.3}]  # TP
