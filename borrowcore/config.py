@@ -31,6 +31,9 @@ class DetectorConfig:
     fc6_dilation: int = 1  # 1 keeps Table 1's receptive fields; 3 takes converted fc6 weights
     similarity: str = "cosine"  # FMB matching: cosine x learnable inverse temperature, or dot
     borrow_channels: int = 256  # c, the FRB / deconvolution channels at width 1
+    # FMB keys per deeper map: more cells are average-pooled (by powers of two) to at most this many, so
+    # borrowing costs time linear in the image (neck.pool_to_budget); 0 matches every cell (the paper)
+    key_budget: int = 0
     anchor_scale: float = 4.0  # S_k = anchor_scale * stride_k (Table 1: 32, 64, 128, 256)
     aspect_ratios: list[float] = field(default_factory=lambda: [1.5, 3.0])  # each r gives r and 1/r
     match_iou: float = 0.5  # SPEC §5; S3FD / RetinaFace match tiny faces at 0.35
@@ -56,6 +59,8 @@ class DetectorConfig:
             raise ValueError(f"match_iou must be in (0, 1], got {self.match_iou}")
         if self.input_size < 128:
             raise ValueError(f"input_size must be >= 128 (SPEC §1), got {self.input_size}")
+        if self.key_budget < 0:
+            raise ValueError(f"key_budget must be >= 0 (0: every cell), got {self.key_budget}")
         if self.width <= 0:
             raise ValueError(f"width must be positive, got {self.width}")
         if self.fc6_dilation not in (1, 3):

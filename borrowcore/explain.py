@@ -37,7 +37,7 @@ class Explanation:
     """One image's detections and matching scores, with the geometry to draw them on the image."""
 
     detections: dict[str, Tensor]  # boxes (D, 4) xyxy in image pixels, labels, scores
-    matching: list[MatchingScores]  # per borrowing layer, shallow first; scores (m_n, d_n)
+    matching: list[MatchingScores]  # per borrowing layer, shallow first; one image (batch of 1)
     image_size: tuple[int, int]  # (H, W) of the image
     input_size: int  # S of the network input
     class_names: list[str]
@@ -110,14 +110,12 @@ def split_by_source_layer(matching: MatchingScores, values: Tensor) -> list[Tens
 
 def heatmaps(matching: MatchingScores, rows: Tensor | list[int]) -> list[Tensor]:
     """Mean S_hat row of ``rows`` (query cells) as one (h', w') mass map per deeper layer; sums to 1."""
-    scores = matching.scores[0] if matching.scores.dim() == 3 else matching.scores  # (m_n, d_n)
-    return split_by_source_layer(matching, scores[torch.as_tensor(rows)].float().mean(0))
+    return split_by_source_layer(matching, row_mass(matching, rows))
 
 
 def top_sources(matching: MatchingScores, rows: Tensor | list[int], k: int = 5) -> list[dict]:
     """The k deeper cells with the most mass: layer, grid cell, centre (input pixels) and share."""
-    scores = matching.scores[0] if matching.scores.dim() == 3 else matching.scores
-    mass = scores[torch.as_tensor(rows)].float().mean(0)
+    mass = row_mass(matching, rows)
     values, columns = mass.topk(min(k, mass.numel()))
     offsets = np.cumsum([0] + [h * w for h, w in matching.source_grids])
     centres = source_cell_centres(matching)
@@ -132,15 +130,15 @@ def top_sources(matching: MatchingScores, rows: Tensor | list[int], k: int = 5) 
 
 
 def layer_view(matching: MatchingScores) -> dict[str, Tensor]:
-    """For every query cell: the deeper layer and cell holding most of its mass, and its row's entropy."""
-    scores = (matching.scores[0] if matching.scores.dim() == 3 else matching.scores).float()  # (m_n, d_n)
+    """For every query cell: the deeper layer and cell holding most of its mass, that share ("peak"), and
+    its row's entropy; a block of rows at a time (``MatchingScores.summary``)."""
+    summary = matching.summary()
     h, w = matching.query_grid
     offsets = torch.tensor(np.cumsum([0] + [gh * gw for gh, gw in matching.source_grids]))
-    argmax = scores.argmax(dim=1)
-    source_layer = torch.bucketize(argmax, offsets[1:], right=True)
-    entropy = -(scores * scores.clamp_min(1e-12).log()).sum(dim=1)
-    return {"argmax": argmax.reshape(h, w), "source_layer_index": source_layer.reshape(h, w),
-            "entropy": entropy.reshape(h, w), "max_entropy": torch.tensor(float(np.log(scores.shape[1])))}
+    source_layer = torch.bucketize(summary["argmax"], offsets[1:], right=True)
+    return {"argmax": summary["argmax"].reshape(h, w), "source_layer_index": source_layer.reshape(h, w),
+            "peak": summary["peak"].reshape(h, w), "entropy": summary["entropy"].reshape(h, w),
+            "max_entropy": torch.tensor(float(np.log(matching.num_sources)))}
 
 
 def best_anchor_layer(box_input: Tensor, anchors: Tensor, anchors_per_layer: list[int]) -> int:
@@ -189,8 +187,7 @@ def detection_boxes_input(explanation: Explanation) -> Tensor:
 
 def row_mass(matching: MatchingScores, rows: Tensor | Sequence[int]) -> Tensor:
     """(d_n,) mean S_hat row of the query cells ``rows``: a distribution over all deeper cells."""
-    scores = matching.scores[0] if matching.scores.dim() == 3 else matching.scores  # (m_n, d_n)
-    return scores[torch.as_tensor(rows)].float().mean(0)
+    return matching.rows(rows).mean(0)
 
 
 @torch.inference_mode()
@@ -199,8 +196,7 @@ def explain(detector: torch.nn.Module, image: Tensor) -> Explanation:
     detector.eval()
     device = next(detector.parameters()).device
     [detection] = detector([image.to(device)], return_matching=True)
-    matching = [MatchingScores(m.layer, m.scores[0].cpu(), m.query_grid, m.query_stride, m.source_layers,
-                               m.source_grids, m.source_strides) for m in detection.pop("matching")]
+    matching = detection.pop("matching")  # this image's, on the CPU
     explanation = Explanation({k: v.cpu() for k, v in detection.items()}, matching, tuple(image.shape[-2:]),
                               detector.input_size, list(detector.class_names),
                               whole_image=getattr(detector, "whole_image", False))
@@ -275,8 +271,7 @@ def borrow_precision(detector: torch.nn.Module, dataset, device: str | torch.dev
             on_twin = torch.zeros(len(centres), dtype=torch.bool)
             for box in boxes[larger]:
                 on_twin |= ((centres[:, 0] >= box[0]) & (centres[:, 0] <= box[2]) & (centres[:, 1] >= box[1]) & (centres[:, 1] <= box[3]))
-            scores = matching.scores[0].float().cpu()  # (m_n, d_n)
-            shares.append(float(scores[rows][:, on_twin].sum(1).mean()))
+            shares.append(float(matching.rows(rows)[:, on_twin].sum(1).mean()))
             chances.append(float(on_twin.float().mean()))
     if not shares:
         return {"borrow_precision": -1.0, "chance": -1.0, "instances": 0, "skipped": skipped}
@@ -450,13 +445,11 @@ def layer_maps(explanation: Explanation, layer: int) -> dict[str, GridMap]:
     ("source_layer"), its row's entropy over log(d_n) ("entropy", 0..1) and its largest share ("peak")."""
     matching = explanation.layer(layer)
     view = layer_view(matching)
-    scores = (matching.scores[0] if matching.scores.dim() == 3 else matching.scores).float()  # (m_n, d_n)
-    h, w = matching.query_grid
     source_layer = torch.tensor(matching.source_layers)[view["source_layer_index"]]
     scale = explanation.scale()
     place = lambda values: place_grid(layer, values.numpy(), matching.query_stride, scale)  # noqa: E731
     return {"source_layer": place(source_layer), "entropy": place(view["entropy"] / view["max_entropy"]),
-            "peak": place(scores.max(dim=1).values.reshape(h, w))}
+            "peak": place(view["peak"])}
 
 
 def default_query(explanation: Explanation, among: Sequence[int], min_area_ratio: float = LARGER_AREA_RATIO,

@@ -138,7 +138,7 @@ class Detector(nn.Module):
                 return_matching: bool = False) -> dict[str, Tensor] | list[dict]:
         """Train mode with targets: {"loss_box", "loss_cls"}. Eval mode: per image {"boxes" (D, 4) xyxy
         in that image's pixels, "labels" (D,), "scores" (D,)}, plus "matching" (a list of
-        ``MatchingScores`` with (1, m_n, d_n) scores) when ``return_matching``."""
+        ``MatchingScores`` of that image, on the CPU) when ``return_matching``."""
         if self.training:
             if targets is None:
                 raise ValueError("in train mode the detector needs targets")
@@ -149,11 +149,7 @@ class Detector(nn.Module):
         detections = self.postprocess(output.cls_logits, output.box_regression, anchors, self.input_scales(sizes), sizes)
         if return_matching:
             for i, detection in enumerate(detections):
-                detection["matching"] = [
-                    MatchingScores(m.layer, m.scores[i:i + 1], m.query_grid, m.query_stride,
-                                   m.source_layers, m.source_grids, m.source_strides)
-                    for m in output.matching
-                ]
+                detection["matching"] = [m.select(i) for m in output.matching]
         return detections
 
 
@@ -165,7 +161,7 @@ def build_detector(config: DetectorConfig, class_names: list[str] | None = None)
         raise ValueError(f"{len(class_names)} class names for num_classes={config.num_classes}")
     backbone = VGGBackbone(config.width, config.batch_norm, config.fc6_dilation)
     neck = BorrowNeck(backbone.out_channels, backbone.strides, config.neck,
-                      scaled_channels(config.borrow_channels, config.width), config.similarity)
+                      scaled_channels(config.borrow_channels, config.width), config.similarity, config.key_budget)
     anchors = AnchorGenerator(backbone.strides, config.anchor_scale, config.aspect_ratios)
     head = SSDHead(backbone.out_channels, anchors.num_anchors_per_location(), config.num_classes + 1)
     box_coder = BoxCoder()

@@ -11,7 +11,9 @@ with Y(N) = X(N). C_n is zero-initialised, so every ablation starts as the plain
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,22 +23,74 @@ from torch import Tensor, nn
 from borrowcore.config import NECKS
 
 
+# The most matching scores (B x rows x d_n) held at once on the CPU: 2^22 float32 = 16 MiB. Rows are
+# independent softmaxes, so S_hat V is computed a block of query rows at a time and the whole matrix is
+# never held: memory grows with the cells, not with their product (SPEC §4).
+MAX_SCORES_IN_MEMORY = 2**22
+
+
 @dataclass
 class MatchingScores:
-    """One borrowing layer's matching-score matrix and the grids that place its rows and columns.
+    """One borrowing layer's matching scores S_hat and the grids that place its rows and columns.
 
-    ``scores`` is S_hat (B, m_n, d_n): row r is query cell r of layer n (row-major on ``query_grid``);
-    its columns run over the deeper layers ``source_layers`` in order, each row-major on its grid.
-    Layers are numbered 1..N as in the paper.
+    S_hat (B, m_n, d_n) is held as its factors: ``queries`` (B, m_n, e) and ``keys`` (B, d_n, e), already
+    scaled, so S_hat = softmax_rows(queries @ keys^T). That is linear in the cells; ``rows`` computes the
+    rows a user inspects, ``summary`` the per-cell statistics the app draws, and ``dense`` the whole
+    matrix (small maps, tests). A hand-made S_hat can be given as ``scores`` instead of the factors.
+    Row r is query cell r of layer n (row-major on ``query_grid``); columns run over the deeper layers
+    ``source_layers`` in order, each row-major on its grid. Layers are numbered 1..N as in the paper.
+    With a key budget the deeper maps were pooled: their grids and strides are the pooled ones.
     """
 
     layer: int
-    scores: Tensor
+    scores: Tensor | None
     query_grid: tuple[int, int]
     query_stride: int
     source_layers: list[int]
     source_grids: list[tuple[int, int]]
     source_strides: list[int]
+    queries: Tensor | None = None
+    keys: Tensor | None = None
+
+    def select(self, image: int) -> MatchingScores:
+        """Image ``image`` of the batch, keeping a batch dimension of 1, on the CPU."""
+        def one(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t[image:image + 1].cpu()
+        return dataclasses.replace(self, scores=one(self.scores), queries=one(self.queries), keys=one(self.keys))
+
+    def rows(self, rows: Tensor | Sequence[int], image: int = 0) -> Tensor:
+        """S_hat rows ``rows`` of image ``image``: (len(rows), d_n), float32, each summing to 1."""
+        index = torch.as_tensor(rows, dtype=torch.long)
+        if self.scores is not None:
+            scores = self.scores[image] if self.scores.dim() == 3 else self.scores
+            return scores[index].float()
+        queries, keys = self.queries[image].float(), self.keys[image].float()  # (m_n, e), (d_n, e)
+        return torch.softmax(queries[index.to(queries.device)] @ keys.T, dim=-1).cpu()
+
+    @property
+    def num_queries(self) -> int:
+        return self.query_grid[0] * self.query_grid[1]
+
+    @property
+    def num_sources(self) -> int:
+        return sum(h * w for h, w in self.source_grids)
+
+    def dense(self, image: int = 0) -> Tensor:
+        """The whole (m_n, d_n) S_hat of one image: m_n x d_n floats, only for small maps."""
+        return self.rows(torch.arange(self.num_queries), image)
+
+    def summary(self, image: int = 0) -> dict[str, Tensor]:
+        """Per query cell (m_n,): the arg-max column, its share ("peak") and the row's entropy, computed
+        a block of rows at a time (never the whole matrix)."""
+        block = max(1, MAX_SCORES_IN_MEMORY // max(1, self.num_sources))
+        parts = []
+        for start in range(0, self.num_queries, block):
+            scores = self.rows(torch.arange(start, min(start + block, self.num_queries)), image)
+            peak, argmax = scores.max(dim=1)
+            entropy = -(scores * scores.clamp_min(1e-12).log()).sum(dim=1)
+            parts.append((argmax, peak, entropy))
+        argmax, peak, entropy = (torch.cat(p) for p in zip(*parts))
+        return {"argmax": argmax, "peak": peak, "entropy": entropy}
 
 
 def flatten_cells(x: Tensor) -> Tensor:
@@ -55,18 +109,44 @@ def conv1x1_together(x: Tensor, convs: list[nn.Conv2d]) -> list[Tensor]:
     return list(F.conv2d(x, weight, bias).split([conv.out_channels for conv in convs], dim=1))
 
 
-def attend(queries: Tensor, keys: Tensor, values: Tensor) -> Tensor:
+def attend(queries: Tensor, keys: Tensor, values: Tensor, max_scores: int | None = None) -> Tensor:
     """softmax(Q K^T) V, one head: queries (B, m, e), keys (B, d, e), values (B, d, c) -> (B, m, c).
 
     Q and K already carry the scale. On CPU, SDPA with values narrower than the keys (c < c_n here) takes
     its math path, which keeps the (B, m, d) matrix anyway and adds _safe_softmax's checks: the plain
-    product is faster. Elsewhere SDPA's fused kernels keep no m x d matrix (SPEC §4).
+    product is faster, run on blocks of query rows so that at most ``max_scores`` scores (default
+    ``MAX_SCORES_IN_MEMORY``) exist at once.
+    Elsewhere SDPA's fused kernels keep no m x d matrix (SPEC §4).
     """
-    if queries.device.type == "cpu":
-        return torch.softmax(queries @ keys.transpose(1, 2), dim=-1) @ values  # (B, m, d) @ (B, d, c)
-    return F.scaled_dot_product_attention(  # one attention head: (B, 1, L, E)
-        queries.unsqueeze(1), keys.unsqueeze(1), values.unsqueeze(1), scale=1.0
-    ).squeeze(1)
+    if queries.device.type != "cpu":
+        return F.scaled_dot_product_attention(  # one attention head: (B, 1, L, E)
+            queries.unsqueeze(1), keys.unsqueeze(1), values.unsqueeze(1), scale=1.0
+        ).squeeze(1)
+    keys_t = keys.transpose(1, 2)  # (B, e, d)
+    block = max(1, (max_scores or MAX_SCORES_IN_MEMORY) // max(1, keys.shape[0] * keys.shape[1]))
+    if block >= queries.shape[1]:
+        return torch.softmax(queries @ keys_t, dim=-1) @ values  # (B, m, d) @ (B, d, c)
+    return torch.cat([torch.softmax(q @ keys_t, dim=-1) @ values for q in queries.split(block, dim=1)], dim=1)
+
+
+def pool_to_budget(x: Tensor, budget: int) -> tuple[Tensor, int]:
+    """A deeper map X(n') (B, c, h, w) average-pooled by the smallest power of two r that leaves at most
+    ``budget`` cells (ceil(h / r) * ceil(w / r)); returns it and r. ``budget`` 0 keeps every cell.
+
+    The key budget bounds FMB's cost per query cell, so it grows linearly with the image: the deeper
+    maps are reduced before matching, as in PVT's spatial-reduction attention and ANN's pooled keys.
+    Powers of two keep every pooled cell an exact union of the original cells (edges: ``ceil_mode``
+    averages only the cells that exist) and its stride a multiple of the finest one.
+    """
+    if budget <= 0:
+        return x, 1
+    h, w = x.shape[-2:]
+    r = 1
+    while math.ceil(h / r) * math.ceil(w / r) > budget:
+        r *= 2
+    if r == 1:
+        return x, 1
+    return F.avg_pool2d(x, r, r, ceil_mode=True), r
 
 
 class FeatureMatchingBlock(nn.Module):
@@ -188,16 +268,21 @@ class BorrowNeck(nn.Module):
         neck: "ssd" (identity), "context" (D_n only), "borrow" (FMB + FRB only) or "full".
         borrow_channels: c, the channels of Z(n) and of D_n's output.
         similarity: FMB's matching function.
+        key_budget: at most this many cells per deeper map as FMB keys and FRB values (``pool_to_budget``);
+            0 matches every cell, as the paper does.
     """
 
     def __init__(
         self, in_channels: list[int], strides: tuple[int, ...] | list[int], neck: str = "full",
-        borrow_channels: int = 256, similarity: str = "cosine",
+        borrow_channels: int = 256, similarity: str = "cosine", key_budget: int = 0,
     ) -> None:
         super().__init__()
         if neck not in NECKS:
             raise ValueError(f"neck must be one of {NECKS}, got {neck!r}")
+        if key_budget < 0:
+            raise ValueError(f"key_budget must be >= 0 (0: every cell), got {key_budget}")
         self.neck = neck
+        self.key_budget = key_budget
         self.strides = list(strides)
         self.borrows = neck in ("borrow", "full")
         self.uses_context = neck in ("context", "full")
@@ -220,38 +305,38 @@ class BorrowNeck(nn.Module):
             ))
 
     def forward(self, features: list[Tensor], return_matching: bool = False) -> tuple[list[Tensor], list[MatchingScores]]:
-        """[X(1)..X(N)] -> ([Y(1)..Y(N)], matching scores per borrowing layer when asked, shallow first)."""
+        """[X(1)..X(N)] -> ([Y(1)..Y(N)], matching scores per borrowing layer when asked, shallow first).
+
+        Returning the matching scores costs no more than not: S_hat is returned as its factors."""
         if self.neck == "ssd":
             return list(features), []
+        sources = [pool_to_budget(x, self.key_budget) for x in features] if self.borrows else []  # (X(n'), r)
         outputs: list[Tensor] = [features[-1]]  # Y(N) = X(N)
         matching: list[MatchingScores] = []
         for n in range(len(features) - 2, -1, -1):  # top-down: Y(n) needs Y(n + 1)
             x = features[n]
-            grid = (x.shape[-2], x.shape[-1])
-            deeper = features[n + 1:]  # the original X(n'), not Y(n') (SPEC §4)
             borrowed = None
             if self.borrows:
-                fmb, frb = self.matching[n], self.representing[n]
+                deeper = [pooled for pooled, _ in sources[n + 1:]]  # the original X(n'), not Y(n') (SPEC §4)
+                queries, keys, values = self.embed(n, x, deeper)
+                borrowed = attend(queries, keys, values)  # (B, m_n, c)
+                borrowed = borrowed.transpose(1, 2).unflatten(2, x.shape[-2:])  # (B, c, h_n, w_n)
                 if return_matching:
-                    scores = fmb(x, deeper)  # (B, m_n, d_n)
-                    borrowed = frb(scores, deeper, grid)
                     matching.append(MatchingScores(
-                        layer=n + 1, scores=scores, query_grid=grid, query_stride=self.strides[n],
+                        layer=n + 1, scores=None, query_grid=(x.shape[-2], x.shape[-1]), query_stride=self.strides[n],
                         source_layers=list(range(n + 2, len(features) + 1)),
                         source_grids=[(f.shape[-2], f.shape[-1]) for f in deeper],
-                        source_strides=self.strides[n + 1:],
+                        source_strides=[stride * r for stride, (_, r) in zip(self.strides[n + 1:], sources[n + 1:])],
+                        queries=queries, keys=keys,
                     ))
-                else:
-                    borrowed = self.borrow(n, x, deeper)
             outputs.insert(0, self.fusion[n](x, borrowed, outputs[0]))
         matching.reverse()  # shallow layer first
         return outputs, matching
 
-    def borrow(self, n: int, x: Tensor, deeper: list[Tensor]) -> Tensor:
-        """Z(n) (B, c, h_n, w_n) of 0-based layer n without keeping S_hat: FMB.embed and FRB.fused in one.
-
-        phi_(n,n') and g_(n,n') read the same X(n'), so each pair runs as one 1x1 conv.
-        """
+    def embed(self, n: int, x: Tensor, deeper: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """FMB's scaled queries (B, m_n, c_n) and keys (B, d_n, c_n) and FRB's values (B, d_n, c) for
+        0-based layer n: Z(n) = softmax(queries keys^T) values. phi_(n,n') and g_(n,n') read the same
+        X(n'), so each pair runs as one 1x1 conv."""
         fmb, frb = self.matching[n], self.representing[n]
         keys, values = [], []
         for phi, g, x_deep in zip(fmb.phi, frb.g, deeper):
@@ -259,5 +344,4 @@ class BorrowNeck(nn.Module):
             keys.append(flatten_cells(key))
             values.append(flatten_cells(value))
         queries, keys = fmb.scale(flatten_cells(fmb.theta(x)), torch.cat(keys, dim=1))  # (B, m_n, c_n), (B, d_n, c_n)
-        borrowed = attend(queries, keys, torch.cat(values, dim=1))  # (B, m_n, c)
-        return borrowed.transpose(1, 2).unflatten(2, x.shape[-2:])  # (B, c, h_n, w_n)
+        return queries, keys, torch.cat(values, dim=1)

@@ -44,7 +44,7 @@ def test_matching_dimensions_at_300():
     detector = build_detector(DetectorConfig(neck="full", num_classes=2, width=0.125)).eval()
     with torch.no_grad():
         out = detector.network(torch.zeros(1, 3, 300, 300), return_matching=True)
-    assert [m.scores.shape[1:] for m in out.matching] == [(1444, 486), (361, 125), (100, 25)]
+    assert [m.dense().shape for m in out.matching] == [(1444, 486), (361, 125), (100, 25)]
     assert out.cls_logits.shape == (1, 11580, 3) and out.box_regression.shape == (1, 11580, 4)
     first = out.matching[0]
     assert first.source_layers == [2, 3, 4] and first.source_grids == [(19, 19), (10, 10), (5, 5)]
@@ -183,7 +183,7 @@ def test_return_matching_per_image(tiny_config):
     with torch.no_grad():
         out = detector([torch.rand(3, 128, 128), torch.rand(3, 64, 64)], return_matching=True)
     matching = out[1]["matching"]
-    assert [m.scores.shape for m in matching] == [(1, 256, 84), (1, 64, 20), (1, 16, 4)]
+    assert [(m.queries.shape[:2], m.keys.shape[:2]) for m in matching] == [((1, 256), (1, 84)), ((1, 64), (1, 20)), ((1, 16), (1, 4))]
     ssd = make_detector(tiny_config, "ssd").eval()
     with torch.no_grad():
         assert ssd([torch.rand(3, 128, 128)], return_matching=True)[0]["matching"] == []
