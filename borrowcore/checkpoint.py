@@ -133,16 +133,19 @@ def load_state(detector: torch.nn.Module, checkpoint: dict[str, Any], path: str 
     model.load_state_dict(state)
 
 
-def load_detector(path: str | Path, device: str | torch.device = "cpu", input_size: int | None = None):
+def load_detector(path: str | Path, device: str | torch.device = "cpu", input_size: int | None = None,
+                  key_budget: int | None = None):
     """Rebuild the detector a checkpoint was saved from, in eval mode on ``device``.
 
     ``input_size`` runs it at another S x S (the weights do not depend on S; anchors are rebuilt), so
-    that tiles of T = S px stay at native resolution for any T."""
+    that tiles of T = S px stay at native resolution for any T. ``key_budget`` replaces the stored one
+    (0: match every cell), for a model trained without it to run on photos too large to match whole."""
     from borrowcore.model import build_detector
 
     checkpoint = read_checkpoint(path)
-    if input_size is not None:
-        checkpoint = {**checkpoint, "config": {**checkpoint["config"], "input_size": input_size}}
+    overrides = {k: v for k, v in (("input_size", input_size), ("key_budget", key_budget)) if v is not None}
+    if overrides:
+        checkpoint = {**checkpoint, "config": {**checkpoint["config"], **overrides}}
     config = checkpoint_config(checkpoint, path)
     if len(checkpoint["class_names"]) != config.num_classes:
         raise CheckpointError(f"{path}: {len(checkpoint['class_names'])} class names for "

@@ -104,7 +104,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                      split=args.split, dataset_name=args.name,
                                      size_bins=parse_size_bins(args.size_bins), batch_size=args.batch_size,
                                      workers=args.workers, tile=args.tile, overlap=args.overlap,
-                                     input_size=args.input_size, borrow_precision=args.borrow_precision,
+                                     input_size=args.input_size, key_budget=args.key_budget,
+                                     borrow_precision=args.borrow_precision,
                                      skip_bad=args.skip_bad)
     if report is not None:
         print(format_metrics(report))
@@ -165,7 +166,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     summary = predict_files(args.source, args.out, checkpoint=args.checkpoint, onnx=args.onnx, device=args.device,
                             conf=args.conf, batch_size=args.batch, tile_size=args.tile, overlap=args.overlap,
-                            merge_edges=args.merge_edges, save_images=args.save_images, classes=args.classes)
+                            merge_edges=args.merge_edges, save_images=args.save_images, classes=args.classes,
+                            key_budget=args.key_budget)
     if summary["skipped"]:
         for skipped in json.loads(Path(summary["detections_file"]).read_text())["skipped"]:
             print(f"predict: skipped {skipped['path']}: {skipped['reason']}", file=sys.stderr)
@@ -313,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", dest="input_size", type=int,
                    help="run the detector at S x S (default: the checkpoint's); with --tile S, tiles of any size stay "
                         "at native resolution")
+    p.add_argument("--key-budget", dest="key_budget", type=int,
+                   help="borrow/full: match at most this many cells per deeper map, pooling larger maps (time and "
+                        "memory linear in the image; 0 = every cell; default: the checkpoint's)")
     p.add_argument("--borrow-precision", dest="borrow_precision", action="store_true",
                    help="borrow/full only: the share of small instances' matching mass on larger same-class ones")
     p.add_argument("--skip-bad", dest="skip_bad", action="store_true",
@@ -439,6 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="join boxes cut at a tile edge with the box that continues them")
     p.add_argument("--save-images", dest="save_images", action="store_true", help="write images with boxes drawn")
     p.add_argument("--classes", nargs="+", help="class names or labels (1..K) to keep")
+    p.add_argument("--key-budget", dest="key_budget", type=int,
+                   help="borrow/full: match at most this many cells per deeper map, pooling larger maps (time and "
+                        "memory linear in the image; 0 = every cell; default: the checkpoint's)")
     p.set_defaults(func=cmd_predict)
 
     p = commands.add_parser("export", help="export a checkpoint to ONNX (onnxruntime parity checked)")

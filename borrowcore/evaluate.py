@@ -438,23 +438,24 @@ def evaluate_results(results_file: str | Path, annotations: str | Path, images: 
 def inference_description(detector: torch.nn.Module, tile: int | None, overlap: float) -> str:
     """How the detector saw the images, in words, for the report."""
     config = getattr(detector, "config", None)
+    budget = f"; key budget {config.key_budget} cells per deeper map" if config is not None and config.key_budget else ""
     if tile or (config is not None and config.inference == "tiles"):
-        return f"tiles {tile or config.input_size} px, overlap {overlap}"
+        return f"tiles {tile or config.input_size} px, overlap {overlap}{budget}"
     if getattr(detector, "whole_image", False):
         return (f"whole image at native resolution, padded to multiples of 64 (tiles of {config.input_size} px "
-                f"above {config.max_whole_side} px)")
-    return f"resize to {detector.input_size}"
+                f"above {config.max_whole_side} px){budget}")
+    return f"resize to {detector.input_size}{budget}"
 
 
 def evaluate_checkpoint(checkpoint: str | Path, annotations: str | Path, images: str | Path,
                         out: str | Path | None = None, device: str | None = None, input_size: int | None = None,
-                        **kwargs) -> dict | None:
-    """``borrowcore eval`` as a function: load the checkpoint (at ``input_size`` when given), evaluate,
-    write the report."""
+                        key_budget: int | None = None, **kwargs) -> dict | None:
+    """``borrowcore eval`` as a function: load the checkpoint (at ``input_size`` and with ``key_budget``
+    when given), evaluate, write the report."""
     from borrowcore.checkpoint import load_detector
 
     context = init_distributed(device)
-    detector = load_detector(checkpoint, context.device, input_size)
+    detector = load_detector(checkpoint, context.device, input_size, key_budget)
     try:
         return evaluate_detector(detector, annotations, images, out, checkpoint=checkpoint, device=context.device,
                                  context=context, **kwargs)

@@ -122,3 +122,20 @@ def test_load_at_another_input_size_keeps_the_weights(tmp_path, tiny_config):
     assert [(2 * h, 2 * w) for h, w in small.grid_sizes] == large.grid_sizes  # every grid doubles both sides
     assert large.cls_logits.shape[1] == larger.anchors(large.grid_sizes, 256).shape[0] == 4 * small.cls_logits.shape[1]
     assert load_detector(path).input_size == 128  # the checkpoint itself is unchanged
+
+
+def test_key_budget_is_stored_and_can_be_set_at_load(tmp_path, tiny_config):
+    """A model trained with a key budget keeps it; one trained without can be given one at load."""
+    path = tmp_path / "budget.pt"
+    save_checkpoint(path, make_detector(DetectorConfig(**{**tiny_config.__dict__, "key_budget": 16})))
+    assert load_detector(path).network.neck.key_budget == 16 and load_detector(path).config.key_budget == 16
+    unbudgeted = load_detector(path, key_budget=0)
+    assert unbudgeted.network.neck.key_budget == 0 and unbudgeted.config.key_budget == 0
+    image = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():  # C_n non-zero in both so the budget reaches the output
+        for model in (budgeted := load_detector(path), unbudgeted):
+            for block in model.network.neck.fusion:
+                block.combine.weight.fill_(0.05)
+        assert not torch.allclose(budgeted.network(image).cls_logits, unbudgeted.network(image).cls_logits)
+    with pytest.raises(ValueError, match="key_budget must be >= 0"):
+        DetectorConfig(key_budget=-1)

@@ -6,9 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
+import borrowcore.neck
 from borrowcore import DetectorConfig, build_detector
 from borrowcore.config import NECKS
+from borrowcore.neck import attend, pool_to_budget
 
 # the full neck's parameters at width 0.125 (c_n = 64, 64, 128, 64; c = 32), as shipped checkpoints hold them
 FULL_NECK_STATE = {
@@ -60,14 +63,15 @@ FULL_NECK_STATE = {
 }
 
 
-def reference_neck(neck, features):
-    """SPEC §4 one step at a time from the neck's own modules: -> [Y(1)..Y(N)], [S_hat(1)..S_hat(N-1)]."""
+def reference_neck(neck, features, pool=lambda x_deep: x_deep):
+    """SPEC §4 one step at a time from the neck's own modules: -> [Y(1)..Y(N)], [S_hat(1)..S_hat(N-1)].
+    ``pool`` reduces each deeper map before it is matched (the key budget)."""
     if neck.neck == "ssd":
         return list(features), []
     cells = lambda t: t.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H*W, C)  # noqa: E731
     outputs, scores = [features[-1]], []
     for n in range(len(features) - 2, -1, -1):
-        x, deeper = features[n], features[n + 1:]
+        x, deeper = features[n], [pool(x_deep) for x_deep in features[n + 1:]]
         parts = [x]
         if neck.borrows:
             fmb, frb = neck.matching[n], neck.representing[n]
@@ -88,10 +92,11 @@ def reference_neck(neck, features):
     return outputs, scores
 
 
-def randomised_detector(neck: str, similarity: str = "cosine"):
+def randomised_detector(neck: str, similarity: str = "cosine", key_budget: int = 0):
     """Width 0.125 with BatchNorm, every weight random (C_n too, so Z(n) and D_n reach Y(n)), eval mode."""
     torch.manual_seed(0)
-    config = DetectorConfig(neck=neck, num_classes=3, input_size=128, width=0.125, batch_norm=True, similarity=similarity)
+    config = DetectorConfig(neck=neck, num_classes=3, input_size=128, width=0.125, batch_norm=True, similarity=similarity,
+                            key_budget=key_budget)
     detector = build_detector(config)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -159,3 +164,87 @@ def test_neck_state_dict_is_unchanged(neck_name):
     if neck_name in ("borrow", "context"):  # C_n reads X(n) and one c-channel part
         expected.update({f"fusion.{n}.combine.weight": (c, c + 32, 1, 1) for n, c in enumerate([64, 64, 128])})
     assert state == expected
+
+
+# ---- Borrowing at any image size: the matching scores are never held whole, and the key budget ----
+
+class LargestSoftmax(TorchDispatchMode):
+    """Records the largest softmax output (elements) computed under it: the matching scores held at once."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket in (torch.ops.aten._softmax, torch.ops.aten.softmax):
+            self.largest = max(self.largest, out.numel())
+        return out
+
+
+def test_attention_in_blocks_equals_the_whole_matrix():
+    g = torch.Generator().manual_seed(0)
+    queries, keys, values = torch.randn(2, 50, 8, generator=g), torch.randn(2, 30, 8, generator=g), torch.randn(2, 30, 5, generator=g)
+    whole = torch.softmax(queries @ keys.transpose(1, 2), dim=-1) @ values
+    for max_scores in (2 * 30 * 7, 60, 1):  # 7 rows a block, 1 row, and 1 row even when asked for less
+        torch.testing.assert_close(attend(queries, keys, values, max_scores), whole, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("return_matching", [False, True])
+def test_matching_scores_are_never_held_whole(monkeypatch, return_matching):
+    """Layer 1 at 128 px matches 256 cells against 84: with room for 2,000 scores the neck computes at most
+    2,000 at once, returns S_hat as its factors, and still equals SPEC §4 written out."""
+    detector = randomised_detector("full")
+    features = detector.network.backbone(torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(2)))
+    monkeypatch.setattr(borrowcore.neck, "MAX_SCORES_IN_MEMORY", 2000)
+    with torch.no_grad(), LargestSoftmax() as probe:
+        outputs, matching = detector.network.neck(features, return_matching=return_matching)
+    assert 0 < probe.largest <= 2000  # a (2, 256, 84) S_hat would be 43,008
+    expected, expected_scores = reference_neck(detector.network.neck, features)
+    for y, y_expected in zip(outputs, expected):
+        torch.testing.assert_close(y, y_expected, rtol=1e-5, atol=1e-5)
+    if return_matching:
+        first = matching[0]
+        with LargestSoftmax() as probe:
+            summary = first.summary(image=1)
+        assert probe.largest <= 2000
+        s_hat = expected_scores[0][1]  # (256, 84)
+        torch.testing.assert_close(first.rows([0, 17, 255], image=1), s_hat[[0, 17, 255]], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(summary["peak"], s_hat.max(dim=1).values, rtol=1e-5, atol=1e-6)
+        assert torch.equal(summary["argmax"], s_hat.argmax(dim=1))
+        entropy = -(s_hat * s_hat.log()).sum(dim=1)
+        torch.testing.assert_close(summary["entropy"], entropy, rtol=1e-4, atol=1e-5)
+
+
+def test_pool_to_budget_by_hand():
+    x = torch.arange(25.0).reshape(1, 1, 5, 5)  # row-major 0..24
+    assert pool_to_budget(x, 0)[1] == 1 and pool_to_budget(x, 25)[0] is x
+    pooled, r = pool_to_budget(x, 9)  # r = 2: 3 x 3 cells, the last row and column average what exists
+    assert r == 2
+    expected = torch.tensor([[(0 + 1 + 5 + 6) / 4, (2 + 3 + 7 + 8) / 4, (4 + 9) / 2],
+                             [(10 + 11 + 15 + 16) / 4, (12 + 13 + 17 + 18) / 4, (14 + 19) / 2],
+                             [(20 + 21) / 2, (22 + 23) / 2, 24.0]])
+    torch.testing.assert_close(pooled[0, 0], expected)
+    pooled, r = pool_to_budget(x, 8)  # 9 > 8: r = 4, 2 x 2 cells
+    assert r == 4 and pooled.shape[-2:] == (2, 2) and float(pooled[0, 0, 1, 1]) == 24.0
+
+
+def test_key_budget_matches_pooled_deeper_maps():
+    """With a budget of 16 cells, layer 1 (16 x 16 at 128 px) matches layer 2 pooled 8 x 8 -> 4 x 4 and
+    layers 3, 4 whole; the neck equals SPEC §4 on those pooled maps, and the columns know their stride."""
+    detector = randomised_detector("full", key_budget=16)
+    neck = detector.network.neck
+    features = detector.network.backbone(torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(2)))
+    with torch.no_grad():
+        outputs, matching = neck(features, return_matching=True)
+        expected, expected_scores = reference_neck(neck, features, pool=lambda x_deep: pool_to_budget(x_deep, 16)[0])
+        unbudgeted, _ = reference_neck(neck, features)
+    for y, y_expected in zip(outputs, expected):
+        torch.testing.assert_close(y, y_expected, rtol=1e-5, atol=1e-5)
+    assert (outputs[0] - unbudgeted[0]).abs().max() > 1e-3  # pooling changed what layer 1 borrowed
+    assert matching[0].source_grids == [(4, 4), (4, 4), (2, 2)] and matching[0].source_strides == [32, 32, 64]
+    torch.testing.assert_close(matching[0].dense(1), expected_scores[0][1], rtol=1e-5, atol=1e-6)
+    detector.network.neck.key_budget = 256  # every map already fits: the same as no budget
+    with torch.no_grad():
+        same, _ = detector.network.neck(features)
+    torch.testing.assert_close(same[0], unbudgeted[0], rtol=1e-5, atol=1e-5)
