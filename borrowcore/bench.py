@@ -114,7 +114,11 @@ def flop_rows(num_classes: int, input_size: int, width: float) -> list[dict]:
         counts = {k: sum(v.values()) for k, v in counter.get_flop_counts().items()}
         row = {"model": neck, "gmacs": round(counter.get_total_flops() / 2e9, 3)}
         if neck in ("borrow", "full"):
-            measured = sum(v for k, v in counts.items() if k.count(".") == 3 and (".matching." in k or ".representing." in k)) / 2
+            # FMB and FRB run inside the neck's own forward (phi and g as one conv, attention in blocks):
+            # the neck's count less FFB's
+            neck_flops = next(v for k, v in counts.items() if k.endswith(".neck"))
+            fusion = sum(v for k, v in counts.items() if k.count(".") == 3 and ".neck.fusion." in k)
+            measured = (neck_flops - fusion) / 2
             backbone = detector.network.backbone
             channels = backbone.out_channels
             cells = [h * w for h, w in output.grid_sizes]
@@ -135,11 +139,10 @@ def flop_rows(num_classes: int, input_size: int, width: float) -> list[dict]:
 
 PEAK_SCRIPT = """
 import gc, sys, threading, time, torch
-from borrowcore.config import DetectorConfig
-from borrowcore.model import build_detector
-neck, batch, size, classes, width = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+from borrowcore.bench import core_model
+name, batch, size, classes, width, budget = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), int(sys.argv[7])
 torch.set_num_threads(int(sys.argv[6]))
-network = build_detector(DetectorConfig(neck=neck, num_classes=classes, input_size=size, width=width)).network.eval()
+run = core_model(name, width, classes, torch.device("cpu"), budget, sys.argv[8] == "True")
 x = torch.rand(batch, 3, size, size)
 
 def anonymous_kib():
@@ -159,21 +162,126 @@ def sample():
 sampler = threading.Thread(target=sample)
 sampler.start()
 with torch.inference_mode():
-    network(x, return_matching=RETURN_MATCHING)
+    run(x)
 running[0] = False
 sampler.join()
 print(max(peak[0], anonymous_kib()) - before)
 """
 
 
-def cpu_peak_memory_mb(neck: str, batch: int, size: int, classes: int, width: float) -> float:
-    """Peak anonymous memory of a fresh process during one forward, above that with the model built, in
-    MiB (sampled every 0.5 ms; file-backed pages such as library code are left out)."""
-    name = neck.replace("+explain", "")
-    args = [sys.executable, "-c", PEAK_SCRIPT.replace("RETURN_MATCHING", str(neck.endswith("explain"))),
-            name, str(batch), str(size), str(classes), str(width), str(torch.get_num_threads())]
+def core_model(name: str, width: float, num_classes: int, device: torch.device, key_budget: int = 0,
+               batch_norm: bool = True) -> Callable:
+    """A callable running one batch through a core network (no pre/post-processing), in eval mode:
+    an ablation by name ("ssd", "full", ...), "full+explain" (matching scores returned), "full+budget"
+    (``key_budget`` cells per deeper map) or "torchvision" (ssd300_vgg16's backbone and head, width 1)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    if name == "torchvision":
+        reference = torchvision.models.detection.ssd300_vgg16(weights=None, weights_backbone=None, num_classes=num_classes + 1)
+        reference = reference.eval().to(device)
+        return lambda x, model=reference: model.head(list(model.backbone(x).values()))
+    neck = name.split("+")[0]
+    config = DetectorConfig(neck=neck, num_classes=num_classes, width=width, batch_norm=batch_norm,
+                            key_budget=key_budget if name == "full+budget" else 0)
+    network = build_detector(config).network.eval().to(device)
+    return lambda x, n=network, matching=name.endswith("+explain"): n(x, return_matching=matching)
+
+
+def cpu_peak_memory_mb(neck: str, batch: int, size: int, classes: int, width: float, key_budget: int = 0,
+                       batch_norm: bool = False) -> float:
+    """Peak anonymous memory of a fresh process during one forward of ``core_model(neck)``, above that with
+    the model built, in MiB (sampled every 0.5 ms; file-backed pages such as library code are left out)."""
+    args = [sys.executable, "-c", PEAK_SCRIPT, neck, str(batch), str(size), str(classes), str(width),
+            str(torch.get_num_threads()), str(key_budget), str(batch_norm)]
     out = subprocess.run(args, capture_output=True, text=True, check=True)
     return round(int(out.stdout.strip().splitlines()[-1]) / 1024, 1)
+
+
+# ---- How cost grows with the image (``--sections scale``) ----
+
+SCALE_SIZES = (300, 512, 768, 1024, 1536, 2048)
+SCALE_LIMIT = 1.25  # full (peak memory) and full with the key budget (time and memory) against ssd
+
+
+def scale_rows(sizes: tuple[int, ...] = SCALE_SIZES, widths: tuple[float, ...] = (0.125, 1.0), key_budget: int = 64,
+               num_classes: int = 1, repeats: int = 3, warmup: int = 1, device: torch.device | None = None,
+               batch: int = 1) -> list[dict]:
+    """Median time and peak memory of ssd, full, full with ``key_budget`` and (at width 1) torchvision's
+    ssd300_vgg16 at square inputs of ``sizes``, one class, BatchNorm; ratios to ssd at the same width and
+    input. CPU memory is measured in a fresh process per row, CUDA memory as the allocator's peak."""
+    device = device or torch.device("cpu")
+    rows = []
+    for width in widths:
+        names = ["ssd", "full", "full+budget"] + (["torchvision"] if width == 1.0 else [])
+        models = {name: core_model(name, width, num_classes, device, key_budget) for name in names}
+        for size in sizes:
+            inputs = torch.rand(batch, 3, size, size, device=device)
+            times = time_interleaved(models, inputs, repeats, warmup)
+            for name in names:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                    resident = torch.cuda.memory_allocated()
+                    torch.cuda.reset_peak_memory_stats()
+                    with torch.inference_mode():
+                        models[name](inputs)
+                    torch.cuda.synchronize()
+                    peak = round((torch.cuda.max_memory_allocated() - resident) / 2**20, 1)
+                else:
+                    peak = cpu_peak_memory_mb(name, batch, size, num_classes, width, key_budget, batch_norm=True)
+                rows.append({"model": name, "width": width, "input": size, "megapixels": round(size * size / 1e6, 3),
+                             "batch": batch, "device": device.type, "key_budget": key_budget if name == "full+budget" else 0,
+                             "median_ms": round(1000 * float(np.median(times[name])), 2), "peak_mb": peak})
+            ssd = next(r for r in rows if r["model"] == "ssd" and r["width"] == width and r["input"] == size)
+            for row in rows[-len(names):]:
+                row["time_vs_ssd"] = round(row["median_ms"] / ssd["median_ms"], 3)
+                row["memory_vs_ssd"] = round(row["peak_mb"] / ssd["peak_mb"], 3) if ssd["peak_mb"] > 0 else None
+    return rows
+
+
+def scale_targets(rows: list[dict], limit: float = SCALE_LIMIT) -> list[dict]:
+    """PASS/FAIL per width and input: full's peak memory, and full with the budget's time and memory, each
+    within ``limit`` x ssd's."""
+    out = []
+    for row in rows:
+        checks = {"full": [("peak memory", "memory_vs_ssd")],
+                  "full+budget": [("time", "time_vs_ssd"), ("peak memory", "memory_vs_ssd")]}.get(row["model"], [])
+        for what, key in checks:
+            ratio = row[key]
+            out.append({"target": f"{row['model']} {what} vs ssd", "width": row["width"], "input": row["input"],
+                        "ratio": ratio, "limit": limit, "result": "PASS" if ratio is not None and ratio <= limit else "FAIL"})
+    return out
+
+
+def plot_scale(rows: list[dict], path: str | Path) -> None:
+    """Time and peak memory against pixels, log-log: one line per model (colour) and width (style)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"ssd": "tab:blue", "full": "tab:red", "full+budget": "tab:orange", "torchvision": "tab:gray"}
+    styles = ["-", "--", ":", "-."]
+    widths = sorted({r["width"] for r in rows})
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for axis, key, label in ((axes[0], "median_ms", "median time (ms)"), (axes[1], "peak_mb", "peak memory (MiB)")):
+        for name, colour in colours.items():
+            for width, style in zip(widths, styles):
+                line = sorted((r for r in rows if r["model"] == name and r["width"] == width), key=lambda r: r["input"])
+                if line:
+                    budget = f" K={line[0]['key_budget']}" if name == "full+budget" else ""
+                    axis.plot([r["megapixels"] for r in line], [r[key] for r in line], style, color=colour, marker="o",
+                              markersize=3, label=f"{name}{budget} w{width:g}" if name != "torchvision" else "torchvision ssd300_vgg16")
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("input megapixels (300 to 2048 px square)")
+        axis.set_ylabel(label)
+        axis.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=7)
+    figure.suptitle(f"borrowcore bench --sections scale ({rows[0]['device']}, batch {rows[0]['batch']})")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def training_rows(steps: int = 6, batch: int = 8, width: float = 0.125, size: int = 256) -> list[dict]:
@@ -314,7 +422,8 @@ def compile_rows(num_classes: int, input_size: int, width: float, device: torch.
 def run_benchmark(out: str | Path = "reports/bench", repeats: int = 10, warmup: int = 3, batches: tuple[int, ...] = (1, 16),
                   input_size: int = 300, width: float = 1.0, num_classes: int = 80, threads: int | None = None,
                   device: str | None = None, sections: tuple[str, ...] = ("latency", "memory", "flops", "onnx", "training", "eval"),
-                  eval_images: int = 5000, compile_mode: str = "default") -> dict[str, Any]:
+                  eval_images: int = 5000, compile_mode: str = "default", scale_sizes: tuple[int, ...] = SCALE_SIZES,
+                  scale_widths: tuple[float, ...] = (0.125, 1.0), key_budget: int = 64) -> dict[str, Any]:
     """Run the benchmark; write OUT/bench.json and OUT/bench.md; return the results."""
     if threads:
         torch.set_num_threads(threads)
@@ -343,6 +452,9 @@ def run_benchmark(out: str | Path = "reports/bench", repeats: int = 10, warmup: 
                             "peak_mem_mb"] = round((torch.cuda.max_memory_allocated() - resident) / 2**20, 1)
         results["latency"] = rows
         results["targets"] = targets(rows)
+    if "scale" in sections:
+        results["scale"] = scale_rows(scale_sizes, scale_widths, key_budget, 1, repeats, warmup, torch_device)
+        results["scale_targets"] = scale_targets(results["scale"])
     if "compile" in sections:
         results["compile"] = compile_rows(num_classes, input_size, width, torch_device, batches, repeats, warmup, compile_mode)
     if "memory" in sections and torch_device.type == "cpu":
@@ -361,6 +473,8 @@ def run_benchmark(out: str | Path = "reports/bench", repeats: int = 10, warmup: 
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "bench.md").write_text(format_markdown(results) + "\n")
+    if "scale" in results:
+        plot_scale(results["scale"], out / "scale.png")
     return results
 
 
@@ -389,6 +503,14 @@ def format_markdown(results: dict[str, Any]) -> str:
         lines += ["", "| target | batch | precision | ratio | limit | result |", "|---|---|---|---|---|---|"]
         lines += [f"| {t['target']} | {t['batch']} | {t['precision']} | {t['ratio']} | {t['limit']} | {t['result']} |"
                   for t in results["targets"]]
+    if "scale" in results:
+        lines += ["", "| scale: model | width | input | median ms | peak MiB | time / ssd | memory / ssd |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['model']}{' K=' + str(r['key_budget']) if r['key_budget'] else ''} | {r['width']:g} | {r['input']} | "
+                  f"{r['median_ms']} | {r['peak_mb']} | {r['time_vs_ssd']} | {r['memory_vs_ssd']} |" for r in results["scale"]]
+        lines += ["", "| scale target | width | input | ratio | limit | result |", "|---|---|---|---|---|---|"]
+        lines += [f"| {t['target']} | {t['width']:g} | {t['input']} | {t['ratio']} | {t['limit']} | {t['result']} |"
+                  for t in results["scale_targets"]]
     if "compile" in results:
         lines += ["", "| torch.compile | batch | device | precision | mode | compile s | eager ms | compiled ms | speed-up | max abs diff |",
                   "|---|---|---|---|---|---|---|---|---|---|"]

@@ -155,7 +155,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     results = run_benchmark(args.out, args.repeats, args.warmup, tuple(args.batches), args.input, args.width,
                             args.num_classes, args.threads, args.device, tuple(args.sections), args.eval_images,
-                            args.compile_mode)
+                            args.compile_mode, tuple(args.scale_sizes), tuple(args.scale_widths), args.key_budget)
     print(format_markdown(results))
     return 0
 
@@ -367,8 +367,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--sections", nargs="+", default=["latency", "memory", "flops", "onnx", "training", "eval"],
-                   choices=["latency", "memory", "flops", "onnx", "training", "eval", "compile"],
-                   help="compile (torch.compile against eager) runs only when named")
+                   choices=["latency", "memory", "flops", "onnx", "training", "eval", "compile", "scale"],
+                   help="compile (torch.compile against eager) and scale (cost against image size) run only when named")
+    p.add_argument("--scale-sizes", dest="scale_sizes", type=int, nargs="+", default=[300, 512, 768, 1024, 1536, 2048],
+                   help="scale: square inputs in px")
+    p.add_argument("--scale-widths", dest="scale_widths", type=float, nargs="+", default=[0.125, 1.0],
+                   help="scale: network widths (torchvision's ssd300_vgg16 is timed with width 1)")
+    p.add_argument("--key-budget", dest="key_budget", type=int, default=64,
+                   help="scale: the key budget of the full+budget rows (cells per deeper map)")
     p.add_argument("--eval-images", dest="eval_images", type=int, default=5000)
     p.add_argument("--compile-mode", dest="compile_mode", default="default",
                    choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"])
