@@ -6,8 +6,9 @@
 #   tiled   - 256 px tiles at native resolution, overlap 0.2: a small face sees only its tile's faces
 #   x0.5, x2, colour - the same photos rescaled 0.5x / 2x, and recoloured (hue +0.1, saturation 0.6,
 #             brightness 0.8), written once by `borrowcore shift`: how far the model holds off its
-#             training distribution (ssd and full, seeds in SHIFT_SEEDS, default 0: the 2x photos take
-#             15 minutes with ssd and 30 with full on one core)
+#             training distribution (ssd and full, seeds in SHIFT_SEEDS, default 0, shifts in SHIFTS; the
+#             2x photos take 15 minutes with ssd and 30 with full on one core)
+# TILED_SEEDS (default 0 1 2) picks the seeds evaluated on tiles.
 #   bash scripts/faces-eval.sh [RUNS]
 set -eu
 RUNS=${1:-runs/faces}
@@ -36,15 +37,17 @@ for weights in "$RUNS"/{ssd,full,context,borrow}/seed*/weights.pt; do
     case "$weights" in */borrow/*|*/full/*) borrowing=(--borrow-precision) ;; esac
     evaluate "$weights" val data/wider/val.json $WIDER/images "${borrowing[@]}"
 done
-for weights in "$RUNS"/{ssd,full}/seed*/weights.pt; do
+for seed in ${TILED_SEEDS:-0 1 2}; do
+  for weights in "$RUNS"/{ssd,full}/seed$seed/weights.pt; do
     [ -f "$weights" ] || continue
     evaluate "$weights" tiled data/wider/val.json $WIDER/images --tile 256 --overlap 0.2
+  done
 done
 for seed in ${SHIFT_SEEDS:-0}; do
   for weights in "$RUNS"/{ssd,full}/seed$seed/weights.pt; do
     [ -f "$weights" ] || continue
-    evaluate "$weights" colour data/wider-colour/instances.json data/wider-colour/images
-    evaluate "$weights" x0.5 data/wider-x0.5/instances.json data/wider-x0.5/images
-    evaluate "$weights" x2 data/wider-x2/instances.json data/wider-x2/images
+    for shift in ${SHIFTS:-colour x0.5 x2}; do
+      evaluate "$weights" $shift data/wider-$shift/instances.json data/wider-$shift/images
+    done
   done
 done
