@@ -133,8 +133,29 @@ def _from_dict(cls: type, values: dict[str, Any], source: str) -> Any:
     for name, value in values.items():
         if name in ("model", "train") and cls is ExperimentConfig:
             value = _from_dict(DetectorConfig if name == "model" else TrainConfig, value or {}, f"{source}:{name}")
+        else:
+            value = _checked(value, known[name].type, f"{source}: {cls.__name__}.{name}")
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def _checked(value: Any, annotation: str, where: str) -> Any:
+    """``value`` as the field's type (``float`` takes ints; ``list[float]`` a list of numbers), or a clear
+    error naming the field: ``--set model.width=wide`` says what it wanted instead of failing in a model."""
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    if annotation == "float" and number(value):
+        return float(value)
+    if annotation == "int" and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if annotation == "bool" and isinstance(value, bool):
+        return value
+    if annotation == "str" and isinstance(value, str):
+        return value
+    if annotation == "list[float]" and isinstance(value, list) and all(number(v) for v in value):
+        return [float(v) for v in value]
+    wanted = {"float": "a number", "int": "an integer", "bool": "true or false", "str": "a string",
+              "list[float]": "a list of numbers"}.get(annotation, annotation)
+    raise ValueError(f"{where} must be {wanted}, got {value!r}")
 
 
 def detector_config_from_dict(values: dict[str, Any], source: str = "config") -> DetectorConfig:

@@ -148,3 +148,18 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     assert start["world_size"] == 2 and start["global_batch"] == 8
     assert len([r for r in records if r["event"] == "step"]) == 3  # rank 0 alone writes the log
     assert read_checkpoint(out / "last.pt")["train_state"]["step"] == 3
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.width=wide", "DetectorConfig.width must be a number, got 'wide'"),
+    ("train.max_steps=1.5", "TrainConfig.max_steps must be an integer, got 1.5"),
+    ("model.batch_norm=1", "DetectorConfig.batch_norm must be true or false, got 1"),
+    ("model.aspect_ratios=[2, x]", "DetectorConfig.aspect_ratios must be a list of numbers"),
+])
+def test_config_values_of_the_wrong_type_name_the_field(override, message):
+    from borrowcore.config import apply_overrides
+
+    config = load_config(ROOT / "configs" / "faces-full.yaml")
+    with pytest.raises(ValueError, match=message.replace("[", r"\[")):
+        apply_overrides(config, [override])
+    assert apply_overrides(config, ["model.width=1"]).model.width == 1.0  # an integer is a number
