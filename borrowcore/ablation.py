@@ -93,14 +93,14 @@ def add_small_accuracy(report_path: Path) -> None:
 def add_subsets(report_path: Path) -> bool:
     """Store ``subsets`` (small twins and orphans) in a report that lacks it, from its own detections and
     ground truth; True when it was added."""
-    from borrowcore.analysis import load_coco
+    from borrowcore.analysis import report_ground_truth
     from borrowcore.evaluate import subset_metrics
     from borrowcore.report import load_detections
 
     report = load_report(report_path)
     if "subsets" in report:
         return False
-    coco = load_coco(report["dataset"]["annotations"])
+    coco = report_ground_truth(report)  # as the metrics saw it: without images eval --skip-bad left out
     report["subsets"] = subset_metrics(coco, load_detections(report, report_path))
     save_report(report, report_path)
     return True

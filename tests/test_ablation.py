@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -135,3 +136,23 @@ def test_overrides_are_parsed_next_to_the_config():
         apply_overrides(config, ["train.nope=1"])
     with pytest.raises(ValueError, match="width"):
         apply_overrides(config, ["model.width=-1"])  # re-validated like a file
+
+
+def test_added_subsets_leave_out_the_images_eval_could_not_read(tmp_path):
+    """A report from `eval --skip-bad` that lost image 4: its twins and orphans are counted on images 1-3."""
+    from borrowcore.ablation import add_subsets
+    from borrowcore.report import load_report, save_report, write_json_atomic
+
+    from test_analysis import crowd_pair
+
+    a_path, _, coco, _ = crowd_pair(tmp_path)  # one twin and one orphan per image, all four found
+    found = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+             for a in coco.dataset["annotations"] if a["image_id"] != 4]  # eval never saw image 4
+    write_json_atomic(found, tmp_path / "a.detections.json.gz")
+    report = load_report(a_path)
+    report["dataset"].update({"skip_bad": True, "unreadable_images": [{"id": 4, "reason": "not an image"}]})
+    save_report(report, a_path)
+    assert add_subsets(Path(a_path))
+    subsets = load_report(a_path)["subsets"]
+    assert subsets["twins"]["instances"] == 3 and subsets["orphans"]["instances"] == 3
+    assert subsets["twins"]["AP"] == pytest.approx(1.0)
