@@ -23,7 +23,7 @@ from tqdm import tqdm
 from borrowcore.checkpoint import load_state, read_checkpoint, save_checkpoint
 from borrowcore.config import ExperimentConfig, save_config
 from borrowcore.data import CocoDetection, collate_detection
-from borrowcore.distributed import DistributedContext, barrier, cleanup, init_distributed, reduce_mean
+from borrowcore.distributed import DistributedContext, barrier, cleanup, init_distributed, reduce_mean, reduce_sum
 from borrowcore.engine import lr_factor, parameter_groups, to_device, train_step, validation_loss
 from borrowcore.model import build_detector
 from borrowcore.presets import build_preset
@@ -205,6 +205,7 @@ def _train(config: ExperimentConfig, out_dir: Path, resume: bool, context: Distr
     model.train()
     window: dict[str, float] = {}
     window_images, window_batches, window_start = 0, 0, time.perf_counter()
+    skipped_images = 0  # unreadable images dropped from batches under skip_bad (this rank), since the start
     last_val: dict[str, float] = {}
     while step < total_steps:
         epoch, done_in_epoch = divmod(step, steps_per_epoch)
@@ -222,12 +223,15 @@ def _train(config: ExperimentConfig, out_dir: Path, resume: bool, context: Distr
                 window[name] = window.get(name, 0.0) + value
             window_images += len(targets)
             window_batches += 1
+            skipped_images += t.batch_size - len(targets)  # drop_last: every batch was batch_size before
             if step % t.log_every == 0 or step == total_steps:
                 seconds = time.perf_counter() - window_start
                 means = reduce_mean({k: v / window_batches for k, v in window.items()}, context)
                 record = {"event": "step", "step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
                           **{k: round(v, 5) for k, v in means.items()},
                           "images_per_s": round(window_images * context.world_size / seconds, 2)}
+                if t.skip_bad:  # all ranks together, since this run (or its resumption) started
+                    record["skipped_images"] = round(reduce_sum(float(skipped_images), context))
                 if context.device.type == "cuda":
                     record["gpu_mem_mb"] = round(torch.cuda.max_memory_allocated(context.device) / 2**20, 1)
                 log.write(record)

@@ -121,4 +121,5 @@ def test_training_stops_naming_the_bomb_or_skips_it(coco_with_bomb, tmp_path):
     assert result["steps"] == 1 and (tmp_path / "skips" / "last.pt").exists()
     [step] = [r for r in map(json.loads, (tmp_path / "skips" / "log.jsonl").read_text().splitlines()) if r["event"] == "step"]
     assert torch.isfinite(torch.tensor(step["loss"]))  # trained on the 16 good images
+    assert step["skipped_images"] == 1  # and the log counts the one it left out
     assert any(issubclass(w.category, BadDataWarning) and "bomb.png" in str(w.message) for w in caught)
