@@ -187,3 +187,19 @@ def test_borrow_view_links_use_the_same_larger_instance_rule():
                           explanation.matching, (128, 128), 128, ["a", "b"])
         assert bool(is_larger_instance(extra ** 2, 64.0)) == linked
         assert [link["detection"] for link in borrow_view(two, detection=0).links] == ([1] if linked else [])
+
+
+def test_explain_places_pooled_keys_with_a_key_budget(tiny_config):
+    """With a budget of 16 cells, layer 1's sources are layer 2 pooled to 4 x 4 cells of stride 32, and
+    layers 3 and 4 whole: every view still sums to 1 and the pooled cells sit where they cover the image."""
+    from borrowcore import DetectorConfig
+
+    detector = make_detector(DetectorConfig(**{**tiny_config.__dict__, "key_budget": 16})).eval()
+    explanation = explain(detector, torch.rand(3, 128, 128))
+    first = explanation.matching[0]
+    assert first.source_grids == [(4, 4), (4, 4), (2, 2)] and first.source_strides == [32, 32, 64]
+    view = borrow_view(explanation, cell=(5, 9), layer=1)
+    assert [m.values.shape for m in view.maps] == [(4, 4), (4, 4), (2, 2)]
+    assert view.maps[0].origin == (16.0, 16.0) and view.maps[0].cell_size == (32.0, 32.0)
+    assert sum(m.values.sum() for m in view.maps) == pytest.approx(1.0, abs=1e-5)
+    assert view.combined.values.shape == (4, 4) and view.combined.values.sum() == pytest.approx(1.0, abs=1e-5)
