@@ -32,20 +32,20 @@ evaluate() {  # weights split coco images [eval args...]
         --split "$split" --name wider-faces --size-bins 0,16,32,64 "$@"
 }
 for weights in "$RUNS"/{ssd,full,context,borrow}/seed*/weights.pt; do
-    [ -f "$weights" ] || continue
+    [ -s "$weights" ] || continue
     borrowing=()
     case "$weights" in */borrow/*|*/full/*) borrowing=(--borrow-precision) ;; esac
     evaluate "$weights" val data/wider/val.json $WIDER/images "${borrowing[@]}"
 done
 for seed in ${TILED_SEEDS:-0 1 2}; do
   for weights in "$RUNS"/{ssd,full}/seed$seed/weights.pt; do
-    [ -f "$weights" ] || continue
+    [ -s "$weights" ] || continue
     evaluate "$weights" tiled data/wider/val.json $WIDER/images --tile 256 --overlap 0.2
   done
 done
 for seed in ${SHIFT_SEEDS:-0}; do
   for weights in "$RUNS"/{ssd,full}/seed$seed/weights.pt; do
-    [ -f "$weights" ] || continue
+    [ -s "$weights" ] || continue
     for shift in ${SHIFTS:-colour x0.5 x2}; do
       evaluate "$weights" $shift data/wider-$shift/instances.json data/wider-$shift/images
     done
