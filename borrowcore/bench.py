@@ -191,10 +191,14 @@ def core_model(name: str, width: float, num_classes: int, device: torch.device, 
 def cpu_peak_memory_mb(neck: str, batch: int, size: int, classes: int, width: float, key_budget: int = 0,
                        batch_norm: bool = False) -> float:
     """Peak anonymous memory of a fresh process during one forward of ``core_model(neck)``, above that with
-    the model built, in MiB (sampled every 0.5 ms; file-backed pages such as library code are left out)."""
+    the model built, in MiB (sampled every 0.5 ms; file-backed pages such as library code are left out;
+    large blocks are unmapped when freed, so it follows the tensors alive)."""
     args = [sys.executable, "-c", PEAK_SCRIPT, neck, str(batch), str(size), str(classes), str(width),
             str(torch.get_num_threads()), str(key_budget), str(batch_norm)]
-    out = subprocess.run(args, capture_output=True, text=True, check=True)
+    # glibc's mmap threshold, fixed: every allocation of 64 KiB or more is its own mapping, returned on free,
+    # so resident memory follows the live tensors (left dynamic, freed blocks stay resident by chance)
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    out = subprocess.run(args, capture_output=True, text=True, check=True, env=env)
     return round(int(out.stdout.strip().splitlines()[-1]) / 1024, 1)
 
 

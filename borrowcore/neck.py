@@ -23,10 +23,13 @@ from torch import Tensor, nn
 from borrowcore.config import NECKS
 
 
-# The most matching scores (B x rows x d_n) held at once on the CPU: 2^22 float32 = 16 MiB. Rows are
-# independent softmaxes, so S_hat V is computed a block of query rows at a time and the whole matrix is
-# never held: memory grows with the cells, not with their product (SPEC §4).
-MAX_SCORES_IN_MEMORY = 2**22
+# How many matching scores exist at once on the CPU. Rows are independent softmaxes, so S_hat V is computed a
+# block of query rows at a time and the whole matrix is never held: a block holds no more scores than the
+# shallow map X(n) has values (m_n x c_n; at least MIN_BLOCK_SCORES), so borrowing's extra memory stays a
+# small multiple of a map ssd holds anyway, at every image size (SPEC §4). MAX_SCORES_IN_MEMORY bounds the
+# blocks of the summaries explain computes.
+MIN_BLOCK_SCORES = 2**16
+MAX_SCORES_IN_MEMORY = 2**20
 
 
 @dataclass
@@ -114,8 +117,8 @@ def attend(queries: Tensor, keys: Tensor, values: Tensor, max_scores: int | None
 
     Q and K already carry the scale. On CPU, SDPA with values narrower than the keys (c < c_n here) takes
     its math path, which keeps the (B, m, d) matrix anyway and adds _safe_softmax's checks: the plain
-    product is faster, run on blocks of query rows so that at most ``max_scores`` scores (default
-    ``MAX_SCORES_IN_MEMORY``) exist at once.
+    product is faster, run on blocks of query rows so that at most ``max_scores`` scores exist at once
+    (default: as many as the queries have values, at least ``MIN_BLOCK_SCORES``).
     Elsewhere SDPA's fused kernels keep no m x d matrix (SPEC §4).
     """
     if queries.device.type != "cpu":
@@ -123,7 +126,8 @@ def attend(queries: Tensor, keys: Tensor, values: Tensor, max_scores: int | None
             queries.unsqueeze(1), keys.unsqueeze(1), values.unsqueeze(1), scale=1.0
         ).squeeze(1)
     keys_t = keys.transpose(1, 2)  # (B, e, d)
-    block = max(1, (max_scores or MAX_SCORES_IN_MEMORY) // max(1, keys.shape[0] * keys.shape[1]))
+    max_scores = max_scores or max(queries.numel(), MIN_BLOCK_SCORES)
+    block = max(1, max_scores // max(1, keys.shape[0] * keys.shape[1]))
     if block >= queries.shape[1]:
         return torch.softmax(queries @ keys_t, dim=-1) @ values  # (B, m, d) @ (B, d, c)
     return torch.cat([torch.softmax(q @ keys_t, dim=-1) @ values for q in queries.split(block, dim=1)], dim=1)

@@ -192,11 +192,17 @@ def test_attention_in_blocks_equals_the_whole_matrix():
 
 @pytest.mark.parametrize("return_matching", [False, True])
 def test_matching_scores_are_never_held_whole(monkeypatch, return_matching):
-    """Layer 1 at 128 px matches 256 cells against 84: with room for 2,000 scores the neck computes at most
-    2,000 at once, returns S_hat as its factors, and still equals SPEC §4 written out."""
+    """Layer 1 at 128 px matches 256 cells against 84: with blocks of at most 2,000 scores the neck computes
+    at most 2,000 at once, returns S_hat as its factors, and still equals SPEC §4 written out. By default a
+    block holds no more scores than the queries have values (2 x 256 x 64 = 32,768, under S_hat's 43,008)."""
     detector = randomised_detector("full")
     features = detector.network.backbone(torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(2)))
+    monkeypatch.setattr(borrowcore.neck, "MIN_BLOCK_SCORES", 1000)  # the floor (65,536) would allow S_hat whole
+    with torch.no_grad(), LargestSoftmax() as probe:
+        detector.network.neck(features)
+    assert 0 < probe.largest <= 32768
     monkeypatch.setattr(borrowcore.neck, "MAX_SCORES_IN_MEMORY", 2000)
+    monkeypatch.setattr(borrowcore.neck, "attend", lambda q, k, v: attend(q, k, v, max_scores=2000))
     with torch.no_grad(), LargestSoftmax() as probe:
         outputs, matching = detector.network.neck(features, return_matching=return_matching)
     assert 0 < probe.largest <= 2000  # a (2, 256, 84) S_hat would be 43,008
