@@ -314,7 +314,8 @@ class BorrowNeck(nn.Module):
         Returning the matching scores costs no more than not: S_hat is returned as its factors."""
         if self.neck == "ssd":
             return list(features), []
-        sources = [pool_to_budget(x, self.key_budget) for x in features] if self.borrows else []  # (X(n'), r)
+        # (X(n'), r) for n' = 2..N (0-based 1..N-1): X(1) is never a source
+        sources = [(features[0], 1)] + [pool_to_budget(x, self.key_budget) for x in features[1:]] if self.borrows else []
         outputs: list[Tensor] = [features[-1]]  # Y(N) = X(N)
         matching: list[MatchingScores] = []
         for n in range(len(features) - 2, -1, -1):  # top-down: Y(n) needs Y(n + 1)
