@@ -35,7 +35,8 @@ def to_device(images: Tensor | list[Tensor], targets: list[dict], device: torch.
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                images, targets: list[dict], step: int, device: torch.device, amp: str = "off",
                grad_clip: float = 0.0) -> dict[str, float]:
-    """One optimiser step; returns the loss parts. Raises TrainingDiverged before any update on NaN/inf."""
+    """One optimiser step; returns the loss parts and ``grad_norm``, the gradients' total L2 norm before
+    clipping (unscaled under AMP). Raises TrainingDiverged before any update on a NaN/inf loss."""
     with autocast_context(device, amp):
         parts = model(images, targets)
     for name, value in parts.items():
@@ -45,12 +46,12 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch
     loss = sum(parts.values())
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
-    if grad_clip > 0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.unscale_(optimizer)  # a no-op without AMP; with it, the norm is the true one
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else math.inf)
     scaler.step(optimizer)
     scaler.update()
-    return {"loss": loss.item(), **{name: value.item() for name, value in parts.items()}}
+    return {"loss": loss.item(), **{name: value.item() for name, value in parts.items()},
+            "grad_norm": grad_norm.item()}
 
 
 @torch.no_grad()

@@ -219,6 +219,7 @@ def _train(config: ExperimentConfig, out_dir: Path, resume: bool, context: Distr
             scheduler.step()
             step += 1
             progress.update(1)
+            parts["clipped"] = float(0 < t.grad_clip < parts["grad_norm"])  # its window mean: the share clipped
             for name, value in parts.items():
                 window[name] = window.get(name, 0.0) + value
             window_images += len(targets)

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-STEP_FIELDS = ("loss", "loss_box", "loss_cls", "lr", "images_per_s")
+STEP_FIELDS = ("loss", "loss_box", "loss_cls", "lr", "images_per_s", "grad_norm", "clipped")
 
 
 @dataclass
@@ -18,7 +18,8 @@ class TrainingLog:
 
     name: str
     start: dict | None = None
-    steps: list[dict] = field(default_factory=list)  # step, epoch, loss, loss_box, loss_cls, lr, images_per_s
+    steps: list[dict] = field(default_factory=list)  # step, epoch, loss, loss_box, loss_cls, lr, images_per_s,
+    # grad_norm (window mean before clipping), clipped (share of the window's steps clipped); older logs lack the last two
     epochs: list[dict] = field(default_factory=list)  # epoch, step, val_loss, val_loss_box, val_loss_cls, best
     resumes: list[dict] = field(default_factory=list)  # step
     skipped_lines: int = 0  # lines that were not a JSON object with a known event

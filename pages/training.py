@@ -1,4 +1,4 @@
-"""Training: one or several runs' log.jsonl, plotted (loss parts, learning rate, throughput)."""
+"""Training: one or several runs' log.jsonl, plotted (loss parts, learning rate, throughput, gradient norms)."""
 
 import pandas as pd
 import streamlit as st
@@ -53,6 +53,13 @@ right.plotly_chart(figures.training_figure(parts, "value", "loss parts (box regr
 left, right = st.columns(2)
 left.plotly_chart(figures.training_figure(steps, "lr", "learning rate"), key="training_lr")
 right.plotly_chart(figures.training_figure(steps, "images_per_s", "throughput (images/s)"), key="training_speed")
+
+if steps["grad_norm"].notna().any():  # logs written before grad_norm was logged have none
+    left, right = st.columns(2)
+    left.plotly_chart(figures.training_figure(steps.dropna(subset=["grad_norm"]), "grad_norm",
+                                              "gradient norm before clipping (window mean)", log_y), key="training_grad")
+    right.plotly_chart(figures.training_figure(steps.dropna(subset=["clipped"]), "clipped",
+                                               "share of steps clipped"), key="training_clipped")
 
 epochs = pd.DataFrame([{"run": log.name, **r} for log in logs for r in log.epochs])
 if not epochs.empty and "val_loss" in epochs:

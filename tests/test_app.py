@@ -4,6 +4,7 @@ The fixtures build their own assets folder (tiny checkpoints, real evaluation re
 and point the app at it with BORROWSCOPE_ASSETS, so nothing here needs the bundled results.
 """
 
+import base64
 import io
 import json
 import pickle
@@ -11,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -104,6 +106,13 @@ def strict(constant: str):
 
 def charts(at: AppTest) -> list[dict]:
     return [json.loads(chart.proto.spec, parse_constant=strict) for chart in at.get("plotly_chart")]
+
+
+def values(array) -> list:
+    """A plotly data array as a list: plotly >= 6 sends numbers as {"dtype", "bdata" (base64)}."""
+    if isinstance(array, dict) and "bdata" in array:
+        return np.frombuffer(base64.b64decode(array["bdata"]), dtype=np.dtype(array["dtype"])).tolist()
+    return list(array)
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -349,6 +358,20 @@ def test_training_plots_bundled_logs_and_refuses_broken_uploads(app):
     assert at.error[0].value == ("Cannot use this log: junk.jsonl: not a training log "
                                  '(no JSON lines with "event": start / step / epoch)')
     assert len(at.dataframe[0].value) == 1
+
+
+def test_training_plots_gradient_norms_only_for_logs_that_have_them(app):
+    at = app("../pages/training.py")
+    assert not any("gradient norm" in json.dumps(c["layout"]["title"]) for c in charts(at))  # the bundled log predates them
+    records = [{"event": "step", "step": s, "epoch": 0, "lr": 0.01, "loss": 3.0, "loss_box": 1.0, "loss_cls": 2.0,
+                "images_per_s": 5.0, "grad_norm": norm, "clipped": clipped}
+               for s, norm, clipped in [(10, 12.5, 1.0), (20, 4.0, 0.3)]]
+    log = "\n".join(json.dumps(r) for r in records).encode()
+    at.file_uploader(key="training_uploads").upload("new.jsonl", log).run()
+    assert not at.exception and not at.error
+    grad = [c for c in charts(at) if "gradient norm" in json.dumps(c["layout"]["title"])]
+    assert len(grad) == 1
+    assert [y for trace in grad[0]["data"] for y in values(trace["y"])] == [12.5, 4.0]
 
 
 # ---- Shared models, one inference at a time ----

@@ -9,7 +9,7 @@ import torch
 
 from borrowcore import ExperimentConfig, load_config, load_detector
 from borrowcore.checkpoint import read_checkpoint
-from borrowcore.engine import TrainingDiverged, lr_factor
+from borrowcore.engine import TrainingDiverged, lr_factor, train_step
 from borrowcore.loss import MultiBoxLoss
 from borrowcore.train import train
 
@@ -44,6 +44,27 @@ def test_lr_schedule_shape():
     assert lr_factor(90, 100, 0, "multistep", [0.67, 0.89]) == pytest.approx(0.01)
 
 
+class _Linear(torch.nn.Module):
+    """loss = w . x, so the gradient is x whatever w is."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(2))
+
+    def forward(self, images, targets):
+        return {"loss_a": (self.w * images).sum()}
+
+
+@pytest.mark.parametrize("clip, expected_w", [(0.0, [-3.0, -4.0]), (1.0, [-0.6, -0.8]), (10.0, [-3.0, -4.0])])
+def test_train_step_reports_the_norm_before_clipping(clip, expected_w):
+    model = _Linear()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    parts = train_step(model, optimizer, scaler, torch.tensor([3.0, 4.0]), [], 1, torch.device("cpu"), "off", clip)
+    assert parts["grad_norm"] == pytest.approx(5.0)  # |(3, 4)|, clipped or not
+    assert model.w.detach().tolist() == pytest.approx(expected_w)  # clipped to norm 1: (3, 4) / 5
+
+
 def test_train_writes_checkpoints_and_log(tmp_path):
     config = tiny_experiment(max_steps=4)
     config.train.val_images, config.train.val_annotations = str(TINY / "images"), str(TINY / "twins.json")
@@ -52,7 +73,8 @@ def test_train_writes_checkpoints_and_log(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     steps = [r for r in records if r["event"] == "step"]
     assert [r["step"] for r in steps] == [1, 2, 3, 4]
-    assert all({"loss", "loss_box", "loss_cls", "lr", "images_per_s"} <= set(r) for r in steps)
+    assert all({"loss", "loss_box", "loss_cls", "lr", "images_per_s", "grad_norm", "clipped"} <= set(r) for r in steps)
+    assert all(r["grad_norm"] > 0 and 0 <= r["clipped"] <= 1 for r in steps)
     assert any(r["event"] == "epoch" and "val_loss" in r for r in records)
     detector = load_detector(tmp_path / "best.pt")
     assert detector.class_names == [c["name"] for c in json.loads((TINY / "annotations.json").read_text())["categories"]]
