@@ -8,7 +8,7 @@
 #             brightness 0.8), written once by `borrowcore shift`: how far the model holds off its
 #             training distribution (ssd and full, seeds in SHIFT_SEEDS, default 0, shifts in SHIFTS; the
 #             2x photos take 15 minutes with ssd and 30 with full on one core)
-# TILED_SEEDS (default 0 1 2) picks the seeds evaluated on tiles.
+# TILED_SEEDS (default 0 1 2) picks the seeds evaluated on tiles; TILED_SEEDS= or SHIFT_SEEDS= (empty) skips them.
 #   bash scripts/faces-eval.sh [RUNS]
 set -eu
 RUNS=${1:-runs/faces}
@@ -37,16 +37,16 @@ for weights in "$RUNS"/{ssd,full,context,borrow}/seed*/weights.pt; do
     case "$weights" in */borrow/*|*/full/*) borrowing=(--borrow-precision) ;; esac
     evaluate "$weights" val data/wider/val.json $WIDER/images "${borrowing[@]}"
 done
-for seed in ${TILED_SEEDS:-0 1 2}; do
+for seed in ${TILED_SEEDS-0 1 2}; do
   for weights in "$RUNS"/{ssd,full}/seed$seed/weights.pt; do
     [ -s "$weights" ] || continue
     evaluate "$weights" tiled data/wider/val.json $WIDER/images --tile 256 --overlap 0.2
   done
 done
-for seed in ${SHIFT_SEEDS:-0}; do
+for seed in ${SHIFT_SEEDS-0}; do
   for weights in "$RUNS"/{ssd,full}/seed$seed/weights.pt; do
     [ -s "$weights" ] || continue
-    for shift in ${SHIFTS:-colour x0.5 x2}; do
+    for shift in ${SHIFTS-colour x0.5 x2}; do
       evaluate "$weights" $shift data/wider-$shift/instances.json data/wider-$shift/images
     done
   done
