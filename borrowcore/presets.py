@@ -15,7 +15,7 @@ from torchvision.transforms import v2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 
-PRESET_NAMES = ("ssd", "overhead", "tiles", "faces", "flip", "eval")
+PRESET_NAMES = ("ssd", "overhead", "tiles", "tiles-jitter", "faces", "flip", "eval")
 
 
 def ssd_train_preset(size: int, mean: Sequence[float] = IMAGENET_MEAN) -> v2.Compose:
@@ -159,6 +159,20 @@ def faces_train_preset(size: int, scale_range: tuple[float, float] = (0.5, 2.0))
     ])
 
 
+def tiles_jitter_train_preset(size: int, scale_range: tuple[float, float] = (0.5, 2.0)) -> v2.Compose:
+    """Overhead imagery at more than one scale: ``tiles`` with the faces preset's scale jitter, so a model
+    trained on one camera's ground resolution also sees objects 0.5x-2x that size (other cameras and
+    altitudes). Crops around the objects, photometric jitter, flips both ways (no up in the scene)."""
+    return v2.Compose([
+        RandomScaledCrop(size, scale_range),
+        v2.RandomPhotometricDistort(),
+        v2.RandomHorizontalFlip(),
+        v2.RandomVerticalFlip(),
+        v2.SanitizeBoundingBoxes(),
+        v2.ToDtype(torch.float32, scale=True),
+    ])
+
+
 def flip_train_preset(size: int) -> v2.Compose:
     """Horizontal flips only: the recipe of SPEC §10's reference run."""
     return v2.Compose([
@@ -185,6 +199,8 @@ def build_preset(name: str, size: int) -> v2.Compose:
         return overhead_train_preset(size)
     if name == "tiles":
         return tiles_train_preset(size)
+    if name == "tiles-jitter":
+        return tiles_jitter_train_preset(size)
     if name == "faces":
         return faces_train_preset(size)
     if name == "flip":

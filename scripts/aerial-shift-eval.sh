@@ -2,10 +2,11 @@
 # The shipped aerial checkpoints off their training distribution: KIT val rescaled 2x (cars of 32-112 px,
 # the size other cameras see) and 0.5x, and recoloured (hue +0.1, saturation 0.6, brightness 0.8), each
 # at 256 px native-resolution tiles as in the main aerial result. Resumable.
-#   bash scripts/aerial-shift-eval.sh [OUT]
+#   [PREFIX=assets/checkpoints/aerial] bash scripts/aerial-shift-eval.sh [OUT]   (evaluates PREFIX-ssd.pt, PREFIX-full.pt)
 set -eu
 OUT=${1:-runs/aerial-shift}
 PY=${PYTHON:-.venv/bin/python}
+PREFIX=${PREFIX:-assets/checkpoints/aerial}
 KIT=../shared/data/aerial-cars
 for shift in "x2 --scale 2" "x0.5 --scale 0.5" "colour --hue 0.1 --saturation 0.6 --brightness 0.8"; do
   name=${shift%% *}
@@ -19,7 +20,7 @@ for neck in ssd full; do
     IFS=: read -r name coco images <<< "$split"
     report=$OUT/$neck/seed0/eval_$name.json
     [ -f "$report" ] && continue
-    $PY -m borrowcore eval --checkpoint assets/checkpoints/aerial-$neck.pt --coco "$coco" --images "$images" \
+    $PY -m borrowcore eval --checkpoint "$PREFIX-$neck.pt" --coco "$coco" --images "$images" \
         --out "$report" --split "$name" --name aerial-cars --tile 256 --overlap 0.2 --size-bins 0,16,32,64
   done
 done

@@ -5,7 +5,9 @@
 #   3. torch.compile against eager, batch 1 then batch 16.
 # Every phase has its own time limit, so that a slow phase costs only itself.
 #
-#   [NECKS="ssd full"] [SEEDS="0 1"] [PHASES="latency training compile"] bash scripts/gpu-session.sh DATA OUT
+#   [NECKS="ssd full"] [SEEDS="0 1"] [PHASES="latency training compile"] [CONFIG=configs/aerial-full.yaml NAME=aerial] \
+#       bash scripts/gpu-session.sh DATA OUT
+# The aerial recipe with scale jitter: CONFIG=configs/aerial-jitter.yaml NAME=aerial-jitter PHASES=training.
 # DATA holds images/ and train.json (default ../shared/data/aerial-cars); OUT collects everything.
 # The shipped context and borrow runs: NECKS="context borrow" SEEDS=0 PHASES=training.
 set -u
@@ -13,6 +15,8 @@ DATA=${1:-../shared/data/aerial-cars}
 OUT=${2:-runs/gpu-session}
 STEPS=${STEPS:-1500}
 NECKS=${NECKS:-ssd full}
+CONFIG=${CONFIG:-configs/aerial-full.yaml}
+NAME=${NAME:-aerial}
 SEEDS=${SEEDS:-0 1}
 PHASES=${PHASES-latency training compile}
 export PYTHONUNBUFFERED=1
@@ -33,10 +37,10 @@ wants training && phase "training"
 for neck in $NECKS; do
     wants training || break
     for seed in $SEEDS; do
-        OMP_NUM_THREADS=2 timeout "${TRAIN_LIMIT:-280}" python3 -m borrowcore train --config configs/aerial-full.yaml \
-            --out "$OUT/aerial-$neck-s$seed" --device cuda \
+        OMP_NUM_THREADS=2 timeout "${TRAIN_LIMIT:-280}" python3 -m borrowcore train --config "$CONFIG" \
+            --out "$OUT/$NAME-$neck-s$seed" --device cuda \
             --set "model.neck=$neck" "train.seed=$seed" "train.max_steps=$STEPS" "train.train_images=$DATA/images" \
-            "train.train_annotations=$DATA/train.json" >"$OUT/train-$neck-s$seed.log" 2>&1 &
+            "train.train_annotations=$DATA/train.json" >"$OUT/train-$NAME-$neck-s$seed.log" 2>&1 &
     done
 done
 wait

@@ -367,6 +367,34 @@ def test_repeats_visit_every_image_that_often_with_different_tiles():
         CocoDetection(aerial / "images", aerial / "val.json", repeats=0)
 
 
+def test_tiles_jitter_shows_a_car_from_half_to_twice_its_size_and_flips_both_ways():
+    torch.manual_seed(0)
+    image = torch.zeros(3, 400, 1200, dtype=torch.uint8)
+    image[:, 180:200, 580:620] = 255  # a 40 x 20 px car, longer than tall: bright front, grey back,
+    image[:, 180:200, 600:620] = 128  # light roof, grey bumper
+    image[:, 190:200, 580:600] = 128
+    target = {"boxes": tv_tensors.BoundingBoxes(torch.tensor([[580.0, 180, 620, 200]]), format="XYXY",
+                                                canvas_size=(400, 1200)), "labels": torch.tensor([1])}
+    preset = build_preset("tiles-jitter", 128)
+    widths, corners = [], set()
+    for _ in range(80):
+        out_image, out = preset(tv_tensors.Image(image), target)
+        assert out_image.shape == (3, 128, 128)
+        boxes = out["boxes"].as_subclass(torch.Tensor)[out["labels"] == 1]
+        if not len(boxes) or float(boxes[0].min()) < 0.5 or float(boxes[0].max()) > 127.5:
+            continue  # cut by the window
+        x0, y0, x1, y1 = boxes[0].tolist()
+        widths.append(x1 - x0)
+        assert y1 - y0 == pytest.approx(widths[-1] / 2, abs=1)  # the shape is kept
+        # which quarter holds the only bright one: photometric jitter keeps the order of two greys
+        quarters = [out_image[:, round(ya):round(yb), round(xa):round(xb)].float().mean()
+                    for ya, yb in ((y0, (y0 + y1) / 2), ((y0 + y1) / 2, y1)) for xa, xb in ((x0, (x0 + x1) / 2), ((x0 + x1) / 2, x1))]
+        corners.add(int(torch.stack(quarters).argmax()))
+    assert len(widths) >= 20
+    assert 20 - 1 <= min(widths) < 28 and 56 < max(widths) <= 80 + 1  # 0.5x-2x of 40 px, log-uniform
+    assert corners == {0, 1, 2, 3}  # flipped left-right and up-down
+
+
 def test_augmentation_seed_mixes_all_three_and_is_stable():
     seeds = {augmentation_seed(s, e, i) for s in range(3) for e in range(3) for i in range(3)}
     assert len(seeds) == 27 and all(0 <= s < 2**63 for s in seeds)
@@ -408,13 +436,13 @@ def test_eval_preset_resizes_boxes_by_hand():
 
 
 def test_build_preset_names():
-    for name in ("ssd", "overhead", "faces", "flip", "eval"):
+    for name in ("ssd", "overhead", "tiles", "tiles-jitter", "faces", "flip", "eval"):
         image, _ = build_preset(name, 32)(
             tv_tensors.Image(torch.full((3, 40, 50), 255, dtype=torch.uint8)),
             {"boxes": tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=(40, 50)),
              "labels": torch.zeros(0, dtype=torch.int64)})
         assert image.shape == (3, 32, 32) and float(image.max()) <= 1.0
-    with pytest.raises(ValueError, match="ssd, overhead, tiles, faces, flip, eval"):
+    with pytest.raises(ValueError, match="ssd, overhead, tiles, tiles-jitter, faces, flip, eval"):
         build_preset("mosaic", 32)
 
 

@@ -185,3 +185,20 @@ def test_config_values_of_the_wrong_type_name_the_field(override, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[")):
         apply_overrides(config, [override])
     assert apply_overrides(config, ["model.width=1"]).model.width == 1.0  # an integer is a number
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_builds_its_augmentation(path):
+    from borrowcore.presets import build_preset
+
+    config = load_config(path)
+    build_preset(config.train.augmentation, config.model.input_size)  # a name the presets know
+
+
+def test_aerial_jitter_is_the_aerial_recipe_with_scale_jitter():
+    import dataclasses
+
+    plain, jitter = load_config(ROOT / "configs" / "aerial-full.yaml"), load_config(ROOT / "configs" / "aerial-jitter.yaml")
+    assert (plain.train.augmentation, jitter.train.augmentation) == ("tiles", "tiles-jitter")
+    assert jitter.model == plain.model
+    assert dataclasses.replace(jitter.train, augmentation="tiles") == plain.train
