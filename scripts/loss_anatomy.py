@@ -1,0 +1,101 @@
+"""Where the classification loss comes from, checkpoint by checkpoint: a diagnosis of the loss rise that
+every face run shows for 100-300 steps around the end of warm-up (docs/results.md, "Faces in crowds").
+
+Each checkpoint's model sees the same fixed training crops (the run's own augmentation, a fixed seed), in
+train mode as in training (BatchNorm on batch statistics, no update), and the classification loss is split
+into its parts (checkpoints with their training state: a run's last.pt, copied as it trains): cross-entropy on the positives, on the hard negatives (3 per positive, SPEC §5) and on all
+negatives, each divided by the number of positives as the loss is; plus the mean face probability on the
+positives and on the negatives, and the share of negatives scored above 0.5 (false alarms in the making).
+
+    python scripts/loss_anatomy.py runs/faces3/snap-ssd2/*.pt --crops 64 --out runs/faces3/anatomy-ssd2.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from borrowcore.checkpoint import checkpoint_config, load_state, read_checkpoint
+from borrowcore.data import CocoDetection, collate_detection
+from borrowcore.model import build_detector
+from borrowcore.presets import build_preset
+
+
+def anatomy(detector, images, targets) -> dict[str, float]:
+    batch, sizes = detector.preprocess(images)
+    output = detector.network(batch)
+    anchors = detector.anchors(output.grid_sizes, detector.anchor_image_size, device=batch.device)
+    targets = detector.scale_targets(targets, sizes)
+    loss = detector.loss
+    matches = torch.stack(loss.match(targets, anchors))  # (B, A): >= 0 box, -1 background, -2 ignored
+    positive, negative = matches >= 0, matches == -1
+    labels = torch.zeros_like(matches)
+    for i, target in enumerate(targets):
+        labels[i, positive[i]] = target["labels"][matches[i, positive[i]]].to(labels.dtype)
+    logits = output.cls_logits.float()
+    ce = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none").view_as(labels)
+    ranked = ce.detach().clone()
+    ranked[~negative] = -float("inf")
+    rank = ranked.sort(dim=1, descending=True)[1].sort(dim=1)[1]
+    hard = (rank < loss.negatives_per_positive * positive.sum(dim=1, keepdim=True)) & negative
+    n = positive.sum().clamp(min=1).float()
+    face = logits.softmax(-1)[..., 1:].sum(-1)  # probability of any non-background class
+    side = torch.zeros_like(face)  # sqrt(area) of each positive anchor's face, in input pixels
+    for i, target in enumerate(targets):
+        boxes = target["boxes"].as_subclass(torch.Tensor)[matches[i, positive[i]]]
+        side[i, positive[i]] = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=0).sqrt()
+    by_size = {}
+    for low, high in ((0, 10), (10, 20), (20, 40), (40, 1e9)):
+        bin_ = positive & (side >= low) & (side < high)
+        name = f"{low}-{high}" if high < 1e9 else f"{low}+"
+        by_size[f"share_pos_{name}px"] = float(bin_.sum() / n)
+        by_size[f"p_face_pos_{name}px"] = float(face[bin_].mean()) if bin_.any() else float("nan")
+    return {"positives": int(positive.sum()), "negatives": int(negative.sum()),
+            "ce_pos": float(ce[positive].sum() / n), "ce_hard_neg": float(ce[hard].sum() / n),
+            "ce_all_neg_per_anchor": float(ce[negative].mean()),
+            "p_face_pos": float(face[positive].mean()), "p_face_neg": float(face[negative].mean()),
+            "neg_above_0.5": float((face[negative] > 0.5).float().mean()),
+            "hard_neg_p_face": float(face[hard].mean()), **by_size}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoints", nargs="+", type=Path)
+    parser.add_argument("--crops", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    torch.set_grad_enabled(False)
+    rows, crops = [], None
+    for path in args.checkpoints:
+        checkpoint = read_checkpoint(path)
+        config = checkpoint_config(checkpoint, path)
+        if crops is None:  # the same crops for every checkpoint
+            t = checkpoint["train_state"]["train_config"]
+            dataset = CocoDetection(t["train_images"], t["train_annotations"], build_preset(t["augmentation"], config.input_size),
+                                    seed=args.seed, ignore_regions=True)
+            torch.manual_seed(args.seed)
+            picked = torch.randperm(len(dataset))[:args.crops].tolist()
+            crops = collate_detection([dataset[i] for i in picked])
+        detector = build_detector(config, checkpoint["class_names"])
+        load_state(detector, checkpoint, path)
+        detector.train()  # BatchNorm on batch statistics, as the training loss sees it (nothing is updated)
+        step = checkpoint["train_state"]["step"]
+        row = {"checkpoint": path.name, "step": step, **anatomy(detector, *crops)}
+        rows.append(row)
+        print(", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
