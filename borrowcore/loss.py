@@ -45,6 +45,16 @@ class MultiBoxLoss(nn.Module):
             all_matches.append(matches)
         return all_matches
 
+    def hard_negatives(self, cls_loss: Tensor, matches: Tensor) -> Tensor:
+        """Hard negative mining: per image, the negatives (matches == -1) with the highest classification
+        loss, ``negatives_per_positive`` per positive. cls_loss and matches (B, A) -> mask (B, A)."""
+        negative_loss = cls_loss.detach().clone()
+        negative_loss[matches != -1] = -float("inf")  # positives and ignored anchors are never negatives
+        order = negative_loss.sort(dim=1, descending=True)[1]
+        rank = order.sort(dim=1)[1]  # rank of each anchor among its image's negatives
+        num_negative = self.negatives_per_positive * (matches >= 0).sum(dim=1, keepdim=True)  # (B, 1)
+        return (rank < num_negative) & (matches == -1)
+
     def forward(self, cls_logits: Tensor, box_regression: Tensor, anchors: Tensor,
                 targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         """cls_logits (B, A, K+1), box_regression (B, A, 4), anchors (A, 4) xyxy; targets with
@@ -69,12 +79,6 @@ class MultiBoxLoss(nn.Module):
 
         cls_loss = F.cross_entropy(cls_logits.flatten(0, 1).float(), target_labels.flatten(), reduction="none")
         cls_loss = cls_loss.view_as(target_labels)  # (B, A)
-        # hard negative mining: per image, the negatives with the highest loss, 3 per positive
-        negative_loss = cls_loss.detach().clone()
-        negative_loss[matches != -1] = -float("inf")  # positives and ignored anchors are never negatives
-        order = negative_loss.sort(dim=1, descending=True)[1]
-        rank = order.sort(dim=1)[1]  # rank of each anchor among its image's negatives
-        num_negative = self.negatives_per_positive * positive.sum(dim=1, keepdim=True)  # (B, 1)
-        hard_negative = (rank < num_negative) & (matches == -1)
+        hard_negative = self.hard_negatives(cls_loss, matches)
         loss_cls = (cls_loss[positive].sum() + cls_loss[hard_negative].sum())
         return {"loss_box": loss_box / normaliser, "loss_cls": loss_cls / normaliser}

@@ -2,10 +2,10 @@
 every face run shows for 100-300 steps around the end of warm-up (docs/results.md, "Faces in crowds").
 
 Each checkpoint's model sees the same fixed training crops (the run's own augmentation, a fixed seed), in
-train mode as in training (BatchNorm on batch statistics, no update), and the classification loss is split
-into its parts (checkpoints with their training state: a run's last.pt, copied as it trains): cross-entropy on the positives, on the hard negatives (3 per positive, SPEC §5) and on all
-negatives, each divided by the number of positives as the loss is; plus the mean face probability on the
+train mode as in training (BatchNorm on batch statistics), and the classification loss is split into its
+parts: cross-entropy on the positives, on the hard negatives (3 per positive, SPEC §5) and on all negatives, each divided by the number of positives as the loss is; plus the mean face probability on the
 positives and on the negatives, and the share of negatives scored above 0.5 (false alarms in the making).
+Checkpoints must hold their training state (a run's last.pt, copied as it trains), which names the crops.
 
     python scripts/loss_anatomy.py runs/faces3/snap-ssd2/*.pt --crops 64 --out runs/faces3/anatomy-ssd2.csv
 """
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torchvision.ops import box_area
 
 from borrowcore.checkpoint import checkpoint_config, load_state, read_checkpoint
 from borrowcore.data import CocoDetection, collate_detection
@@ -39,16 +40,13 @@ def anatomy(detector, images, targets) -> dict[str, float]:
         labels[i, positive[i]] = target["labels"][matches[i, positive[i]]].to(labels.dtype)
     logits = output.cls_logits.float()
     ce = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none").view_as(labels)
-    ranked = ce.detach().clone()
-    ranked[~negative] = -float("inf")
-    rank = ranked.sort(dim=1, descending=True)[1].sort(dim=1)[1]
-    hard = (rank < loss.negatives_per_positive * positive.sum(dim=1, keepdim=True)) & negative
+    hard = loss.hard_negatives(ce, matches)  # the negatives the training loss keeps
     n = positive.sum().clamp(min=1).float()
     face = logits.softmax(-1)[..., 1:].sum(-1)  # probability of any non-background class
     side = torch.zeros_like(face)  # sqrt(area) of each positive anchor's face, in input pixels
     for i, target in enumerate(targets):
         boxes = target["boxes"].as_subclass(torch.Tensor)[matches[i, positive[i]]]
-        side[i, positive[i]] = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=0).sqrt()
+        side[i, positive[i]] = box_area(boxes).sqrt()
     by_size = {}
     for low, high in ((0, 10), (10, 20), (20, 40), (40, 1e9)):
         bin_ = positive & (side >= low) & (side < high)
@@ -75,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.checkpoints:
         checkpoint = read_checkpoint(path)
         config = checkpoint_config(checkpoint, path)
+        if "train_state" not in checkpoint:
+            parser.error(f"{path}: no training state (give a run's last.pt, not weights released without it)")
         if crops is None:  # the same crops for every checkpoint
             t = checkpoint["train_state"]["train_config"]
             dataset = CocoDetection(t["train_images"], t["train_annotations"], build_preset(t["augmentation"], config.input_size),
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             crops = collate_detection([dataset[i] for i in picked])
         detector = build_detector(config, checkpoint["class_names"])
         load_state(detector, checkpoint, path)
-        detector.train()  # BatchNorm on batch statistics, as the training loss sees it (nothing is updated)
+        detector.train()  # BatchNorm on batch statistics, as the training loss sees it (this copy is discarded)
         step = checkpoint["train_state"]["step"]
         row = {"checkpoint": path.name, "step": step, **anatomy(detector, *crops)}
         rows.append(row)
