@@ -37,6 +37,9 @@ class DetectorConfig:
     anchor_scale: float = 4.0  # S_k = anchor_scale * stride_k (Table 1: 32, 64, 128, 256)
     aspect_ratios: list[float] = field(default_factory=lambda: [1.5, 3.0])  # each r gives r and 1/r
     match_iou: float = 0.5  # SPEC §5; S3FD / RetinaFace match tiny faces at 0.35
+    # > 0: every anchor starts with this foreground probability (RetinaNet's prior init of the class
+    # biases); 0 keeps zero biases, K / (K + 1) foreground at the start (SPEC §5's plain SSD head)
+    prior_prob: float = 0.0
     # The inference recipe, stored with the weights so predict, eval and the app need no flags (SPEC §1):
     # "resize" to S x S; "whole" image at native resolution, padded to multiples of 64 (photos whose
     # longer side exceeds max_whole_side are cut into S x S tiles instead); "tiles" of S x S always.
@@ -57,6 +60,8 @@ class DetectorConfig:
             raise ValueError(f"inference must be one of {INFERENCE_MODES}, got {self.inference!r}")
         if not 0 < self.match_iou <= 1:
             raise ValueError(f"match_iou must be in (0, 1], got {self.match_iou}")
+        if not 0 <= self.prior_prob < 1:
+            raise ValueError(f"prior_prob must be in [0, 1) (0: zero biases), got {self.prior_prob}")
         if self.input_size < 128:
             raise ValueError(f"input_size must be >= 128 (SPEC §1), got {self.input_size}")
         if self.key_budget < 0:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -19,9 +21,12 @@ class SSDHead(nn.Module):
         in_channels: channels of each Y(n).
         num_anchors: A, anchors per cell (from ``AnchorGenerator.num_anchors_per_location()``).
         num_classes: K + 1, background included.
+        prior_prob: if > 0, the background logit's bias starts at log(K (1 - p) / p), so that every anchor
+            starts with foreground probability p (all classes together), as RetinaNet's prior-probability
+            init; 0 keeps zero biases (p = K / (K + 1)).
     """
 
-    def __init__(self, in_channels: list[int], num_anchors: int, num_classes: int) -> None:
+    def __init__(self, in_channels: list[int], num_anchors: int, num_classes: int, prior_prob: float = 0.0) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.classification = nn.ModuleList(nn.Conv2d(c, num_anchors * num_classes, 3, padding=1) for c in in_channels)
@@ -29,6 +34,11 @@ class SSDHead(nn.Module):
         for conv in [*self.classification, *self.regression]:
             nn.init.xavier_uniform_(conv.weight)
             nn.init.zeros_(conv.bias)
+        if prior_prob > 0:
+            foreground = num_classes - 1
+            with torch.no_grad():
+                for conv in self.classification:  # channel a * (K + 1) + c is class c of anchor a
+                    conv.bias.view(num_anchors, num_classes)[:, 0] = math.log(foreground * (1 - prior_prob) / prior_prob)
 
     def forward(self, features: list[Tensor]) -> tuple[Tensor, Tensor]:
         """[Y(n)] -> class logits (B, num_anchors_total, K+1), box offsets (B, num_anchors_total, 4)."""

@@ -163,7 +163,8 @@ def build_detector(config: DetectorConfig, class_names: list[str] | None = None)
     neck = BorrowNeck(backbone.out_channels, backbone.strides, config.neck,
                       scaled_channels(config.borrow_channels, config.width), config.similarity, config.key_budget)
     anchors = AnchorGenerator(backbone.strides, config.anchor_scale, config.aspect_ratios)
-    head = SSDHead(backbone.out_channels, anchors.num_anchors_per_location(), config.num_classes + 1)
+    head = SSDHead(backbone.out_channels, anchors.num_anchors_per_location(), config.num_classes + 1,
+                   config.prior_prob)
     box_coder = BoxCoder()
     postprocess = PostProcess(box_coder, config.score_threshold, config.candidates_per_class,
                               config.nms_iou, config.detections_per_image)

@@ -1,9 +1,12 @@
+import math
+
 import pytest
 import torch
 from torch import nn
 
 from borrowcore import DetectorConfig, build_detector
 from borrowcore.backbone import VGGBackbone, receptive_fields, scaled_channels
+from borrowcore.head import SSDHead
 from borrowcore.neck import BorrowNeck, FeatureMatchingBlock, FeatureRepresentingBlock
 
 from conftest import make_detector
@@ -314,3 +317,25 @@ def test_ssd_pytorch_reducedfc_weights_load(tmp_path):
     torch.save({"backbone.conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "resnet.pth")
     with pytest.raises(ValueError, match="resnet.pth: not a VGG16 state dict.*backbone.conv1.weight"):
         VGGBackbone(width=1.0).load_vgg16(tmp_path / "resnet.pth")
+
+
+def test_prior_probability_init_sets_every_anchors_foreground_share():
+    """K = 3, p = 0.25: the background bias is log(3 * 0.75 / 0.25) = log 9 = 2.1972 (by hand), so on
+    zero features every anchor gives background 9 / 12 and each class 1 / 12; p = 0 keeps zero biases."""
+    features = [torch.zeros(1, 8, 4, 4), torch.zeros(1, 16, 2, 2)]
+    head = SSDHead([8, 16], num_anchors=3, num_classes=4, prior_prob=0.25)
+    logits, _ = head(features)
+    assert logits.shape == (1, (16 + 4) * 3, 4)
+    assert torch.allclose(logits[..., 0], torch.full_like(logits[..., 0], 2.1972), atol=1e-4)
+    assert torch.allclose(logits.softmax(-1), torch.tensor([9 / 12, 1 / 12, 1 / 12, 1 / 12]).expand_as(logits))
+    plain, _ = SSDHead([8, 16], num_anchors=3, num_classes=4)(features)
+    assert torch.equal(plain, torch.zeros_like(plain))
+
+
+def test_prior_probability_reaches_the_head_from_the_config(tiny_config):
+    detector = build_detector(DetectorConfig(**{**tiny_config.__dict__, "prior_prob": 0.01}))
+    bias = detector.network.head.classification[0].bias.view(-1, 4)  # (A, K + 1)
+    assert torch.allclose(bias[:, 0], torch.tensor(math.log(3 * 99.0)))
+    assert torch.equal(bias[:, 1:], torch.zeros_like(bias[:, 1:]))
+    with pytest.raises(ValueError, match="prior_prob"):
+        DetectorConfig(prior_prob=1.0)
