@@ -37,8 +37,8 @@ class DetectorConfig:
     anchor_scale: float = 4.0  # S_k = anchor_scale * stride_k (Table 1: 32, 64, 128, 256)
     aspect_ratios: list[float] = field(default_factory=lambda: [1.5, 3.0])  # each r gives r and 1/r
     match_iou: float = 0.5  # SPEC §5; S3FD / RetinaFace match tiny faces at 0.35
-    # > 0: every anchor starts with this foreground probability (RetinaNet's prior init of the class
-    # biases); 0 keeps zero biases, K / (K + 1) foreground at the start (SPEC §5's plain SSD head)
+    # > 0: RetinaNet's head init, N(0, 0.01^2) weights and class biases so that every anchor starts with this
+    # foreground probability (0.25 is the balance point of 3:1 hard-negative mining); 0: SSD's Xavier init
     prior_prob: float = 0.0
     # The inference recipe, stored with the weights so predict, eval and the app need no flags (SPEC §1):
     # "resize" to S x S; "whole" image at native resolution, padded to multiples of 64 (photos whose

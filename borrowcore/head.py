@@ -21,9 +21,11 @@ class SSDHead(nn.Module):
         in_channels: channels of each Y(n).
         num_anchors: A, anchors per cell (from ``AnchorGenerator.num_anchors_per_location()``).
         num_classes: K + 1, background included.
-        prior_prob: if > 0, the background logit's bias starts at log(K (1 - p) / p), so that every anchor
-            starts with foreground probability p (all classes together), as RetinaNet's prior-probability
-            init; 0 keeps zero biases (p = K / (K + 1)).
+        prior_prob: if > 0, RetinaNet's init: weights N(0, 0.01^2) in both convs and the background bias
+            log(K (1 - p) / p), so every anchor starts with foreground probability about p (all classes
+            together). 0 keeps SSD's Xavier weights and zero biases, whose logits start with a spread of a few
+            units, so hard-negative mining starts on the confident tail of random scores (on the face model,
+            a logit spread of 2.0 and a first classification loss of 15.5 against 3.0 with p = 0.25).
     """
 
     def __init__(self, in_channels: list[int], num_anchors: int, num_classes: int, prior_prob: float = 0.0) -> None:
@@ -37,7 +39,10 @@ class SSDHead(nn.Module):
         if prior_prob > 0:
             foreground = num_classes - 1
             with torch.no_grad():
+                for conv in self.regression:
+                    nn.init.normal_(conv.weight, std=0.01)
                 for conv in self.classification:  # channel a * (K + 1) + c is class c of anchor a
+                    nn.init.normal_(conv.weight, std=0.01)
                     conv.bias.view(num_anchors, num_classes)[:, 0] = math.log(foreground * (1 - prior_prob) / prior_prob)
 
     def forward(self, features: list[Tensor]) -> tuple[Tensor, Tensor]:

@@ -337,5 +337,7 @@ def test_prior_probability_reaches_the_head_from_the_config(tiny_config):
     bias = detector.network.head.classification[0].bias.view(-1, 4)  # (A, K + 1)
     assert torch.allclose(bias[:, 0], torch.tensor(math.log(3 * 99.0)))
     assert torch.equal(bias[:, 1:], torch.zeros_like(bias[:, 1:]))
+    for conv in [*detector.network.head.classification, *detector.network.head.regression]:
+        assert 0.005 < conv.weight.std() < 0.015  # N(0, 0.01^2), not Xavier's spread
     with pytest.raises(ValueError, match="prior_prob"):
         DetectorConfig(prior_prob=1.0)
