@@ -6,14 +6,19 @@ train mode as in training (BatchNorm on batch statistics), and the classificatio
 parts: cross-entropy on the positives, on the hard negatives (3 per positive, SPEC §5) and on all negatives, each divided by the number of positives as the loss is; plus the mean face probability on the
 positives and on the negatives, and the share of negatives scored above 0.5 (false alarms in the making).
 Checkpoints must hold their training state (a run's last.pt, copied as it trains), which names the crops.
+``--init CONFIG`` adds a first row for the untrained model that CONFIG builds (step 0, ``--set`` overrides
+applied, seeded by its train.seed): what the loss starts from. ``logit_spread`` is the standard deviation,
+over all anchors, of the face-vs-background log-odds: how far from a constant score the model is.
 
     python scripts/loss_anatomy.py runs/faces3/snap-ssd2/*.pt --crops 64 --out runs/faces3/anatomy-ssd2.csv
+    python scripts/loss_anatomy.py --init configs/faces-full.yaml --set model.neck=ssd --out init.csv
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -22,6 +27,7 @@ import torch.nn.functional as F
 from torchvision.ops import box_area
 
 from borrowcore.checkpoint import checkpoint_config, load_state, read_checkpoint
+from borrowcore.config import apply_overrides, load_config
 from borrowcore.data import CocoDetection, collate_detection
 from borrowcore.model import build_detector
 from borrowcore.presets import build_preset
@@ -43,6 +49,7 @@ def anatomy(detector, images, targets) -> dict[str, float]:
     hard = loss.hard_negatives(ce, matches)  # the negatives the training loss keeps
     n = positive.sum().clamp(min=1).float()
     face = logits.softmax(-1)[..., 1:].sum(-1)  # probability of any non-background class
+    log_odds = torch.logsumexp(logits[..., 1:], dim=-1) - logits[..., 0]  # log p(face) / p(background)
     side = torch.zeros_like(face)  # sqrt(area) of each positive anchor's face, in input pixels
     for i, target in enumerate(targets):
         boxes = target["boxes"].as_subclass(torch.Tensor)[matches[i, positive[i]]]
@@ -54,7 +61,7 @@ def anatomy(detector, images, targets) -> dict[str, float]:
         by_size[f"share_pos_{name}px"] = float(bin_.sum() / n)
         by_size[f"p_face_pos_{name}px"] = float(face[bin_].mean()) if bin_.any() else float("nan")
     return {"positives": int(positive.sum()), "negatives": int(negative.sum()),
-            "ce_pos": float(ce[positive].sum() / n), "ce_hard_neg": float(ce[hard].sum() / n),
+            "logit_spread": float(log_odds.std()), "ce_pos": float(ce[positive].sum() / n), "ce_hard_neg": float(ce[hard].sum() / n),
             "ce_all_neg_per_anchor": float(ce[negative].mean()),
             "p_face_pos": float(face[positive].mean()), "p_face_neg": float(face[negative].mean()),
             "neg_above_0.5": float((face[negative] > 0.5).float().mean()),
@@ -63,30 +70,40 @@ def anatomy(detector, images, targets) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoints", nargs="+", type=Path)
+    parser.add_argument("checkpoints", nargs="*", type=Path)
+    parser.add_argument("--init", type=Path, help="a config: score its untrained model first (step 0)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for --init's config")
     parser.add_argument("--crops", type=int, default=64)
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    if not args.checkpoints and args.init is None:
+        parser.error("give checkpoints, --init CONFIG, or both")
     torch.set_grad_enabled(False)
-    rows, crops = [], None
+    models = []  # (name, step, train config as a dict, detector)
+    if args.init is not None:
+        experiment = apply_overrides(load_config(args.init), args.set)
+        torch.manual_seed(experiment.train.seed)
+        models.append((f"{args.init.name} (untrained)", 0, dataclasses.asdict(experiment.train),
+                       build_detector(experiment.model)))
     for path in args.checkpoints:
         checkpoint = read_checkpoint(path)
-        config = checkpoint_config(checkpoint, path)
         if "train_state" not in checkpoint:
             parser.error(f"{path}: no training state (give a run's last.pt, not weights released without it)")
-        if crops is None:  # the same crops for every checkpoint
-            t = checkpoint["train_state"]["train_config"]
-            dataset = CocoDetection(t["train_images"], t["train_annotations"], build_preset(t["augmentation"], config.input_size),
+        detector = build_detector(checkpoint_config(checkpoint, path), checkpoint["class_names"])
+        load_state(detector, checkpoint, path)
+        models.append((path.name, checkpoint["train_state"]["step"], checkpoint["train_state"]["train_config"], detector))
+    rows, crops = [], None
+    for name, step, t, detector in models:
+        if crops is None:  # the same crops for every model
+            size = detector.config.input_size
+            dataset = CocoDetection(t["train_images"], t["train_annotations"], build_preset(t["augmentation"], size),
                                     seed=args.seed, ignore_regions=True)
             torch.manual_seed(args.seed)
             picked = torch.randperm(len(dataset))[:args.crops].tolist()
             crops = collate_detection([dataset[i] for i in picked])
-        detector = build_detector(config, checkpoint["class_names"])
-        load_state(detector, checkpoint, path)
         detector.train()  # BatchNorm on batch statistics, as the training loss sees it (this copy is discarded)
-        step = checkpoint["train_state"]["step"]
-        row = {"checkpoint": path.name, "step": step, **anatomy(detector, *crops)}
+        row = {"checkpoint": name, "step": step, **anatomy(detector, *crops)}
         rows.append(row)
         print(", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -314,3 +314,31 @@ def test_export_keeps_a_whole_image_models_anchors():
     anchors = exportable(detector).anchors
     assert torch.equal(anchors, detector.anchors(grids, None))  # S'_N = sqrt(128 x 256), not S = 256
     assert not torch.equal(anchors, detector.anchors(grids, 256))
+
+
+@pytest.mark.skipif(not WIDER.is_dir(), reason="needs ../shared/data/wider-faces")
+def test_loss_anatomy_of_the_untrained_face_model(tmp_path: Path):
+    """scripts/loss_anatomy.py --init: with SSD's Xavier head the hard negatives start near certain faces
+    (mining picks the tail of random scores); RetinaNet's init with prior 0.25 starts every anchor at 0.25."""
+    import csv
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("loss_anatomy", Path(__file__).parents[1] / "scripts" / "loss_anatomy.py")
+    loss_anatomy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loss_anatomy)
+    annotations = tmp_path / "val.json"
+    annotations.write_text(json.dumps(read_wider(WIDER / "images", WIDER / "val_bbx_gt.txt")))
+    config = Path(__file__).parents[1] / "configs" / "faces-full.yaml"
+    rows = {}
+    for prior in (0.0, 0.25):
+        out = tmp_path / f"prior{prior}.csv"
+        loss_anatomy.main(["--init", str(config), "--crops", "8", "--out", str(out), "--set", "model.neck=ssd",
+                           f"model.prior_prob={prior}", f"train.train_images={WIDER / 'images'}",
+                           f"train.train_annotations={annotations}"])
+        (rows[prior],) = list(csv.DictReader(out.open()))
+    xavier, retina = ({k: float(v) for k, v in row.items() if k != "checkpoint"} for row in rows.values())
+    assert rows[0.0]["step"] == "0" and rows[0.0]["checkpoint"].endswith("(untrained)")
+    assert xavier["logit_spread"] > 1.0 and xavier["hard_neg_p_face"] > 0.9 and xavier["ce_hard_neg"] > 5.0
+    assert retina["logit_spread"] < 0.6 and retina["ce_hard_neg"] < 2.0
+    assert abs(retina["p_face_pos"] - 0.25) < 0.03 and abs(retina["p_face_neg"] - 0.25) < 0.03
