@@ -186,8 +186,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     detector = load_detector(args.checkpoint, "cpu")
     metadata = export_onnx(detector, args.out, input_size=args.input_size, with_nms=args.with_nms,
                            dynamic_batch=args.dynamic_batch, batch_size=args.batch_size, exporter=args.exporter,
-                           checkpoint=args.checkpoint)
-    print(f"export: {args.out} ({metadata['ablation']}, input {metadata['input_size']}, "
+                           checkpoint=args.checkpoint, canvas=args.canvas)
+    shape = "x".join(map(str, metadata["canvas"])) + " canvas" if metadata["canvas"] else metadata["input_size"]
+    print(f"export: {args.out} ({metadata['ablation']}, input {shape}, "
           f"{'NMS in graph' if metadata['with_nms'] else 'scores + boxes'}, {metadata['exporter']} exporter, "
           f"opset {metadata['opset']})")
     if metadata["exporter_note"]:
@@ -459,6 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True, help="the .onnx file to write")
     p.add_argument("--input-size", dest="input_size", type=int, help="S of the graph (default: the checkpoint's)")
+    p.add_argument("--canvas", nargs=2, type=int, metavar=("H", "W"),
+                   help="whole-image models: the graph's fixed input, multiples of 64, photos placed top-left at "
+                        "native resolution (larger ones scaled down to fit); default 1024 1024")
     p.add_argument("--dynamic-batch", dest="dynamic_batch", action="store_true", help="a symbolic batch dimension")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=1, help="the fixed batch otherwise")
     p.add_argument("--with-nms", dest="with_nms", action="store_true",

@@ -1,7 +1,14 @@
 """ONNX export (backbone, neck with FMB/FRB attention, head, box decoding; NMS optional) and onnxruntime.
 
 The exported graph takes ``images`` (B, 3, S, S) float32 RGB in [0, 1], already resized to S x S with no
-letterbox (SPEC §1); the ImageNet normalisation is inside the graph. Outputs, in input pixels:
+letterbox (SPEC §1); the ImageNet normalisation is inside the graph. A whole-image model (``inference:
+whole``) sees photos at native resolution, so its graph takes a fixed canvas instead, (B, 3, H, W) with H
+and W multiples of 64 (default 1024 x 1024, ``canvas=``): each photo in the top-left corner at native
+resolution, the rest the mean colour, as ``Detector.preprocess`` pads; a photo larger than the canvas is
+scaled down to fit (PyTorch tiles photos over ``max_whole_side`` instead). ``letterbox_to_canvas`` prepares
+such a batch. With NMS in such a graph, boxes are clipped to the canvas before NMS (PyTorch clips to the
+photo), so near a smaller photo's right and bottom edges the kept set may differ slightly; the graph without
+NMS gives PyTorch's detections exactly. Outputs, in input pixels:
 
 - default: ``scores`` (B, A, K) softmax probabilities of classes 1..K, ``boxes`` (B, A, 4) xyxy decoded
   against the anchors of S (not clipped): the post-processing's inputs.
@@ -36,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.onnx import symbolic_helper
-from torchvision.ops import nms
+from torchvision.ops import clip_boxes_to_image, nms
 
 from borrowcore.boxes import BoxCoder
 from borrowcore.config import NECKS
@@ -48,6 +55,10 @@ FORMAT_VERSION = 1
 EXPORTERS = ("auto", "dynamo", "torchscript")
 TORCHSCRIPT_OPSET = 17
 INPUT_DESCRIPTION = "images: float32 (B, 3, S, S), RGB in [0, 1], resized to S x S with no letterbox"
+CANVAS_DESCRIPTION = ("images: float32 (B, 3, H, W) canvas, RGB in [0, 1], each photo at native resolution in the "
+                      "top-left corner (scaled down to fit if larger), the rest the normalisation mean")
+DEFAULT_CANVAS = (1024, 1024)  # whole-image models: WIDER's photos are 1024 px wide
+PAD_MULTIPLE = 64  # the coarsest stride (SPEC §1)
 
 
 # ---- SPEC §5's NMS as one op: eager in PyTorch, ONNX NonMaxSuppression in the graph ----
@@ -122,11 +133,12 @@ class ExportableDetectorWithNMS(nn.Module):
     pixels. Returns boxes (B, D, 4), scores (B, D), labels (B, D), num_detections (B,), best first.
     """
 
-    def __init__(self, detector: ExportableDetector, input_size: int, score_threshold: float = 0.01,
+    def __init__(self, detector: ExportableDetector, input_shape: tuple[int, int], score_threshold: float = 0.01,
                  candidates_per_class: int = 400, nms_iou: float = 0.45, detections_per_image: int = 200) -> None:
         super().__init__()
         self.detector = detector
-        self.input_size = input_size
+        height, width = input_shape
+        self.register_buffer("box_limits", torch.tensor([width, height, width, height], dtype=torch.float32))
         self.score_threshold = score_threshold
         self.candidates_per_class = candidates_per_class
         self.nms_iou = nms_iou
@@ -134,7 +146,8 @@ class ExportableDetectorWithNMS(nn.Module):
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         scores, boxes = self.detector(images)  # (B, A, K), (B, A, 4)
-        boxes = boxes.clamp(0, self.input_size)  # PostProcess clips; clipping commutes with the rescale
+        # PostProcess clips to the image; clipping commutes with the rescale (a canvas clips to the canvas)
+        boxes = torch.minimum(boxes.clamp(min=0), self.box_limits)
         k = min(self.candidates_per_class, scores.shape[1])
         kth_best = scores.topk(k, dim=1).values[:, k - 1:k]  # (B, 1, K)
         scores = torch.where(scores >= kth_best, scores, torch.zeros_like(scores))  # top-k per class
@@ -159,24 +172,44 @@ class ExportableDetectorWithNMS(nn.Module):
         return out_boxes[:, :-1], out_scores[:, :-1], out_labels[:, :-1], num_detections
 
 
-def exportable(detector: Detector, input_size: int | None = None, with_nms: bool = False) -> nn.Module:
+def graph_input_shape(detector: Detector, input_size: int | None = None,
+                      canvas: tuple[int, int] | None = None) -> tuple[int, int]:
+    """(H, W) of the exported graph's images: S x S for a model that resizes, the canvas for a
+    whole-image model (default ``DEFAULT_CANVAS``); a clear error for a size that does not fit the model."""
+    if not detector.whole_image:
+        if canvas is not None:
+            raise ValueError("a canvas is for whole-image models (inference: whole); this model resizes every "
+                             "image to S x S: give input_size")
+        size = int(input_size or detector.input_size)
+        if size < 128:
+            raise ValueError(f"input size must be >= 128 (SPEC §1), got {size}")
+        return size, size
+    if input_size is not None:
+        raise ValueError("a whole-image model (inference: whole) takes photos at native resolution, not resized to "
+                         "S x S: give canvas=(H, W) (--canvas H W), the largest photo it will take")
+    height, width = (int(side) for side in (canvas or DEFAULT_CANVAS))
+    if min(height, width) < 128 or height % PAD_MULTIPLE or width % PAD_MULTIPLE:
+        raise ValueError(f"canvas sides must be multiples of {PAD_MULTIPLE} and >= 128, got {height} x {width}")
+    return height, width
+
+
+def exportable(detector: Detector, input_size: int | None = None, with_nms: bool = False,
+               canvas: tuple[int, int] | None = None) -> nn.Module:
     """The module that ``export_onnx`` exports, in eval mode on the CPU (its eager outputs are the reference)."""
     neck = detector.config.neck if hasattr(detector, "config") else detector.network.neck.neck
     if neck not in NECKS:
         raise ValueError(f"cannot export ablation {neck!r}: the exporter knows {', '.join(NECKS)}")
-    size = int(input_size or detector.input_size)
-    if size < 128:
-        raise ValueError(f"input size must be >= 128 (SPEC §1), got {size}")
+    height, width = graph_input_shape(detector, input_size, canvas)
     detector = copy.deepcopy(detector).cpu().eval()  # export traces on the CPU; the caller's model stays put
     with torch.no_grad():
-        grid_sizes = detector.network(torch.zeros(1, 3, size, size)).grid_sizes
-    # (A, 4): fixed by S, so the graph's input is S x S. A whole-image model keeps its own S'_N (SPEC §3);
-    # its graph still takes S x S inputs (a resize), not whole photos.
-    anchors = detector.anchors(grid_sizes, detector.anchor_image_size if detector.whole_image else size)
+        grid_sizes = detector.network(torch.zeros(1, 3, height, width)).grid_sizes
+    # (A, 4): fixed by the graph's input size. A whole-image model keeps its own S'_N (SPEC §3), so its
+    # anchors on the canvas are those it has on any photo of that padded size.
+    anchors = detector.anchors(grid_sizes, detector.anchor_image_size if detector.whole_image else height)
     module = ExportableDetector(detector.network, anchors, detector.postprocess.box_coder, detector.mean, detector.std)
     if with_nms:
         post = detector.postprocess
-        module = ExportableDetectorWithNMS(module, size, post.score_threshold, post.candidates_per_class,
+        module = ExportableDetectorWithNMS(module, (height, width), post.score_threshold, post.candidates_per_class,
                                            post.nms_iou, post.detections_per_image)
     return module.eval()
 
@@ -216,11 +249,12 @@ def _export_torchscript(module: nn.Module, example: Tensor, output_names: list[s
 
 def export_onnx(detector: Detector, path: str | Path, *, input_size: int | None = None, with_nms: bool = False,
                 dynamic_batch: bool = False, batch_size: int = 1, exporter: str = "auto",
-                checkpoint: str | Path = "") -> dict[str, Any]:
+                checkpoint: str | Path = "", canvas: tuple[int, int] | None = None) -> dict[str, Any]:
     """Export ``detector`` to ``path`` (one self-contained .onnx file, written atomically); returns its metadata.
 
     Args:
         input_size: S of the graph (default the detector's); the anchors are those of S.
+        canvas: (H, W) of a whole-image model's graph, multiples of 64 (default ``DEFAULT_CANVAS``).
         with_nms: end the graph in NonMaxSuppression (final detections) instead of scores and boxes.
         dynamic_batch: a symbolic batch dimension; otherwise the batch is fixed at ``batch_size``.
         exporter: "dynamo" (torch.export-based), "torchscript" (the legacy tracer), or "auto": dynamo,
@@ -230,11 +264,11 @@ def export_onnx(detector: Detector, path: str | Path, *, input_size: int | None 
 
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
-    module = exportable(detector, input_size, with_nms)
-    size = int(input_size or detector.input_size)
+    module = exportable(detector, input_size, with_nms, canvas)
+    height, width = graph_input_shape(detector, input_size, canvas)
     output_names = ["boxes", "scores", "labels", "num_detections"] if with_nms else ["scores", "boxes"]
     # torch.export specialises a dimension whose example is 1, so a dynamic batch is traced at 2
-    example = torch.rand(2 if dynamic_batch else batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
+    example = torch.rand(2 if dynamic_batch else batch_size, 3, height, width, generator=torch.Generator().manual_seed(0))
     note = ""
     if exporter == "torchscript":
         proto, used = _export_torchscript(module, example, output_names, dynamic_batch), "torchscript"
@@ -249,8 +283,8 @@ def export_onnx(detector: Detector, path: str | Path, *, input_size: int | None 
             proto, used = _export_torchscript(module, example, output_names, dynamic_batch), "torchscript"
 
     num_anchors = len(module.detector.anchors if with_nms else module.anchors)
-    metadata = export_metadata(detector, size, num_anchors, with_nms, dynamic_batch, batch_size, used, note, proto,
-                               checkpoint)
+    metadata = export_metadata(detector, (height, width), num_anchors, with_nms, dynamic_batch, batch_size, used, note,
+                               proto, checkpoint)
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value)
@@ -269,9 +303,11 @@ def export_onnx(detector: Detector, path: str | Path, *, input_size: int | None 
     return metadata
 
 
-def export_metadata(detector: Detector, input_size: int, num_anchors: int, with_nms: bool, dynamic_batch: bool, batch_size: int,
-                    exporter: str, exporter_note: str, proto: Any, checkpoint: str | Path = "") -> dict[str, Any]:
-    """What the file says about itself: each value is stored JSON-encoded under its key."""
+def export_metadata(detector: Detector, input_shape: tuple[int, int], num_anchors: int, with_nms: bool,
+                    dynamic_batch: bool, batch_size: int, exporter: str, exporter_note: str, proto: Any,
+                    checkpoint: str | Path = "") -> dict[str, Any]:
+    """What the file says about itself: each value is stored JSON-encoded under its key. ``canvas`` is [H, W]
+    for a whole-image model's graph and null for one that takes S x S resizes (``input_size`` S)."""
     import onnx
     import onnxscript
 
@@ -280,15 +316,17 @@ def export_metadata(detector: Detector, input_size: int, num_anchors: int, with_
 
     post = detector.postprocess
     config = dataclasses.asdict(detector.config) if hasattr(detector, "config") else {}
-    outputs = ({"boxes": "(B, D, 4) xyxy in input pixels, clipped to [0, S]", "scores": "(B, D)",
+    canvas = list(input_shape) if detector.whole_image else None
+    outputs = ({"boxes": "(B, D, 4) xyxy in input pixels, clipped to the input", "scores": "(B, D)",
                 "labels": "(B, D) int64 in 1..K", "num_detections": "(B,) valid rows, best first"}
                if with_nms else {"scores": "(B, A, K) softmax of classes 1..K",
                                  "boxes": "(B, A, 4) xyxy in input pixels, not clipped"})
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "class_names": list(detector.class_names),
-        "input_size": input_size,
-        "input": INPUT_DESCRIPTION,
+        "input_size": detector.input_size if canvas else input_shape[0],
+        "canvas": canvas,
+        "input": CANVAS_DESCRIPTION if canvas else INPUT_DESCRIPTION,
         "normalization": {"mean": detector.mean.flatten().tolist(), "std": detector.std.flatten().tolist(),
                           "in_graph": True},
         "ablation": config.get("neck", detector.network.neck.neck),
@@ -358,22 +396,59 @@ def resize_to_input(images: Sequence[Tensor], size: int) -> Tensor:
     return torch.stack(batch)
 
 
-def select_detections(scores: Tensor, boxes: Tensor, input_size: int, image_sizes: Sequence[tuple[int, int]],
+def letterbox_to_canvas(images: Sequence[Tensor], canvas: tuple[int, int],
+                        mean: Sequence[float] = (0.485, 0.456, 0.406)) -> tuple[Tensor, list[tuple[float, float]]]:
+    """Images (3, h, w) uint8 or float in [0, 1] -> a whole-image graph's (B, 3, H, W) batch in [0, 1] and each
+    image's scales (sx, sy) from its pixels to the canvas. Each photo sits in the top-left corner at native
+    resolution (scaled down, antialiased, to fit when larger than the canvas); the rest is ``mean``, which
+    the graph's normalisation turns into the zeros ``Detector.preprocess`` pads with."""
+    height, width = canvas
+    batch = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1).repeat(len(images), 1, height, width)
+    scales = []
+    for i, image in enumerate(images):
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError(f"expected images of shape (3, H, W), got {tuple(image.shape)}")
+        image = image.float() / 255 if image.dtype == torch.uint8 else image.float()
+        h, w = image.shape[-2:]
+        scale = min(1.0, height / h, width / w)
+        if scale < 1:
+            size = (min(height, round(h * scale)), min(width, round(w * scale)))
+            image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+        batch[i, :, : image.shape[-2], : image.shape[-1]] = image
+        scales.append((image.shape[-1] / w, image.shape[-2] / h))
+    return batch, scales
+
+
+def select_detections(scores: Tensor, boxes: Tensor, input_size: int | Sequence[tuple[float, float]],
+                      image_sizes: Sequence[tuple[int, int]],
                       score_threshold: float = 0.01, candidates_per_class: int = 400, nms_iou: float = 0.45,
                       detections_per_image: int = 200) -> list[dict[str, Tensor]]:
     """PostProcess's selection (SPEC §5) for a graph exported without NMS: scores (B, A, K), boxes (B, A, 4)
-    in the S x S input -> per image {"boxes" (D, 4) in its pixels, "scores" (D,), "labels" (D,) in 1..K}."""
+    in the graph's input -> per image {"boxes" (D, 4) in its pixels, "scores" (D,), "labels" (D,) in 1..K}.
+    ``input_size``: S of a resize, or each image's scales (sx, sy) to a canvas (``letterbox_to_canvas``)."""
     selection = PostProcess(score_threshold=score_threshold, candidates_per_class=candidates_per_class,
                             nms_iou=nms_iou, detections_per_image=detections_per_image)
-    return selection.select(scores, boxes, input_size, list(image_sizes))
+    scales = input_size if isinstance(input_size, (int, float)) else list(input_size)
+    return selection.select(scores, boxes, scales, list(image_sizes))
+
+
+def from_input_pixels(detections: list[dict[str, Tensor]], scales: Sequence[tuple[float, float]],
+                      image_sizes: Sequence[tuple[int, int]]) -> list[dict[str, Tensor]]:
+    """Final detections in the graph's input pixels -> each image's pixels (divided by its scales, clipped)."""
+    mapped = []
+    for detection, (sx, sy), (height, width) in zip(detections, scales, image_sizes):
+        boxes = detection["boxes"] / torch.tensor([sx, sy, sx, sy], dtype=detection["boxes"].dtype)
+        mapped.append({**detection, "boxes": clip_boxes_to_image(boxes, (height, width))})
+    return mapped
 
 
 class OnnxDetector:
     """An exported file run by onnxruntime, called like a ``Detector`` in eval mode.
 
     ``detector(images)``: images (3, H, W) uint8 or float in [0, 1], any size -> per image {"boxes" (D, 4)
-    xyxy in its pixels, "scores" (D,), "labels" (D,)}. Files without NMS get PostProcess's selection in
-    PyTorch; a file with a fixed batch is fed in chunks of that batch (the last one padded).
+    xyxy in its pixels, "scores" (D,), "labels" (D,)}. Images are resized to S x S, or for a whole-image
+    model's file placed on its canvas (``letterbox_to_canvas``). Files without NMS get PostProcess's
+    selection in PyTorch; a file with a fixed batch is fed in chunks of that batch (the last one padded).
     """
 
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None) -> None:
@@ -383,6 +458,9 @@ class OnnxDetector:
         self.metadata = read_metadata(self.path)
         self.class_names: list[str] = list(self.metadata["class_names"])
         self.input_size: int = int(self.metadata["input_size"])
+        canvas = self.metadata.get("canvas")
+        self.canvas: tuple[int, int] | None = (int(canvas[0]), int(canvas[1])) if canvas else None
+        self.mean: list[float] = list(self.metadata["normalization"]["mean"])
         self.with_nms: bool = bool(self.metadata["with_nms"])
         self.postprocess: dict[str, Any] = dict(self.metadata["postprocess"])
         self.nms_iou: float = float(self.postprocess["nms_iou"])
@@ -401,8 +479,15 @@ class OnnxDetector:
         self.fixed_batch = batch if isinstance(batch, int) else None
         self.output_names = [o.name for o in self.session.get_outputs()]
 
+    def prepare(self, images: Sequence[Tensor]) -> tuple[Tensor, list[tuple[float, float]] | int]:
+        """Images (3, H, W) -> the graph's batch in [0, 1], and S or each image's scales to the canvas."""
+        images = [image.cpu() for image in images]
+        if self.canvas is not None:
+            return letterbox_to_canvas(images, self.canvas, self.mean)
+        return resize_to_input(images, self.input_size), self.input_size
+
     def run(self, batch: Tensor) -> list[np.ndarray]:
-        """The graph's outputs for a (B, 3, S, S) batch in [0, 1], any B."""
+        """The graph's outputs for a (B, 3, S, S) batch (or (B, 3, H, W) on a canvas) in [0, 1], any B."""
         if self.fixed_batch is None:
             return self.session.run(None, {"images": batch.numpy()})
         parts = []
@@ -418,20 +503,20 @@ class OnnxDetector:
         if isinstance(images, Tensor) and images.dim() == 3:
             images = [images]
         sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
-        outputs = dict(zip(self.output_names, self.run(resize_to_input([image.cpu() for image in images],
-                                                                       self.input_size))))
-        s = self.input_size
+        batch, scales = self.prepare(images)
+        outputs = dict(zip(self.output_names, self.run(batch)))
         if not self.with_nms:
-            return select_detections(torch.from_numpy(outputs["scores"]), torch.from_numpy(outputs["boxes"]), s,
+            return select_detections(torch.from_numpy(outputs["scores"]), torch.from_numpy(outputs["boxes"]), scales,
                                      sizes, **self.postprocess)
+        if isinstance(scales, int):  # a resize to S x S
+            scales = [(scales / width, scales / height) for height, width in sizes]
         detections = []
-        for i, (height, width) in enumerate(sizes):
+        for i in range(len(sizes)):
             n = int(outputs["num_detections"][i])
-            scale = torch.tensor([width / s, height / s] * 2)
-            detections.append({"boxes": torch.from_numpy(outputs["boxes"][i, :n]) * scale,
+            detections.append({"boxes": torch.from_numpy(outputs["boxes"][i, :n]),
                                "scores": torch.from_numpy(outputs["scores"][i, :n]),
                                "labels": torch.from_numpy(outputs["labels"][i, :n])})
-        return detections
+        return from_input_pixels(detections, scales, sizes)
 
 
 # ---- parity and timing ----
@@ -442,21 +527,29 @@ def verify_export(detector: Detector, path: str | Path, images: Sequence[Tensor]
 
     Without NMS: the graph's scores and boxes (input pixels, before NMS) against the exported module run
     eagerly. With NMS: the final detections against ``detector(images)``, each matched to the nearest
-    onnxruntime detection of its label.
+    onnxruntime detection of its label. A whole-image model's PyTorch reference sees the photos as the file
+    does, on its canvas (a canvas-sized photo is padded no further), mapped back to their pixels.
     """
+    if not len(images):
+        raise ValueError(f"{path}: no images to check parity on")
     onnx_detector = OnnxDetector(path)
-    size = onnx_detector.input_size
-    batch = resize_to_input(images, size)
+    size, canvas = onnx_detector.input_size, onnx_detector.canvas
+    batch, scales = onnx_detector.prepare(images)
     if not onnx_detector.with_nms:
-        scores, boxes = exportable(detector, size)(batch)
+        scores, boxes = exportable(detector, None if canvas else size, canvas=canvas)(batch)
         onnx_scores, onnx_boxes = (torch.from_numpy(o) for o in onnx_detector.run(batch))
         return {"images": len(images), "with_nms": False,
                 "max_abs_scores": float((scores - onnx_scores).abs().max()),
                 "max_abs_boxes_px": float((boxes - onnx_boxes).abs().max())}
-    if size != detector.input_size:  # the same network run at the file's S (SPEC §3: anchors follow S)
-        detector = copy.deepcopy(detector)
-        detector.input_size = size
-    expected, found = detector(list(images)), onnx_detector(list(images))
+    if canvas is not None:
+        sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
+        expected = from_input_pixels(detector(list(batch.to(detector.mean.device))), scales, sizes)
+    else:
+        if size != detector.input_size:  # the same network run at the file's S (SPEC §3: anchors follow S)
+            detector = copy.deepcopy(detector)
+            detector.input_size = size
+        expected = detector(list(images))
+    found = onnx_detector(list(images))
     result = {"images": len(images), "with_nms": True, "detections": sum(len(e["scores"]) for e in expected),
               "same_counts": all(len(e["scores"]) == len(f["scores"]) for e, f in zip(expected, found)),
               "max_abs_scores": 0.0, "max_abs_boxes_px": 0.0}
@@ -488,9 +581,11 @@ def benchmark_onnx(detector: Detector, path: str | Path, batch_size: int = 1, re
         onnx_detector = OnnxDetector(path, threads=threads)
         if onnx_detector.with_nms:
             raise ValueError(f"{path}: benchmark a file exported without NMS (eager runs the same computation)")
-        module = exportable(detector, onnx_detector.input_size)
+        canvas = onnx_detector.canvas
+        module = exportable(detector, None if canvas else onnx_detector.input_size, canvas=canvas)
         size = onnx_detector.input_size
-        batch = torch.rand(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
+        height, width = canvas or (size, size)
+        batch = torch.rand(batch_size, 3, height, width, generator=torch.Generator().manual_seed(0))
         eager_times, onnx_times = [], []
         for i in range(warmup + repeats):
             start = time.perf_counter()
@@ -504,7 +599,7 @@ def benchmark_onnx(detector: Detector, path: str | Path, batch_size: int = 1, re
     finally:
         torch.set_num_threads(previous)
     eager, onnx_median = statistics.median(eager_times), statistics.median(onnx_times)
-    return {"ablation": onnx_detector.metadata["ablation"], "input_size": size, "batch_size": batch_size,
+    return {"ablation": onnx_detector.metadata["ablation"], "input_size": size, "canvas": canvas, "batch_size": batch_size,
             "threads": threads, "repeats": repeats, "eager_s": eager, "onnxruntime_s": onnx_median,
             "eager_images_per_s": batch_size / eager, "onnxruntime_images_per_s": batch_size / onnx_median,
             "speedup": eager / onnx_median}

@@ -126,6 +126,10 @@ def attend(queries: Tensor, keys: Tensor, values: Tensor, max_scores: int | None
             queries.unsqueeze(1), keys.unsqueeze(1), values.unsqueeze(1), scale=1.0
         ).squeeze(1)
     keys_t = keys.transpose(1, 2)  # (B, e, d)
+    if torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting():
+        # one product in an exported graph: blocks sized from the batch would bake the traced batch's split
+        # sizes into a graph whose batch is dynamic (onnxruntime then fails on another batch)
+        return torch.softmax(queries @ keys_t, dim=-1) @ values
     max_scores = max_scores or max(queries.numel(), MIN_BLOCK_SCORES)
     block = max(1, max_scores // max(1, keys.shape[0] * keys.shape[1]))
     if block >= queries.shape[1]:

@@ -19,7 +19,8 @@ from borrowcore import CheckpointError, DetectorConfig, save_checkpoint
 from borrowcore.cli import main
 from borrowcore.data import read_image_rgb
 from borrowcore.export import (
-    OnnxDetector, export_checkpoint, export_onnx, exportable, read_metadata, resize_to_input, select_detections,
+    OnnxDetector, export_checkpoint, export_onnx, exportable, letterbox_to_canvas, read_metadata, resize_to_input,
+    select_detections,
     verify_export,
 )
 from borrowcore.model import IMAGENET_MEAN, IMAGENET_STD
@@ -292,3 +293,83 @@ def test_nms_in_graph_equals_batched_nms_per_class():
         keep = batched_nms(boxes[b, anchor], scores[b, label, anchor], label, 0.45)
         expected = {(int(label[k]), int(anchor[k])) for k in keep}
         assert {(int(c), int(a)) for bb, c, a in selected.tolist() if bb == b} == expected
+
+
+# ---- whole-image models: a fixed canvas, photos at native resolution ----
+
+def whole_image_detector(neck: str):
+    config = DetectorConfig(neck=neck, num_classes=1, input_size=128, width=0.125, batch_norm=True,
+                            anchor_scale=2.0, aspect_ratios=[1.1538], inference="whole")
+    detector = make_detector(config, seed=0).eval()
+    with torch.no_grad():
+        for block in detector.network.neck.fusion:
+            block.combine.weight.normal_(std=0.1)
+        for conv in detector.network.head.classification:  # some faces above the score threshold
+            conv.bias.view(-1, 2)[:, 1] += 2.0
+    detector.class_names = ["face"]
+    return detector
+
+
+def test_letterbox_to_canvas_by_hand():
+    white = torch.full((3, 100, 50), 255, dtype=torch.uint8)  # h 100, w 50: 0.64 fits it in 64 x 128
+    black = torch.zeros(3, 64, 40)  # fits: native resolution
+    mean = (0.5, 0.25, 0.125)
+    batch, scales = letterbox_to_canvas([white, black], (64, 128), mean)
+    assert batch.shape == (2, 3, 64, 128)
+    assert scales == [(32 / 50, 64 / 100), (1.0, 1.0)]
+    assert torch.allclose(batch[0, :, :, :32], torch.ones(3, 64, 32))
+    assert torch.equal(batch[1, :, :, :40], torch.zeros(3, 64, 40))
+    padding = torch.tensor(mean).view(3, 1, 1)
+    assert torch.equal(batch[0, :, :, 32:], padding.expand(3, 64, 96))
+    assert torch.equal(batch[1, :, :, 40:], padding.expand(3, 64, 88))
+
+
+def test_canvas_sizes_are_checked():
+    with pytest.raises(ValueError, match="whole-image models"):
+        exportable(perturbed_detector("ssd"), canvas=(256, 256))
+    whole = whole_image_detector("ssd")
+    with pytest.raises(ValueError, match="multiples of 64"):
+        exportable(whole, canvas=(200, 256))
+    with pytest.raises(ValueError, match="native resolution"):
+        exportable(whole, input_size=256)
+
+
+@pytest.mark.parametrize("with_nms", [False, True])
+def test_whole_image_export_sees_photos_at_native_resolution(with_nms, tmp_path):
+    """A 150 x 200 photo pads to the 192 x 256 canvas as PyTorch pads it (multiples of 64), so onnxruntime's
+    detections are the checkpoint's (with NMS in the graph, boxes are clipped to the canvas, not the photo,
+    before NMS: exact on a photo that fills the canvas); a 300 x 256 photo is scaled down by 0.64 to fit."""
+    detector = whole_image_detector("full")
+    path = tmp_path / "whole.onnx"
+    metadata = export_onnx(detector, path, canvas=(192, 256), with_nms=with_nms, dynamic_batch=True)
+    assert metadata["canvas"] == [192, 256] and metadata["input_size"] == 128
+    assert ort.InferenceSession(str(path)).get_inputs()[0].shape[1:] == [3, 192, 256]
+    height, width = (192, 256) if with_nms else (150, 200)
+    photos = [torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=torch.Generator().manual_seed(i))
+              for i in range(2)]
+    expected, found = detector(photos), OnnxDetector(path)(photos)
+    for e, f in zip(expected, found):
+        assert len(e["scores"]) > 10 and len(e["scores"]) == len(f["scores"])
+        assert torch.allclose(e["scores"], f["scores"], atol=SCORE_TOLERANCE)
+        assert torch.allclose(e["boxes"], f["boxes"], atol=BOX_TOLERANCE_PX)
+        assert f["boxes"][:, 2].max() <= width and f["boxes"][:, 3].max() <= height  # in the photo's pixels
+    large = torch.randint(0, 256, (3, 300, 256), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    parity = verify_export(detector, path, [large])
+    assert parity["max_abs_scores"] < SCORE_TOLERANCE and parity["max_abs_boxes_px"] < 2 * BOX_TOLERANCE_PX
+    assert OnnxDetector(path)([large])[0]["boxes"][:, 3].max() > 192  # mapped back beyond the canvas
+
+
+def test_dynamic_batch_where_cpu_attention_runs_in_blocks(tmp_path):
+    """At S = 192 eager CPU attention runs in blocks of query rows whose size follows the batch; the graph
+    holds one product instead, so a file traced at batch 2 runs at any batch (both exporters)."""
+    detector = perturbed_detector("full")
+    for exporter in ("dynamo", "torchscript"):
+        path = tmp_path / f"{exporter}.onnx"
+        assert export_onnx(detector, path, input_size=192, dynamic_batch=True, exporter=exporter)["exporter"] == exporter
+        for batch in (1, 3):
+            images = torch.rand(batch, 3, 192, 192, generator=torch.Generator().manual_seed(batch))
+            with torch.no_grad():
+                scores, boxes = exportable(detector, 192)(images)
+            onnx_scores, onnx_boxes = (torch.from_numpy(o) for o in OnnxDetector(path).run(images))
+            assert torch.allclose(scores, onnx_scores, atol=SCORE_TOLERANCE)
+            assert torch.allclose(boxes, onnx_boxes, atol=BOX_TOLERANCE_PX)

@@ -310,8 +310,8 @@ def test_export_keeps_a_whole_image_models_anchors():
     config = DetectorConfig(neck="ssd", num_classes=1, input_size=256, width=0.125, anchor_scale=2.0,
                             aspect_ratios=[1.1538], inference="whole")
     detector = build_detector(config, ["face"]).eval()
-    grids = [(256 // s, 256 // s) for s in (8, 16, 32, 64)]
-    anchors = exportable(detector).anchors
+    grids = [(192 // s, 256 // s) for s in (8, 16, 32, 64)]
+    anchors = exportable(detector, canvas=(192, 256)).anchors
     assert torch.equal(anchors, detector.anchors(grids, None))  # S'_N = sqrt(128 x 256), not S = 256
     assert not torch.equal(anchors, detector.anchors(grids, 256))
 
