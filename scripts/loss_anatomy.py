@@ -33,6 +33,7 @@ from borrowcore.model import build_detector
 from borrowcore.presets import build_preset
 
 
+@torch.no_grad()
 def anatomy(detector, images, targets) -> dict[str, float]:
     batch, sizes = detector.preprocess(images)
     output = detector.network(batch)
@@ -79,7 +80,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.checkpoints and args.init is None:
         parser.error("give checkpoints, --init CONFIG, or both")
-    torch.set_grad_enabled(False)
     models = []  # (name, step, train config as a dict, detector)
     if args.init is not None:
         experiment = apply_overrides(load_config(args.init), args.set)

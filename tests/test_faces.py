@@ -337,6 +337,7 @@ def test_loss_anatomy_of_the_untrained_face_model(tmp_path: Path):
                            f"model.prior_prob={prior}", f"train.train_images={WIDER / 'images'}",
                            f"train.train_annotations={annotations}"])
         (rows[prior],) = list(csv.DictReader(out.open()))
+    assert torch.is_grad_enabled()  # the script leaves autograd as it found it
     xavier, retina = ({k: float(v) for k, v in row.items() if k != "checkpoint"} for row in rows.values())
     assert rows[0.0]["step"] == "0" and rows[0.0]["checkpoint"].endswith("(untrained)")
     assert xavier["logit_spread"] > 1.0 and xavier["hard_neg_p_face"] > 0.9 and xavier["ce_hard_neg"] > 5.0
