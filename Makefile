@@ -67,10 +67,11 @@ bundle-aerial: $(STAMP)
 # full (seeds 0-2) and context and borrow (seed 0) on the 401 WIDER train photos unless
 # RUNS/<neck>/seed<k>/weights.pt already exists, evaluates them on the 199 val photos (whole photo, tiles,
 # rescaled and recoloured copies), tabulates and releases. About 40 minutes a run on one CPU core; two
-# queues side by side on 2 cores. Resumable: run it again after an interruption. The shipped models used
-# SSD's head init (FACES_SETS); FACES_SETS= trains with the config's RetinaNet init instead.
+# queues side by side on 2 cores. Resumable: run it again after an interruption. The config's RetinaNet
+# head init (prior_prob 0.25) is the shipped models' recipe; FACES_SETS=model.prior_prob=0 trains with
+# SSD's Xavier init instead (the earlier recipe, assets/reports/faces-xavier).
 FACES_RUNS ?= runs/faces
-FACES_SETS ?= model.prior_prob=0
+FACES_SETS ?=
 bundle-faces: $(STAMP)
 	SETS="$(FACES_SETS)" OMP_NUM_THREADS=1 bash scripts/faces-train.sh $(FACES_RUNS) "full:0 full:1 full:2 borrow:0" & \
 		SETS="$(FACES_SETS)" OMP_NUM_THREADS=1 bash scripts/faces-train.sh $(FACES_RUNS) "ssd:0 ssd:1 ssd:2 context:0"; wait

@@ -6,9 +6,11 @@
 #   tiled   - 256 px tiles at native resolution, overlap 0.2: a small face sees only its tile's faces
 #   x0.5, x2, colour - the same photos rescaled 0.5x / 2x, and recoloured (hue +0.1, saturation 0.6,
 #             brightness 0.8), written once by `borrowcore shift`: how far the model holds off its
-#             training distribution (ssd and full, seeds in SHIFT_SEEDS, default 0, shifts in SHIFTS; the
-#             2x photos take 15 minutes with ssd and 30 with full on one core)
-# TILED_SEEDS (default 0 1 2) picks the seeds evaluated on tiles; TILED_SEEDS= or SHIFT_SEEDS= (empty) skips them.
+#             training distribution (ssd and full, shifts in SHIFTS; the 2x photos take 15 minutes with
+#             ssd and 30 with full on one core)
+# TILED_SEEDS and SHIFT_SEEDS pick the seeds evaluated on tiles and shifted photos: "best" (the default) is
+# each neck's seed with the highest val AP, the one `release --best-by val` ships; "0 1 2" lists seeds;
+# empty skips them.
 #   bash scripts/faces-eval.sh [RUNS]
 set -eu
 RUNS=${1:-runs/faces}
@@ -37,14 +39,19 @@ for weights in "$RUNS"/{ssd,full,context,borrow}/seed*/weights.pt; do
     case "$weights" in */borrow/*|*/full/*) borrowing=(--borrow-precision) ;; esac
     evaluate "$weights" val data/wider/val.json $WIDER/images "${borrowing[@]}"
 done
-for seed in ${TILED_SEEDS-0 1 2}; do
-  for weights in "$RUNS"/{ssd,full}/seed$seed/weights.pt; do
+seeds() {  # neck spec: the seeds a spec names ("best": the neck's seed with the highest val AP)
+    [ "$2" = best ] || { echo "$2"; return; }
+    $PY -c "import sys; from pathlib import Path; from borrowcore.ablation import best_seed
+seed = best_seed(Path(sys.argv[1]), sys.argv[2], 'val'); print('' if seed is None else seed)" "$RUNS" "$1"
+}
+for neck in ssd full; do
+  for seed in $(seeds $neck "${TILED_SEEDS-best}"); do
+    weights=$RUNS/$neck/seed$seed/weights.pt
     [ -s "$weights" ] || continue
     evaluate "$weights" tiled data/wider/val.json $WIDER/images --tile 256 --overlap 0.2
   done
-done
-for seed in ${SHIFT_SEEDS-0}; do
-  for weights in "$RUNS"/{ssd,full}/seed$seed/weights.pt; do
+  for seed in $(seeds $neck "${SHIFT_SEEDS-best}"); do
+    weights=$RUNS/$neck/seed$seed/weights.pt
     [ -s "$weights" ] || continue
     for shift in ${SHIFTS-colour x0.5 x2}; do
       evaluate "$weights" $shift data/wider-$shift/instances.json data/wider-$shift/images
