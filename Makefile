@@ -57,7 +57,7 @@ bundle-aerial: $(STAMP)
 	for run in ssd:0 ssd:1 full:0 full:1 context:0 borrow:0; do neck=$${run%:*}; seed=$${run#*:}; \
 		out=$(AERIAL_RUNS)/$$neck/seed$$seed; [ -f $$out/weights.pt ] && continue; \
 		$(PY) -m borrowcore train --config configs/aerial-full.yaml --out $$out --resume \
-			--set model.neck=$$neck train.seed=$$seed || exit 1; cp $$out/last.pt $$out/weights.pt; done
+			--set model.neck=$$neck train.seed=$$seed || exit 1; done
 	PATH=$(VENV)/bin:$$PATH bash scripts/aerial-eval.sh $(AERIAL_RUNS)
 	$(PY) -m borrowcore table --runs $(AERIAL_RUNS) --splits tile256 resize tile128 tile512 --fine-bins --classes
 	$(PY) -m borrowcore release --runs $(AERIAL_RUNS) --assets assets --name aerial --reports-folder aerial \

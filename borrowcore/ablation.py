@@ -55,7 +55,7 @@ def run_ablation(data: str | Path, out: str | Path, seeds: Sequence[int] = (0, 1
             run_dir = out / neck / f"seed{seed}"
             config = ablation_config(config_dir, neck, data, seed, overrides)
             train(config, run_dir, resume=True, device=device, show_progress=show_progress)
-            checkpoint = run_dir / "last.pt"  # the recipe's final weights
+            checkpoint = run_dir / "weights.pt"  # the recipe's final weights (the EMA when the recipe keeps one)
             for split in splits:
                 report_path = run_dir / f"eval_{split}.json"
                 if report_path.exists():
@@ -246,7 +246,7 @@ def release_ablation(runs: str | Path, assets: str | Path, necks: Sequence[str] 
         best = best_seed(runs, neck, best_by) if best_by else None
         for run_dir in sorted((runs / neck).glob("seed*")):
             seed = int(run_dir.name[4:])
-            source = next((p for p in (run_dir / "last.pt", run_dir / "weights.pt") if p.exists()), None)
+            source = next((p for p in (run_dir / "weights.pt", run_dir / "last.pt") if p.exists()), None)
             if source is None:
                 continue
             shipped = (weights_necks is None or neck in weights_necks) and (best_by is None or seed == best)

@@ -2,6 +2,9 @@
 
 Sizes are tied to strides: S_k = anchor_scale * stride_k (32, 64, 128, 256 at the default 4), a second
 ratio-1 anchor of S'_k = sqrt(S_k S_(k+1)) (S'_N = the input size), and the aspect ratios R on S_k.
+``top_octaves`` j > 0 extends the scale set above the coarsest layer (SPEC §3 extension, off by
+default): the last layer also carries the octaves S_N 2^i and their second sizes S'_N 2^i, i = 1..j,
+with the same ratios, so faces larger than S'_N have an anchor of their size without a fifth layer.
 Anchor recall (SPEC §9) measures what they can reach: the share of a dataset's boxes whose best anchor
 has IoU >= 0.5, by size.
 """
@@ -27,18 +30,30 @@ class AnchorGenerator(nn.Module):
         strides: stride of each detection layer.
         anchor_scale: a in S_k = a * stride_k.
         aspect_ratios: the ratios r > 1 (w/h); each adds r and 1/r.
+        top_octaves: j, the octaves above S_N the last layer also carries (0: SPEC §3 as written).
+            Its cells hold A anchors per octave: the (1 + j) A anchors of S_N 2^i, i = 0..j, in that order.
     """
 
-    def __init__(self, strides: Sequence[int], anchor_scale: float = 4.0, aspect_ratios: Sequence[float] = (1.5, 3.0)) -> None:
+    def __init__(self, strides: Sequence[int], anchor_scale: float = 4.0, aspect_ratios: Sequence[float] = (1.5, 3.0),
+                 top_octaves: int = 0) -> None:
         super().__init__()
+        if top_octaves < 0:
+            raise ValueError(f"top_octaves must be >= 0, got {top_octaves}")
         self.strides = list(strides)
         self.anchor_scale = float(anchor_scale)
         self.aspect_ratios = [float(r) for r in aspect_ratios]
+        self.top_octaves = int(top_octaves)
         self._cache: dict[tuple, Tensor] = {}
 
     def num_anchors_per_location(self) -> int:
-        """A = |R| + 1 (SPEC §3): S_k and S'_k at ratio 1, plus r and 1/r for each listed r."""
+        """A = |R| + 1 (SPEC §3): S_k and S'_k at ratio 1, plus r and 1/r for each listed r. The last layer
+        holds (1 + top_octaves) A (``anchors_per_layer``)."""
         return 2 + 2 * len(self.aspect_ratios)
+
+    def anchors_per_layer(self) -> list[int]:
+        """Anchors per cell of each layer: A everywhere, (1 + top_octaves) A on the last."""
+        a = self.num_anchors_per_location()
+        return [a] * (len(self.strides) - 1) + [a * (1 + self.top_octaves)]
 
     def sizes(self, image_size: int | None) -> list[tuple[float, float]]:
         """(S_k, S'_k) per layer; S'_N = the input size, or for a whole image (``image_size`` None)
@@ -49,12 +64,17 @@ class AnchorGenerator(nn.Module):
         return list(zip(s, second))
 
     def cell_shapes(self, image_size: int | None) -> list[Tensor]:
-        """Per layer the (A, 2) anchor widths and heights of one cell, in anchor order."""
+        """Per layer the (A_k, 2) anchor widths and heights of one cell, in anchor order."""
         shapes = []
-        for size, second in self.sizes(image_size):
-            wh = [(size, size), (second, second)]
-            for r in self.aspect_ratios:
-                wh += [(size * math.sqrt(r), size / math.sqrt(r)), (size / math.sqrt(r), size * math.sqrt(r))]
+        sizes = self.sizes(image_size)
+        for k, (size, second) in enumerate(sizes):
+            octaves = range(1 + self.top_octaves) if k == len(sizes) - 1 else range(1)
+            wh = []
+            for i in octaves:
+                s, s2 = size * 2 ** i, second * 2 ** i
+                wh += [(s, s), (s2, s2)]
+                for r in self.aspect_ratios:
+                    wh += [(s * math.sqrt(r), s / math.sqrt(r)), (s / math.sqrt(r), s * math.sqrt(r))]
             shapes.append(torch.tensor(wh, dtype=torch.float64))
         return shapes
 
@@ -181,13 +201,13 @@ def anchor_recall(boxes_xywh: np.ndarray, image_sizes: np.ndarray, anchors: Tens
 
 def design_anchor_recall(boxes_xywh: np.ndarray, image_sizes: np.ndarray, input_size: int,
                          anchor_scale: float = 4.0, aspect_ratios: Sequence[float] = (1.5, 3.0),
-                         iou: float = 0.5) -> dict:
+                         iou: float = 0.5, top_octaves: int = 0) -> dict:
     """:func:`anchor_recall` of boxes (n, 4) xywh in images of (H, W) ``image_sizes`` (n, 2), for a detector
     of input ``input_size`` with these anchor settings (the anchors built as the detector builds them).
     Reading a dataset's boxes is the readers' business (``borrowcore.stats.dataset_anchor_recall``)."""
     from borrowcore.backbone import STRIDES
 
-    generator = AnchorGenerator(STRIDES, anchor_scale, aspect_ratios)
+    generator = AnchorGenerator(STRIDES, anchor_scale, aspect_ratios, top_octaves)
     anchors = generator(feature_grid_sizes(input_size), input_size)
     result = anchor_recall(np.asarray(boxes_xywh).reshape(-1, 4), np.asarray(image_sizes).reshape(-1, 2), anchors,
                            input_size, iou)

@@ -36,6 +36,8 @@ class DetectorConfig:
     key_budget: int = 0
     anchor_scale: float = 4.0  # S_k = anchor_scale * stride_k (Table 1: 32, 64, 128, 256)
     aspect_ratios: list[float] = field(default_factory=lambda: [1.5, 3.0])  # each r gives r and 1/r
+    # octaves above the coarsest layer's sizes on that layer (S_N 2^i, S'_N 2^i, i = 1..top_octaves; 0: SPEC §3)
+    top_octaves: int = 0
     match_iou: float = 0.5  # SPEC §5; S3FD / RetinaFace match tiny faces at 0.35
     # > 0: RetinaNet's head init, N(0, 0.01^2) weights and class biases so that every anchor starts with this
     # foreground probability (0.25 is the balance point of 3:1 hard-negative mining); 0: SSD's Xavier init
@@ -64,6 +66,8 @@ class DetectorConfig:
             raise ValueError(f"prior_prob must be in [0, 1) (0: zero biases), got {self.prior_prob}")
         if self.input_size < 128:
             raise ValueError(f"input_size must be >= 128 (SPEC §1), got {self.input_size}")
+        if self.top_octaves < 0:
+            raise ValueError(f"top_octaves must be >= 0, got {self.top_octaves}")
         if self.key_budget < 0:
             raise ValueError(f"key_budget must be >= 0 (0: every cell), got {self.key_budget}")
         if self.width <= 0:
@@ -86,6 +90,7 @@ class TrainConfig:
     val_images: str = ""
     val_annotations: str = ""
     augmentation: str = "ssd"  # a preset name from borrowcore.presets
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])  # zoom range of faces / tiles-jitter
     epochs: int = 1
     max_steps: int = 0  # > 0 stops after this many optimiser steps (overrides epochs)
     repeats: int = 1  # visits of every training image per epoch (random tiles of a few large images)
@@ -98,6 +103,11 @@ class TrainConfig:
     milestones: list[float] = field(default_factory=lambda: [0.67, 0.89])  # fractions of the run
     grad_clip: float = 0.0  # max gradient norm; 0 turns clipping off
     amp: str = "bf16"  # on CUDA only: bf16 | fp16 | off
+    cpu_bf16: bool = False  # bf16 autocast on the CPU too (fp32 weights and loss): ~2x on AVX-512 BF16 cores
+    # > 0: keep an EMA of the weights (decay d (1 - exp(-step / ema_tau))); it is what validation scores,
+    # best.pt and weights.pt hold; last.pt keeps the raw weights and the EMA for resuming. 0: no EMA
+    ema_decay: float = 0.0
+    ema_tau: float = 2000.0
     workers: int = 2
     seed: int = 0
     log_every: int = 10  # steps between log lines
@@ -112,8 +122,12 @@ class TrainConfig:
             raise ValueError(f"schedule must be cosine or multistep, got {self.schedule!r}")
         if self.val_metric not in ("loss", "AP"):
             raise ValueError(f"val_metric must be loss or AP, got {self.val_metric!r}")
+        if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
+            raise ValueError(f"scale_range must be [low, high] with 0 < low <= high, got {self.scale_range}")
         if self.repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {self.repeats}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1) (0: no EMA), got {self.ema_decay}")
         if self.amp not in ("bf16", "fp16", "off"):
             raise ValueError(f"amp must be bf16, fp16 or off, got {self.amp!r}")
 

@@ -203,7 +203,7 @@ def explain(detector: torch.nn.Module, image: Tensor) -> Explanation:
     if matching and matching[0].layer == 1:  # layer 1 borrows from all the others: every grid is known
         grids = [matching[0].query_grid, *matching[0].source_grids]
         explanation.anchors = detector.anchors(grids, detector.anchor_image_size, device=torch.device("cpu")).clone()
-        explanation.anchors_per_layer = [h * w * detector.anchors.num_anchors_per_location() for h, w in grids]
+        explanation.anchors_per_layer = [h * w * a for (h, w), a in zip(grids, detector.anchors.anchors_per_layer())]
         explanation.detection_layers = instance_layers(explanation, explanation.detections["boxes"])
     return explanation
 
@@ -250,7 +250,7 @@ def borrow_precision(detector: torch.nn.Module, dataset, device: str | torch.dev
         if not output.matching:
             raise ValueError("borrow precision needs a borrowing ablation (borrow or full)")
         anchors = detector.anchors(output.grid_sizes, detector.anchor_image_size, device=torch.device("cpu"))
-        per_layer = [gh * gw * detector.anchors.num_anchors_per_location() for gh, gw in output.grid_sizes]
+        per_layer = [gh * gw * a for (gh, gw), a in zip(output.grid_sizes, detector.anchors.anchors_per_layer())]
         [(sx, sy)] = detector.input_scales([(h, w)])
         boxes = target["boxes"].as_subclass(Tensor).float() * torch.tensor([sx, sy, sx, sy])
         labels = target["labels"]

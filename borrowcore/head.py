@@ -19,7 +19,8 @@ class SSDHead(nn.Module):
 
     Args:
         in_channels: channels of each Y(n).
-        num_anchors: A, anchors per cell (from ``AnchorGenerator.num_anchors_per_location()``).
+        num_anchors: anchors per cell, one number for every layer or one per layer
+            (``AnchorGenerator.anchors_per_layer()``).
         num_classes: K + 1, background included.
         prior_prob: if > 0, RetinaNet's init: weights N(0, 0.01^2) in both convs and the background bias
             log(K (1 - p) / p), so every anchor starts with foreground probability about p (all classes
@@ -28,11 +29,13 @@ class SSDHead(nn.Module):
             a logit spread of 2.0 and a first classification loss of 15.5 against 3.0 with p = 0.25).
     """
 
-    def __init__(self, in_channels: list[int], num_anchors: int, num_classes: int, prior_prob: float = 0.0) -> None:
+    def __init__(self, in_channels: list[int], num_anchors: int | list[int], num_classes: int,
+                 prior_prob: float = 0.0) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.classification = nn.ModuleList(nn.Conv2d(c, num_anchors * num_classes, 3, padding=1) for c in in_channels)
-        self.regression = nn.ModuleList(nn.Conv2d(c, num_anchors * 4, 3, padding=1) for c in in_channels)
+        per_layer = [num_anchors] * len(in_channels) if isinstance(num_anchors, int) else list(num_anchors)
+        self.classification = nn.ModuleList(nn.Conv2d(c, a * num_classes, 3, padding=1) for c, a in zip(in_channels, per_layer))
+        self.regression = nn.ModuleList(nn.Conv2d(c, a * 4, 3, padding=1) for c, a in zip(in_channels, per_layer))
         for conv in [*self.classification, *self.regression]:
             nn.init.xavier_uniform_(conv.weight)
             nn.init.zeros_(conv.bias)
@@ -41,9 +44,9 @@ class SSDHead(nn.Module):
             with torch.no_grad():
                 for conv in self.regression:
                     nn.init.normal_(conv.weight, std=0.01)
-                for conv in self.classification:  # channel a * (K + 1) + c is class c of anchor a
+                for conv, a in zip(self.classification, per_layer):  # channel i * (K + 1) + c: class c of anchor i
                     nn.init.normal_(conv.weight, std=0.01)
-                    conv.bias.view(num_anchors, num_classes)[:, 0] = math.log(foreground * (1 - prior_prob) / prior_prob)
+                    conv.bias.view(a, num_classes)[:, 0] = math.log(foreground * (1 - prior_prob) / prior_prob)
 
     def forward(self, features: list[Tensor]) -> tuple[Tensor, Tensor]:
         """[Y(n)] -> class logits (B, num_anchors_total, K+1), box offsets (B, num_anchors_total, 4)."""

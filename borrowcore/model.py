@@ -132,7 +132,9 @@ class Detector(nn.Module):
         batch, sizes = self.preprocess(images)
         output = self.network(batch)
         anchors = self.anchors(output.grid_sizes, self.anchor_image_size, device=batch.device)
-        return self.loss(output.cls_logits, output.box_regression, anchors, self.scale_targets(targets, sizes))
+        # fp32 whatever autocast ran the network in: hard-negative ranking and the sums need the precision
+        return self.loss(output.cls_logits.float(), output.box_regression.float(), anchors,
+                         self.scale_targets(targets, sizes))
 
     def forward(self, images: list[Tensor] | Tensor, targets: list[dict[str, Tensor]] | None = None,
                 return_matching: bool = False) -> dict[str, Tensor] | list[dict]:
@@ -162,8 +164,8 @@ def build_detector(config: DetectorConfig, class_names: list[str] | None = None)
     backbone = VGGBackbone(config.width, config.batch_norm, config.fc6_dilation)
     neck = BorrowNeck(backbone.out_channels, backbone.strides, config.neck,
                       scaled_channels(config.borrow_channels, config.width), config.similarity, config.key_budget)
-    anchors = AnchorGenerator(backbone.strides, config.anchor_scale, config.aspect_ratios)
-    head = SSDHead(backbone.out_channels, anchors.num_anchors_per_location(), config.num_classes + 1,
+    anchors = AnchorGenerator(backbone.strides, config.anchor_scale, config.aspect_ratios, config.top_octaves)
+    head = SSDHead(backbone.out_channels, anchors.anchors_per_layer(), config.num_classes + 1,
                    config.prior_prob)
     box_coder = BoxCoder()
     postprocess = PostProcess(box_coder, config.score_threshold, config.candidates_per_class,

@@ -191,8 +191,9 @@ def eval_preset(size: int) -> v2.Compose:
     ])
 
 
-def build_preset(name: str, size: int) -> v2.Compose:
-    """The preset called `name` (one of PRESET_NAMES) at input size `size`."""
+def build_preset(name: str, size: int, scale_range: Sequence[float] = (0.5, 2.0)) -> v2.Compose:
+    """The preset called `name` (one of PRESET_NAMES) at input size `size`; ``scale_range`` is the zoom
+    range of the scale-jittered presets (faces, tiles-jitter)."""
     if name == "ssd":
         return ssd_train_preset(size)
     if name == "overhead":
@@ -200,9 +201,9 @@ def build_preset(name: str, size: int) -> v2.Compose:
     if name == "tiles":
         return tiles_train_preset(size)
     if name == "tiles-jitter":
-        return tiles_jitter_train_preset(size)
+        return tiles_jitter_train_preset(size, tuple(scale_range))
     if name == "faces":
-        return faces_train_preset(size)
+        return faces_train_preset(size, tuple(scale_range))
     if name == "flip":
         return flip_train_preset(size)
     if name == "eval":

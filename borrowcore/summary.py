@@ -18,6 +18,7 @@ def describe_detector(config: DetectorConfig, detector=None) -> dict:
         grids = [tuple(x.shape[-2:]) for x in backbone.eval()(torch.zeros(1, 3, config.input_size, config.input_size))]
     anchors = detector.anchors
     per_cell = anchors.num_anchors_per_location()
+    per_layer = anchors.anchors_per_layer()
     sizes = anchors.sizes(config.input_size)
     cells = [h * w for h, w in grids]
     layers = []
@@ -26,7 +27,7 @@ def describe_detector(config: DetectorConfig, detector=None) -> dict:
             receptive_fields(backbone), sizes)):
         layers.append({
             "layer": name, "stride": stride, "grid": list(grid), "channels": channels, "receptive_field": field,
-            "anchor_size": s, "second_anchor_size": round(s2, 2), "anchors": cells[n] * per_cell,
+            "anchor_size": s, "second_anchor_size": round(s2, 2), "anchors": cells[n] * per_layer[n],
             # d_n: how many deeper cells this layer's cells match against (SPEC §4)
             "deeper_cells": sum(cells[n + 1:]) if config.neck in ("borrow", "full") and n < len(cells) - 1 else 0,
         })
@@ -36,7 +37,7 @@ def describe_detector(config: DetectorConfig, detector=None) -> dict:
 
     return {
         "neck": config.neck, "input_size": config.input_size, "width": config.width,
-        "num_classes": config.num_classes, "anchors_per_cell": per_cell,
+        "num_classes": config.num_classes, "anchors_per_cell": per_cell, "top_octaves": config.top_octaves,
         "aspect_ratios": [1.0] + [r for a in config.aspect_ratios for r in (a, 1 / a)],
         "num_anchors": sum(layer["anchors"] for layer in layers), "layers": layers,
         "parameters": {"backbone": count(backbone), "neck": count(detector.network.neck),

@@ -1,15 +1,19 @@
 """The trainer: ``borrowcore train`` on one CPU, one GPU, or many under torchrun (DDP).
 
-Resumable: ``last.pt`` holds the model, optimizer, scheduler, grad scaler, step and RNG states, and
-augmentation is a pure function of (seed, epoch, index), so a run killed and resumed ends with the same
-weights as one that was not.
+Resumable: ``last.pt`` holds the model, optimizer, scheduler, grad scaler, EMA, step and RNG states, and
+augmentation is a pure function of (seed, epoch, index), so a run killed and resumed (on this machine or,
+from a copy of OUT, on another) ends with the same weights as one that was not. ``weights.pt``, written at
+the end, holds the weights to ship (the EMA when there is one) without the training state.
+The log records the wall-clock and CPU hours spent, summed over resumptions.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import json
+import os
 import random
 import time
 from pathlib import Path
@@ -24,7 +28,7 @@ from borrowcore.checkpoint import load_state, read_checkpoint, save_checkpoint
 from borrowcore.config import ExperimentConfig, save_config
 from borrowcore.data import CocoDetection, collate_detection
 from borrowcore.distributed import DistributedContext, barrier, cleanup, init_distributed, reduce_mean, reduce_sum
-from borrowcore.engine import lr_factor, parameter_groups, to_device, train_step, validation_loss
+from borrowcore.engine import ModelEMA, lr_factor, parameter_groups, to_device, train_step, validation_loss
 from borrowcore.model import build_detector
 from borrowcore.presets import build_preset
 
@@ -86,11 +90,17 @@ class JsonLog:
                 f.write(json.dumps(record) + "\n")
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the data-loader workers of past epochs)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def build_loaders(config: ExperimentConfig, context: DistributedContext):
     t = config.train
     size = config.model.input_size
     # crowd boxes (WIDER's invalid faces) travel with the targets as ignore regions (label -1)
-    train_set = CocoDetection(t.train_images, t.train_annotations, build_preset(t.augmentation, size),
+    train_set = CocoDetection(t.train_images, t.train_annotations, build_preset(t.augmentation, size, t.scale_range),
                               skip_bad=t.skip_bad, seed=t.seed, repeats=t.repeats, ignore_regions=True)
     val_set = None
     if t.val_annotations:
@@ -161,10 +171,12 @@ def _train(config: ExperimentConfig, out_dir: Path, resume: bool, context: Distr
     use_fp16_scaler = context.device.type == "cuda" and t.amp == "fp16"
     scaler = torch.amp.GradScaler("cuda", enabled=use_fp16_scaler) if use_fp16_scaler else torch.amp.GradScaler("cpu", enabled=False)
 
+    ema = ModelEMA(detector, t.ema_decay, t.ema_tau) if t.ema_decay > 0 else None
     out_dir.mkdir(parents=True, exist_ok=True)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     log = JsonLog(out_dir / "log.jsonl" if context.is_main else None)
     step, best_val = 0, float("inf")
+    spent = {"wall_s": 0.0, "cpu_s": 0.0}  # this process's share (rank 0), summed over resumptions
     if not resume and last_path.exists():
         raise ValueError(f"{out_dir} already holds a run (last.pt): pass --resume to continue it, "
                          f"or choose another --out")
@@ -178,8 +190,14 @@ def _train(config: ExperimentConfig, out_dir: Path, resume: bool, context: Distr
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         step, best_val = state["step"], state["best_val"]
+        if ema is not None:
+            if "ema" not in state:
+                raise ValueError(f"{last_path}: the config keeps an EMA (train.ema_decay {t.ema_decay}) but the "
+                                 f"checkpoint has none: resume with the run's own config")
+            ema.load_state_dict(state["ema"])
+        spent = dict(state.get("spent", spent))
         set_rng_state(state["rng"])
-        log.write({"event": "resume", "step": step, "time": time.time()})
+        log.write({"event": "resume", "step": step, "time": time.time(), "host": os.uname().nodename})
     elif context.is_main:
         save_config(config, out_dir / "config.yaml")
         log.write({"event": "start", "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
@@ -187,13 +205,33 @@ def _train(config: ExperimentConfig, out_dir: Path, resume: bool, context: Distr
                    "device": str(context.device), "train_images": len(train_set.ids), "repeats": t.repeats,
                    "skipped_annotations": getattr(train_set, "skipped", {}), "time": time.time()})
 
-    def checkpoint_now(path: Path, epoch: int) -> None:
+    clock = {"wall": time.perf_counter(), "cpu": cpu_seconds()}
+
+    def account() -> dict[str, float]:
+        """Add the time since the last call to ``spent``; the totals in hours."""
+        wall, cpu = time.perf_counter(), cpu_seconds()
+        spent["wall_s"] += wall - clock["wall"]
+        spent["cpu_s"] += cpu - clock["cpu"]
+        clock.update(wall=wall, cpu=cpu)
+        return {"wall_hours": round(spent["wall_s"] / 3600, 4), "cpu_hours": round(spent["cpu_s"] / 3600, 4)}
+
+    evaluated = detector  # what validation scores and best.pt / weights.pt hold: the EMA when kept
+    if ema is not None:
+        evaluated = copy.deepcopy(detector)
+
+    def refresh_evaluated() -> None:
+        if ema is not None:
+            ema.copy_to(evaluated)
+
+    def checkpoint_now(path: Path, epoch: int, weights: torch.nn.Module | None = None) -> None:
         if not context.is_main:
             return
-        save_checkpoint(path, detector, config.model, train_state={
+        account()
+        save_checkpoint(path, weights or detector, config.model, train_state={
             "step": step, "epoch": epoch, "best_val": best_val, "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
-            "train_config": dataclasses.asdict(t),
+            "train_config": dataclasses.asdict(t), "spent": dict(spent),
+            **({"ema": ema.state_dict()} if ema is not None and weights is None else {}),
         })
 
     val_loader = None
@@ -215,8 +253,11 @@ def _train(config: ExperimentConfig, out_dir: Path, resume: bool, context: Distr
                              t.workers, drop_last=True)
         for images, targets in loader:
             images, targets = to_device(images, targets, context.device, t.channels_last)
-            parts = train_step(model, optimizer, scaler, images, targets, step + 1, context.device, t.amp, t.grad_clip)
+            parts = train_step(model, optimizer, scaler, images, targets, step + 1, context.device, t.amp, t.grad_clip,
+                               t.cpu_bf16)
             scheduler.step()
+            if ema is not None:
+                ema.update(detector)
             step += 1
             progress.update(1)
             parts["clipped"] = float(0 < t.grad_clip < parts["grad_norm"])  # its window mean: the share clipped
@@ -235,8 +276,10 @@ def _train(config: ExperimentConfig, out_dir: Path, resume: bool, context: Distr
                     record["skipped_images"] = round(reduce_sum(float(skipped_images), context))
                 if context.device.type == "cuda":
                     record["gpu_mem_mb"] = round(torch.cuda.max_memory_allocated(context.device) / 2**20, 1)
+                record.update(account())
                 log.write(record)
-                progress.set_postfix(loss=f"{means['loss']:.3f}", lr=f"{record['lr']:.4g}")
+                progress.set_postfix(loss=f"{means['loss']:.3f}", crops_s=f"{record['images_per_s']:.1f}",
+                                     lr=f"{record['lr']:.4g}", cpu_h=f"{record['cpu_hours']:.2f}")
                 window, window_images, window_batches, window_start = {}, 0, 0, time.perf_counter()
             if step % t.checkpoint_every == 0 and step % steps_per_epoch != 0:
                 checkpoint_now(last_path, epoch)
@@ -246,20 +289,26 @@ def _train(config: ExperimentConfig, out_dir: Path, resume: bool, context: Distr
         finished_epoch = (step - 1) // steps_per_epoch
         record = {"event": "epoch", "epoch": finished_epoch, "step": step}
         if val_loader is not None:
-            last_val = validation_loss(detector, val_loader, context.device, t.amp)
+            refresh_evaluated()
+            last_val = validation_loss(evaluated, val_loader, context.device, t.amp)
             if t.val_metric == "AP":
-                last_val["val_AP"] = validation_ap(detector, t, context)
+                last_val["val_AP"] = validation_ap(evaluated, t, context)
             record.update({k: round(v, 5) for k, v in last_val.items()})
             # best_val is minimised: the loss, or minus the AP
             current = -last_val["val_AP"] if t.val_metric == "AP" else last_val.get("val_loss", float("inf"))
             if last_val and current < best_val:
                 best_val = current
-                checkpoint_now(best_path, finished_epoch)
+                checkpoint_now(best_path, finished_epoch, evaluated if ema is not None else None)
                 record["best"] = True
             model.train()
         checkpoint_now(last_path, finished_epoch)
+        record.update(account())
         log.write(record)
     progress.close()
+    if context.is_main:
+        refresh_evaluated()
+        save_checkpoint(out_dir / "weights.pt", evaluated, config.model)
+        log.write({"event": "end", "step": step, "ema": ema is not None, **account(), "time": time.time()})
     barrier(context)
     return {"steps": step, "out_dir": str(out_dir), "best_val_loss": best_val if val_loader is not None else None,
             **last_val}

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-STEP_FIELDS = ("loss", "loss_box", "loss_cls", "lr", "images_per_s", "grad_norm", "clipped")
+STEP_FIELDS = ("loss", "loss_box", "loss_cls", "lr", "images_per_s", "grad_norm", "clipped", "cpu_hours")
 
 
 @dataclass
@@ -22,6 +22,7 @@ class TrainingLog:
     # grad_norm (window mean before clipping), clipped (share of the window's steps clipped); older logs lack the last two
     epochs: list[dict] = field(default_factory=list)  # epoch, step, val_loss, val_loss_box, val_loss_cls, best
     resumes: list[dict] = field(default_factory=list)  # step
+    end: dict | None = None  # step, wall_hours, cpu_hours (runs that finished; older logs have none)
     skipped_lines: int = 0  # lines that were not a JSON object with a known event
 
 
@@ -44,6 +45,8 @@ def parse_training_log(lines: Iterable[str], name: str) -> TrainingLog:
             log.epochs.append(record)
         elif event == "resume":
             log.resumes.append(record)
+        elif event == "end":
+            log.end = record
         else:
             log.skipped_lines += 1
     if not (log.start or log.steps or log.epochs):

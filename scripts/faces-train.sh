@@ -17,6 +17,5 @@ for pair in $pairs; do
   neck=${pair%:*}; seed=${pair#*:}; out=$runs/$neck/seed$seed
   [ -f $out/weights.pt ] && continue
   $py -m borrowcore train --config configs/faces-full.yaml --out $out --resume \
-      --set model.neck=$neck train.seed=$seed ${SETS:-}
-  cp $out/last.pt $out/weights.pt
+      --set model.neck=$neck train.seed=$seed ${SETS:-}  # writes weights.pt when it finishes
 done

@@ -69,13 +69,13 @@ from borrowcore.model import build_detector
 
 out, pack = Path(sys.argv[1]), Path(sys.argv[2])
 for run in sorted(out.glob("aerial-*")):
-    source = run / "last.pt"
+    source = run / "weights.pt" if (run / "weights.pt").exists() else run / "last.pt"
     if source.exists():
         checkpoint = read_checkpoint(source)
         detector = build_detector(checkpoint_config(checkpoint, source), checkpoint["class_names"])
         load_state(detector, checkpoint, source)
         save_checkpoint(pack / f"{run.name}.pt", detector)
-        print(run.name, "step", checkpoint["train_state"]["step"])
+        print(run.name, "step", checkpoint.get("train_state", {}).get("step", "final"))
 PY
     tar czf "$PACK/session.tar.gz" --exclude='*.pt' -C "$(dirname "$OUT")" "$(basename "$OUT")"
     ls -la "$PACK"

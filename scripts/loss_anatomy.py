@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, step, t, detector in models:
         if crops is None:  # the same crops for every model
             size = detector.config.input_size
-            dataset = CocoDetection(t["train_images"], t["train_annotations"], build_preset(t["augmentation"], size),
+            dataset = CocoDetection(t["train_images"], t["train_annotations"], build_preset(t["augmentation"], size, t.get("scale_range", (0.5, 2.0))),
                                     seed=args.seed, ignore_regions=True)
             torch.manual_seed(args.seed)
             picked = torch.randperm(len(dataset))[:args.crops].tolist()

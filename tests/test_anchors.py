@@ -94,3 +94,42 @@ def test_anchors_command_bad_file(tmp_path, capsys):
     bad.write_text('{"images": []}')
     assert main(["anchors", "--coco", str(bad)]) == 2
     assert "bad.json" in capsys.readouterr().err
+
+
+def test_top_octaves_extend_the_last_layer_only():
+    """top_octaves 1 on the face anchors (a = 2, one ratio pair): the stride-64 cells also carry 256 and
+    362 px; whole-image mode, S'_4 = sqrt(128 * 256) = 181."""
+    plain = AnchorGenerator((8, 16, 32, 64), 2.0, (1.2,))
+    extended = AnchorGenerator((8, 16, 32, 64), 2.0, (1.2,), top_octaves=1)
+    assert plain.anchors_per_layer() == [4, 4, 4, 4]
+    assert extended.anchors_per_layer() == [4, 4, 4, 8]
+    grids = [(8, 8), (4, 4), (2, 2), (1, 1)]
+    a, b = plain(grids, None), extended(grids, None)
+    assert b.shape[0] == a.shape[0] + 4
+    torch.testing.assert_close(b[:-8], a[:-4])  # every other anchor unchanged, in the same order
+    cell = b[-8:]  # the one stride-64 cell, centre (32, 32)
+    s, s2, r = 128.0, math.sqrt(128 * 256), math.sqrt(1.2)
+    wh = [(s, s), (s2, s2), (s * r, s / r), (s / r, s * r),
+          (2 * s, 2 * s), (2 * s2, 2 * s2), (2 * s * r, 2 * s / r), (2 * s / r, 2 * s * r)]
+    expected = torch.tensor([[32 - w / 2, 32 - h / 2, 32 + w / 2, 32 + h / 2] for w, h in wh])
+    torch.testing.assert_close(cell, expected.float())
+    with pytest.raises(ValueError, match="top_octaves"):
+        AnchorGenerator((8, 16, 32, 64), top_octaves=-1)
+
+
+def test_top_octaves_detector_heads_and_outputs_agree():
+    from borrowcore.config import DetectorConfig
+    from borrowcore.model import build_detector
+
+    config = DetectorConfig(neck="full", num_classes=1, input_size=128, width=0.0625, anchor_scale=2.0,
+                            aspect_ratios=[1.2], top_octaves=2, inference="whole", prior_prob=0.25)
+    detector = build_detector(config).eval()
+    assert [conv.out_channels for conv in detector.network.head.classification] == [8, 8, 8, 24]
+    batch, _ = detector.preprocess([torch.rand(3, 128, 192)])
+    output = detector.network(batch)
+    anchors = detector.anchors(output.grid_sizes, None)
+    assert output.cls_logits.shape[1] == output.box_regression.shape[1] == anchors.shape[0]
+    # prior_prob's background bias is on the extra anchors too: log(1 * 0.75 / 0.25) for all 12 of them
+    bias = detector.network.head.classification[3].bias.view(12, 2)
+    torch.testing.assert_close(bias[:, 0], torch.full((12,), math.log(3.0)))
+    assert (bias[:, 1] == 0).all()

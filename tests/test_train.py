@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import subprocess
 import sys
@@ -202,3 +203,83 @@ def test_aerial_jitter_is_the_aerial_recipe_with_scale_jitter():
     assert (plain.train.augmentation, jitter.train.augmentation) == ("tiles", "tiles-jitter")
     assert jitter.model == plain.model
     assert dataclasses.replace(jitter.train, augmentation="tiles") == plain.train
+
+
+def test_ema_by_hand():
+    from borrowcore.engine import ModelEMA
+
+    model = torch.nn.BatchNorm1d(1)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema = ModelEMA(model, decay=0.5, tau=1.0)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+        model.num_batches_tracked.fill_(7)
+    ema.update(model)  # d = 0.5 (1 - e^-1) = 0.31606: 0.31606 * 1 + 0.68394 * 3
+    d = 0.5 * (1 - math.exp(-1))
+    assert ema.state["weight"].item() == pytest.approx(d * 1 + (1 - d) * 3)
+    assert ema.state["num_batches_tracked"].item() == 7  # integer buffers are copied, not averaged
+    copy = torch.nn.BatchNorm1d(1)
+    ema.copy_to(copy)
+    assert copy.weight.item() == pytest.approx(d + (1 - d) * 3)
+    restored = ModelEMA(torch.nn.BatchNorm1d(1), decay=0.9, tau=5.0)
+    restored.load_state_dict(ema.state_dict())
+    assert restored.updates == 1 and restored.current_decay() == pytest.approx(d)
+
+
+def test_cpu_bf16_step_keeps_fp32_weights_and_loss(tmp_path):
+    config = tiny_experiment(max_steps=2, cpu_bf16=True, ema_decay=0.99, ema_tau=1.0)
+    train(config, tmp_path, show_progress=False)
+    state = read_checkpoint(tmp_path / "last.pt")
+    assert all(v.dtype == torch.float32 for k, v in state["state_dict"].items() if v.dtype.is_floating_point)
+    steps = [json.loads(l) for l in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["loss"]) for r in steps if r["event"] == "step")
+    # weights.pt is the EMA, without the training state; it differs from the raw weights of last.pt
+    shipped = read_checkpoint(tmp_path / "weights.pt")
+    assert "train_state" not in shipped
+    key = "network.head.classification.0.weight"
+    ema = state["train_state"]["ema"]["state_dict"][key]
+    torch.testing.assert_close(shipped["state_dict"][key], ema)
+    assert not torch.allclose(ema, state["state_dict"][key])
+    end = steps[-1]
+    assert end["event"] == "end" and end["ema"] and end["cpu_hours"] > 0 and end["wall_hours"] > 0
+
+
+def test_resume_from_a_copied_state_with_ema_and_bf16(tmp_path, monkeypatch):
+    """The release workflow: a run stops, its last.pt / log / config are copied elsewhere (committed, cloned
+    on another machine) and resumed there; the EMA, the raw weights and the time spent carry over."""
+    import shutil
+
+    config = tiny_experiment(max_steps=9, checkpoint_every=3, cpu_bf16=True, ema_decay=0.9, ema_tau=2.0)
+    train(config, tmp_path / "straight", show_progress=False)
+
+    import borrowcore.train as train_module
+
+    real_step = train_module.train_step
+    calls = {"n": 0}
+
+    def killed_at_step_5(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt  # last.pt holds step 3
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_step", killed_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "first-machine", show_progress=False)
+    monkeypatch.setattr(train_module, "train_step", real_step)
+    moved = tmp_path / "second-machine"
+    moved.mkdir()
+    for name in ("last.pt", "log.jsonl", "config.yaml"):
+        shutil.copy(tmp_path / "first-machine" / name, moved / name)
+    spent_before = read_checkpoint(moved / "last.pt")["train_state"]["spent"]["cpu_s"]
+    train(config, moved, resume=True, show_progress=False)
+
+    for name in ("last.pt", "weights.pt"):
+        straight = read_checkpoint(tmp_path / "straight" / name)["state_dict"]
+        resumed = read_checkpoint(moved / name)["state_dict"]
+        for key in straight:
+            torch.testing.assert_close(resumed[key], straight[key], rtol=1e-5, atol=1e-6, msg=f"{name}: {key}")
+    final = read_checkpoint(moved / "last.pt")["train_state"]
+    assert final["step"] == 9 and final["ema"]["updates"] == 9
+    assert final["spent"]["cpu_s"] > spent_before > 0  # the time spent before the stop is kept

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The release face runs (configs/faces-release.yaml), resumable across sessions and machines.
+#   bash scripts/faces-release.sh train "ssd full"   # one run per neck, side by side, one core each
+#   bash scripts/faces-release.sh save               # copy each run's resume state into state/ (commit it)
+# train: a run resumes from RUNS/<neck>/last.pt, or, on a fresh clone, from the committed
+# state/faces-release/<neck>/ (last.pt: weights, SGD momentum and EMA, about 5 MB; log.jsonl; config.yaml).
+# A finished run holds RUNS/<neck>/weights.pt (the EMA) and is skipped. save copies last.pt, log.jsonl and
+# config.yaml of every run (finished runs also weights.pt) into state/; commit that once a session.
+# The run is the same whichever machine resumes it (tests/test_train.py pins kill-and-resume).
+set -euo pipefail
+cmd=${1:?usage: faces-release.sh train|save [necks]}
+necks=${2:-"ssd full"}
+RUNS=${RUNS:-runs/faces-release}
+STATE=${STATE:-state/faces-release}
+CONFIG=${CONFIG:-configs/faces-release.yaml}
+py=${PYTHON:-.venv/bin/python}
+wider=../shared/data/wider-faces
+
+if [ "$cmd" = save ]; then
+  for run in "$RUNS"/*/; do
+    neck=$(basename "$run"); [ -f "$run/last.pt" ] || continue
+    mkdir -p "$STATE/$neck"
+    for f in last.pt log.jsonl config.yaml weights.pt best.pt; do
+      [ -f "$run/$f" ] && cp "$run/$f" "$STATE/$neck/$f.tmp" && mv "$STATE/$neck/$f.tmp" "$STATE/$neck/$f"
+    done
+    [ -f "$run/weights.pt" ] || rm -f "$STATE/$neck/best.pt"  # only a finished run's best.pt is kept
+    echo "$neck: $($py -c "import sys; from borrowcore.checkpoint import read_checkpoint; s = read_checkpoint(sys.argv[1])['train_state']; print('step', s['step'], 'of', s['train_config']['max_steps'], '; cpu hours', round(s.get('spent', {}).get('cpu_s', 0) / 3600, 2))" "$STATE/$neck/last.pt")"
+  done
+  du -sh "$STATE"
+  exit 0
+fi
+[ "$cmd" = train ] || { echo "unknown command $cmd (train | save)"; exit 2; }
+
+mkdir -p data/wider
+if [ ! -f data/wider/train-extra.json ]; then
+  cat $wider/train_bbx_gt.txt $wider/extra_bbx_gt.txt > data/wider/train-extra_bbx_gt.txt
+  $py -m borrowcore convert --from wider --images $wider/images --labels data/wider/train-extra_bbx_gt.txt \
+      --out data/wider/train-extra.json
+fi
+[ -f data/wider/val.json ] || $py -m borrowcore convert --from wider --images $wider/images \
+    --labels $wider/val_bbx_gt.txt --out data/wider/val.json
+
+mkdir -p "$RUNS"
+pids=()
+for neck in $necks; do
+  out=$RUNS/$neck
+  [ -f "$out/weights.pt" ] && { echo "$neck: finished ($out/weights.pt)"; continue; }
+  if [ ! -f "$out/last.pt" ] && [ -f "$STATE/$neck/last.pt" ]; then
+    mkdir -p "$out"; cp "$STATE/$neck/last.pt" "$STATE/$neck/log.jsonl" "$STATE/$neck/config.yaml" "$out/"
+    echo "$neck: resuming from the committed state in $STATE/$neck"
+  fi
+  OMP_NUM_THREADS=${THREADS:-1} $py -m borrowcore train --config "$CONFIG" --out "$out" --resume \
+      --set model.neck=$neck ${SETS:-} > "$RUNS-$neck.out" 2>&1 &
+  pids+=($!)
+  echo "$neck: training in the background (progress: $RUNS-$neck.out, log: $out/log.jsonl)"
+done
+for pid in "${pids[@]}"; do wait "$pid"; done
