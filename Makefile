@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: bundle-aerial bundle-faces install chromium test test-fast app bench bundle clean
+.PHONY: bundle-aerial bundle-faces install chromium test test-fast app bench bundle clean data
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -16,6 +16,12 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Every ground-truth file the bundled reports name (under data/, made from ../shared/data; borrowcore/derived.py)
+data: $(STAMP)
+	$(PY) -c "from borrowcore.derived import DERIVED; print('\n'.join(dict.fromkeys(DERIVED.values())))" | \
+		while read -r command; do out=$$(echo "$$command" | sed 's/.*--out \([^ ]*\).*/\1/'); \
+		[ -e "$$out" ] && { echo "have $$out"; continue; }; echo "$$command"; $(PY) -m $$command || exit 1; done
 
 # The end-to-end app test drives Debian's chromium through Playwright (`playwright install` would download
 # a browser of its own, which fails here). Installed when missing and running as root (CI); else a note.

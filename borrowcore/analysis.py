@@ -46,8 +46,14 @@ def load_coco(path: str | Path) -> COCO:
 def report_ground_truth(report: dict, coco: str | Path | None = None) -> COCO:
     """The ground truth a report's metrics were computed on: its COCO file (or ``coco``) cleaned as the
     evaluation cleaned it, without the images that evaluation could not read (eval --skip-bad)."""
+    from borrowcore.data import BadAnnotationError
+    from borrowcore.derived import missing_ground_truth, resolve
+
     dataset = report["dataset"]
-    return load_ground_truth(coco or dataset["annotations"], dataset.get("skip_bad", False),
+    path = resolve(coco or dataset["annotations"])
+    if not path.is_file():  # a file made from ../shared/data that this clone has not made yet
+        raise BadAnnotationError(missing_ground_truth(path))
+    return load_ground_truth(path, dataset.get("skip_bad", False),
                              [row["id"] for row in dataset.get("unreadable_images", [])])
 
 

@@ -110,7 +110,7 @@ def load_state(detector: torch.nn.Module, checkpoint: dict[str, Any], path: str 
             for f in dataclasses.fields(DetectorConfig)
             if getattr(saved, f.name) != getattr(own, f.name)
             and f.name not in ("score_threshold", "nms_iou", "candidates_per_class", "detections_per_image",
-                               "display_threshold", "inference", "max_whole_side", "match_iou",
+                               "display_threshold", "inference", "max_whole_side", "oversize", "match_iou",
                                "key_budget")  # not weights
         ]
         if differences:

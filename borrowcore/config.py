@@ -47,6 +47,10 @@ class DetectorConfig:
     # longer side exceeds max_whole_side are cut into S x S tiles instead); "tiles" of S x S always.
     inference: str = "resize"
     max_whole_side: int = 2048
+    # "whole" on a photo with a side over max_whole_side: "tiles" cuts S x S tiles at native resolution;
+    # "shrink" scales the photo down until its longer side is max_whole_side (a phone portrait's face stays
+    # one face in the anchors' range), and detections are mapped back to the photo's pixels
+    oversize: str = "tiles"
     display_threshold: float = 0.5  # the app's default score threshold (release: the F1-best on validation)
     score_threshold: float = 0.01
     nms_iou: float = 0.45
@@ -60,6 +64,8 @@ class DetectorConfig:
             raise ValueError(f"similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
         if self.inference not in INFERENCE_MODES:
             raise ValueError(f"inference must be one of {INFERENCE_MODES}, got {self.inference!r}")
+        if self.oversize not in ("tiles", "shrink"):
+            raise ValueError(f"oversize must be tiles or shrink, got {self.oversize!r}")
         if not 0 < self.match_iou <= 1:
             raise ValueError(f"match_iou must be in (0, 1], got {self.match_iou}")
         if not 0 <= self.prior_prob < 1:

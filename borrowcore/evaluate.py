@@ -442,7 +442,9 @@ def inference_description(detector: torch.nn.Module, tile: int | None, overlap: 
     if tile or (config is not None and config.inference == "tiles"):
         return f"tiles {tile or config.input_size} px, overlap {overlap}{budget}"
     if getattr(detector, "whole_image", False):
-        return (f"whole image at native resolution, padded to multiples of 64 (tiles of {config.input_size} px "
+        beyond = (f"shrunk to {config.max_whole_side} px" if getattr(config, "oversize", "tiles") == "shrink"
+                  else f"tiles of {config.input_size} px")
+        return (f"whole image at native resolution, padded to multiples of 64 ({beyond} "
                 f"above {config.max_whole_side} px){budget}")
     return f"resize to {detector.input_size}{budget}"
 

@@ -47,6 +47,8 @@ class Explanation:
     anchors: Tensor | None = None  # (A, 4) xyxy in input pixels, when the checkpoint borrows
     anchors_per_layer: list[int] = field(default_factory=list)
     whole_image: bool = False  # the network saw the image itself, padded (SPEC §1), not an S x S resize
+    # whole-image mode: (x, y) factors from image pixels to the network input's (below 1 for a shrunk photo)
+    input_scale: tuple[float, float] = (1.0, 1.0)
 
     @property
     def borrows(self) -> bool:
@@ -61,7 +63,7 @@ class Explanation:
     def scale(self) -> tuple[float, float]:
         """(sx, sy) from network-input pixels to image pixels."""
         if self.whole_image:
-            return 1.0, 1.0
+            return 1.0 / self.input_scale[0], 1.0 / self.input_scale[1]
         h, w = self.image_size
         return w / self.input_size, h / self.input_size
 
@@ -199,7 +201,8 @@ def explain(detector: torch.nn.Module, image: Tensor) -> Explanation:
     matching = detection.pop("matching")  # this image's, on the CPU
     explanation = Explanation({k: v.cpu() for k, v in detection.items()}, matching, tuple(image.shape[-2:]),
                               detector.input_size, list(detector.class_names),
-                              whole_image=getattr(detector, "whole_image", False))
+                              whole_image=getattr(detector, "whole_image", False),
+                              input_scale=tuple(detector.input_scales([tuple(image.shape[-2:])])[0]))
     if matching and matching[0].layer == 1:  # layer 1 borrows from all the others: every grid is known
         grids = [matching[0].query_grid, *matching[0].source_grids]
         explanation.anchors = detector.anchors(grids, detector.anchor_image_size, device=torch.device("cpu")).clone()

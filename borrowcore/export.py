@@ -6,9 +6,9 @@ whole``) sees photos at native resolution, so its graph takes a fixed canvas ins
 and W multiples of 64 (default 1024 x 1024, ``canvas=``): each photo in the top-left corner at native
 resolution, the rest the mean colour, as ``Detector.preprocess`` pads; a photo larger than the canvas is
 scaled down to fit (PyTorch tiles photos over ``max_whole_side`` instead). ``letterbox_to_canvas`` prepares
-such a batch. With NMS in such a graph, boxes are clipped to the canvas before NMS (PyTorch clips to the
-photo), so near a smaller photo's right and bottom edges the kept set may differ slightly; the graph without
-NMS gives PyTorch's detections exactly. Outputs, in input pixels:
+such a batch. With NMS in such a graph, a second input ``image_sizes`` (B, 2) float32 gives each photo's
+(height, width) on the canvas, and boxes are clipped to the photo before NMS, as PyTorch clips them
+(``OnnxDetector`` fills it in). Outputs, in input pixels:
 
 - default: ``scores`` (B, A, K) softmax probabilities of classes 1..K, ``boxes`` (B, A, 4) xyxy decoded
   against the anchors of S (not clipped): the post-processing's inputs.
@@ -55,6 +55,7 @@ FORMAT_VERSION = 1
 EXPORTERS = ("auto", "dynamo", "torchscript")
 TORCHSCRIPT_OPSET = 17
 INPUT_DESCRIPTION = "images: float32 (B, 3, S, S), RGB in [0, 1], resized to S x S with no letterbox"
+INPUT_NAMES = ("images", "image_sizes")
 CANVAS_DESCRIPTION = ("images: float32 (B, 3, H, W) canvas, RGB in [0, 1], each photo at native resolution in the "
                       "top-left corner (scaled down to fit if larger), the rest the normalisation mean")
 DEFAULT_CANVAS = (1024, 1024)  # whole-image models: WIDER's photos are 1024 px wide
@@ -134,9 +135,11 @@ class ExportableDetectorWithNMS(nn.Module):
     """
 
     def __init__(self, detector: ExportableDetector, input_shape: tuple[int, int], score_threshold: float = 0.01,
-                 candidates_per_class: int = 400, nms_iou: float = 0.45, detections_per_image: int = 200) -> None:
+                 candidates_per_class: int = 400, nms_iou: float = 0.45, detections_per_image: int = 200,
+                 per_image_sizes: bool = False) -> None:
         super().__init__()
         self.detector = detector
+        self.per_image_sizes = per_image_sizes  # a canvas graph: forward(images, image_sizes)
         height, width = input_shape
         self.register_buffer("box_limits", torch.tensor([width, height, width, height], dtype=torch.float32))
         self.score_threshold = score_threshold
@@ -144,10 +147,12 @@ class ExportableDetectorWithNMS(nn.Module):
         self.nms_iou = nms_iou
         self.detections_per_image = detections_per_image
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def forward(self, images: Tensor, image_sizes: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``image_sizes`` (B, 2) float (height, width) of each photo on a canvas; None: the whole input."""
         scores, boxes = self.detector(images)  # (B, A, K), (B, A, 4)
-        # PostProcess clips to the image; clipping commutes with the rescale (a canvas clips to the canvas)
-        boxes = torch.minimum(boxes.clamp(min=0), self.box_limits)
+        # PostProcess clips to the image; clipping commutes with the rescale. On a canvas, to each photo
+        limits = self.box_limits if image_sizes is None else image_sizes.flip(1).repeat(1, 2)[:, None, :]
+        boxes = torch.minimum(boxes.clamp(min=0), limits)
         k = min(self.candidates_per_class, scores.shape[1])
         kth_best = scores.topk(k, dim=1).values[:, k - 1:k]  # (B, 1, K)
         scores = torch.where(scores >= kth_best, scores, torch.zeros_like(scores))  # top-k per class
@@ -210,14 +215,17 @@ def exportable(detector: Detector, input_size: int | None = None, with_nms: bool
     if with_nms:
         post = detector.postprocess
         module = ExportableDetectorWithNMS(module, (height, width), post.score_threshold, post.candidates_per_class,
-                                           post.nms_iou, post.detections_per_image)
+                                           post.nms_iou, post.detections_per_image,
+                                           per_image_sizes=detector.whole_image)
     return module.eval()
 
 
 # ---- export and metadata ----
 
-def _export_dynamo(module: nn.Module, example: Tensor, output_names: list[str], dynamic_batch: bool):
-    dynamic_shapes = {"images": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
+def _export_dynamo(module: nn.Module, example: tuple[Tensor, ...], output_names: list[str], dynamic_batch: bool):
+    input_names = list(INPUT_NAMES[:len(example)])
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    dynamic_shapes = {name: {0: batch} for name in input_names} if dynamic_batch else None
     ir_logger = logging.getLogger("onnx_ir")  # notes on empty attribute lists in its own translations
     level = ir_logger.level
     ir_logger.setLevel(logging.ERROR)
@@ -225,7 +233,7 @@ def _export_dynamo(module: nn.Module, example: Tensor, output_names: list[str], 
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=UserWarning)
             program = torch.onnx.export(
-                module, (example,), dynamo=True, input_names=["images"], output_names=output_names,
+                module, example, dynamo=True, input_names=input_names, output_names=output_names,
                 dynamic_shapes=dynamic_shapes, verbose=False,
                 custom_translation_table={torch.ops.borrowcore.multiclass_nms.default: _nms_onnxscript},
             )
@@ -234,16 +242,17 @@ def _export_dynamo(module: nn.Module, example: Tensor, output_names: list[str], 
     return program.model_proto
 
 
-def _export_torchscript(module: nn.Module, example: Tensor, output_names: list[str], dynamic_batch: bool):
+def _export_torchscript(module: nn.Module, example: tuple[Tensor, ...], output_names: list[str], dynamic_batch: bool):
     import onnx
 
     torch.onnx.register_custom_op_symbolic("borrowcore::multiclass_nms", _nms_torchscript_symbolic, TORCHSCRIPT_OPSET)
-    dynamic_axes = {"images": {0: "batch"}} if dynamic_batch else None
+    input_names = list(INPUT_NAMES[:len(example)])
+    dynamic_axes = {name: {0: "batch"} for name in input_names} if dynamic_batch else None
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore")  # its deprecation notice and tracer warnings on shape arithmetic
-        torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=TORCHSCRIPT_OPSET,
-                          input_names=["images"], output_names=output_names, dynamic_axes=dynamic_axes)
+        torch.onnx.export(module, example, buffer, dynamo=False, opset_version=TORCHSCRIPT_OPSET,
+                          input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes)
     return onnx.load_from_string(buffer.getvalue())
 
 
@@ -268,7 +277,10 @@ def export_onnx(detector: Detector, path: str | Path, *, input_size: int | None 
     height, width = graph_input_shape(detector, input_size, canvas)
     output_names = ["boxes", "scores", "labels", "num_detections"] if with_nms else ["scores", "boxes"]
     # torch.export specialises a dimension whose example is 1, so a dynamic batch is traced at 2
-    example = torch.rand(2 if dynamic_batch else batch_size, 3, height, width, generator=torch.Generator().manual_seed(0))
+    images = torch.rand(2 if dynamic_batch else batch_size, 3, height, width, generator=torch.Generator().manual_seed(0))
+    example: tuple[Tensor, ...] = (images,)
+    if getattr(module, "per_image_sizes", False):  # each photo's (height, width) on the canvas
+        example = (images, torch.tensor([[height, width]], dtype=torch.float32).repeat(len(images), 1))
     note = ""
     if exporter == "torchscript":
         proto, used = _export_torchscript(module, example, output_names, dynamic_batch), "torchscript"
@@ -317,7 +329,8 @@ def export_metadata(detector: Detector, input_shape: tuple[int, int], num_anchor
     post = detector.postprocess
     config = dataclasses.asdict(detector.config) if hasattr(detector, "config") else {}
     canvas = list(input_shape) if detector.whole_image else None
-    outputs = ({"boxes": "(B, D, 4) xyxy in input pixels, clipped to the input", "scores": "(B, D)",
+    clipped = "clipped to each photo's image_sizes" if canvas else "clipped to the input"
+    outputs = ({"boxes": f"(B, D, 4) xyxy in input pixels, {clipped}", "scores": "(B, D)",
                 "labels": "(B, D) int64 in 1..K", "num_detections": "(B,) valid rows, best first"}
                if with_nms else {"scores": "(B, A, K) softmax of classes 1..K",
                                  "boxes": "(B, A, 4) xyxy in input pixels, not clipped"})
@@ -326,7 +339,8 @@ def export_metadata(detector: Detector, input_shape: tuple[int, int], num_anchor
         "class_names": list(detector.class_names),
         "input_size": detector.input_size if canvas else input_shape[0],
         "canvas": canvas,
-        "input": CANVAS_DESCRIPTION if canvas else INPUT_DESCRIPTION,
+        "input": (CANVAS_DESCRIPTION + ("; image_sizes: float32 (B, 2), each photo's (height, width) on the canvas"
+                                        if with_nms else "")) if canvas else INPUT_DESCRIPTION,
         "normalization": {"mean": detector.mean.flatten().tolist(), "std": detector.std.flatten().tolist(),
                           "in_graph": True},
         "ablation": config.get("neck", detector.network.neck.neck),
@@ -478,6 +492,8 @@ class OnnxDetector:
         batch = self.session.get_inputs()[0].shape[0]
         self.fixed_batch = batch if isinstance(batch, int) else None
         self.output_names = [o.name for o in self.session.get_outputs()]
+        # canvas graphs with NMS take each photo's size on the canvas (older files: images only)
+        self.takes_sizes = len(self.session.get_inputs()) > 1
 
     def prepare(self, images: Sequence[Tensor]) -> tuple[Tensor, list[tuple[float, float]] | int]:
         """Images (3, H, W) -> the graph's batch in [0, 1], and S or each image's scales to the canvas."""
@@ -486,25 +502,46 @@ class OnnxDetector:
             return letterbox_to_canvas(images, self.canvas, self.mean)
         return resize_to_input(images, self.input_size), self.input_size
 
-    def run(self, batch: Tensor) -> list[np.ndarray]:
-        """The graph's outputs for a (B, 3, S, S) batch (or (B, 3, H, W) on a canvas) in [0, 1], any B."""
+    def run(self, batch: Tensor, image_sizes: Tensor | None = None) -> list[np.ndarray]:
+        """The graph's outputs for a (B, 3, S, S) batch (or (B, 3, H, W) on a canvas) in [0, 1], any B.
+        ``image_sizes`` (B, 2) (height, width) of each photo on the canvas, for graphs that take it (default:
+        the whole canvas)."""
+        if self.takes_sizes and image_sizes is None:
+            image_sizes = torch.tensor([list(batch.shape[-2:])], dtype=torch.float32).repeat(len(batch), 1)
+
+        def feed(images: Tensor, sizes: Tensor | None) -> dict[str, np.ndarray]:
+            inputs = {"images": images.numpy()}
+            if self.takes_sizes:
+                inputs["image_sizes"] = sizes.float().numpy()
+            return inputs
+
         if self.fixed_batch is None:
-            return self.session.run(None, {"images": batch.numpy()})
+            return self.session.run(None, feed(batch, image_sizes))
         parts = []
         for start in range(0, len(batch), self.fixed_batch):
             chunk = batch[start:start + self.fixed_batch]
+            sizes = image_sizes[start:start + self.fixed_batch] if image_sizes is not None else None
             count = len(chunk)
             if count < self.fixed_batch:
                 chunk = torch.cat([chunk, chunk.new_zeros((self.fixed_batch - count, *chunk.shape[1:]))])
-            parts.append([output[:count] for output in self.session.run(None, {"images": chunk.numpy()})])
+                if sizes is not None:
+                    sizes = torch.cat([sizes, sizes[-1:].repeat(self.fixed_batch - count, 1)])
+            parts.append([output[:count] for output in self.session.run(None, feed(chunk, sizes))])
         return [np.concatenate(column) for column in zip(*parts)]
+
+    @staticmethod
+    def canvas_sizes(sizes: Sequence[tuple[int, int]], scales: Sequence[tuple[float, float]]) -> Tensor:
+        """(B, 2) float (height, width) of each photo on the canvas, from its size and scales."""
+        return torch.tensor([[round(h * sy), round(w * sx)] for (h, w), (sx, sy) in zip(sizes, scales)],
+                            dtype=torch.float32)
 
     def __call__(self, images: Sequence[Tensor] | Tensor) -> list[dict[str, Tensor]]:
         if isinstance(images, Tensor) and images.dim() == 3:
             images = [images]
         sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
         batch, scales = self.prepare(images)
-        outputs = dict(zip(self.output_names, self.run(batch)))
+        on_canvas = self.canvas_sizes(sizes, scales) if self.takes_sizes else None
+        outputs = dict(zip(self.output_names, self.run(batch, on_canvas)))
         if not self.with_nms:
             return select_detections(torch.from_numpy(outputs["scores"]), torch.from_numpy(outputs["boxes"]), scales,
                                      sizes, **self.postprocess)
@@ -541,9 +578,15 @@ def verify_export(detector: Detector, path: str | Path, images: Sequence[Tensor]
         return {"images": len(images), "with_nms": False,
                 "max_abs_scores": float((scores - onnx_scores).abs().max()),
                 "max_abs_boxes_px": float((boxes - onnx_boxes).abs().max())}
-    if canvas is not None:
+    if canvas is not None:  # the network on the canvas, boxes clipped to each photo there (as PyTorch clips)
         sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
-        expected = from_input_pixels(detector(list(batch.to(detector.mean.device))), scales, sizes)
+        on_canvas = [(int(h), int(w)) for h, w in OnnxDetector.canvas_sizes(sizes, scales).tolist()]
+        padded, _ = detector.preprocess(list(batch.to(detector.mean.device)))
+        output = detector.network(padded)
+        anchors = detector.anchors(output.grid_sizes, detector.anchor_image_size, device=padded.device)
+        expected = detector.postprocess(output.cls_logits, output.box_regression, anchors, [(1.0, 1.0)] * len(sizes),
+                                        on_canvas)
+        expected = from_input_pixels(expected, scales, sizes)
     else:
         if size != detector.input_size:  # the same network run at the file's S (SPEC §3: anchors follow S)
             detector = copy.deepcopy(detector)
@@ -558,9 +601,12 @@ def verify_export(detector: Detector, path: str | Path, images: Sequence[Tensor]
             continue
         # each PyTorch detection against its nearest onnxruntime one of the same label: order-free, so
         # that scores tied to 1e-6 may come out in either order
-        distance = (e["boxes"].cpu()[:, None] - f["boxes"][None]).abs().amax(-1)  # (D_e, D_f)
+        # boxes clipped to a photo's edge can coincide, so the score breaks ties (1e-3 in score counts as 1 px)
+        distance = (e["boxes"].cpu()[:, None] - f["boxes"][None]).abs().amax(-1) \
+            + 1e3 * (e["scores"].cpu()[:, None] - f["scores"][None]).abs()  # (D_e, D_f)
         distance[e["labels"].cpu()[:, None] != f["labels"][None]] = float("inf")
-        nearest, match = distance.min(1)
+        match = distance.min(1).indices
+        nearest = (e["boxes"].cpu() - f["boxes"][match]).abs().amax(-1)
         result["max_abs_boxes_px"] = max(result["max_abs_boxes_px"], float(nearest.max()))
         result["max_abs_scores"] = max(result["max_abs_scores"], float((e["scores"].cpu() - f["scores"][match]).abs().max()))
     return result

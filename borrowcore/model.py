@@ -67,9 +67,10 @@ class Detector(nn.Module):
 
     def __init__(self, network: BorrowSSD, anchors: AnchorGenerator, loss: MultiBoxLoss, postprocess: PostProcess,
                  input_size: int, class_names: list[str], mean: tuple[float, ...] = IMAGENET_MEAN,
-                 std: tuple[float, ...] = IMAGENET_STD, whole_image: bool = False) -> None:
+                 std: tuple[float, ...] = IMAGENET_STD, whole_image: bool = False, shrink_above: int = 0) -> None:
         super().__init__()
         self.whole_image = whole_image
+        self.shrink_above = shrink_above  # whole-image mode: photos with a longer side above it are scaled to it
         self.network = network
         self.anchors = anchors
         self.loss = loss
@@ -84,10 +85,23 @@ class Detector(nn.Module):
         """What the anchor generator's S'_N follows: S, or None for whole images (SPEC §3)."""
         return None if self.whole_image else self.input_size
 
+    def whole_size(self, height: int, width: int) -> tuple[int, int]:
+        """(H, W) a photo has at the network input in whole-image mode: itself, or shrunk so that its longer
+        side is ``shrink_above`` (config ``oversize: shrink``)."""
+        longest = max(height, width)
+        if not self.shrink_above or longest <= self.shrink_above:
+            return height, width
+        factor = self.shrink_above / longest
+        return max(1, round(height * factor)), max(1, round(width * factor))
+
     def input_scales(self, sizes: list[tuple[int, int]]) -> list[tuple[float, float]]:
         """Per image (x, y) factors from its pixels to the network input's."""
         if self.whole_image:
-            return [(1.0, 1.0)] * len(sizes)
+            scales = []
+            for h, w in sizes:
+                new_h, new_w = self.whole_size(h, w)
+                scales.append((new_w / w, new_h / h))
+            return scales
         return [(self.input_size / w, self.input_size / h) for h, w in sizes]
 
     def preprocess(self, images: list[Tensor] | Tensor) -> tuple[Tensor, list[tuple[int, int]]]:
@@ -108,11 +122,14 @@ class Detector(nn.Module):
             img = (img - self.mean[0]) / self.std[0]
             if not self.whole_image and img.shape[-2:] != (s, s):  # SPEC §1: a plain resize, no letterbox
                 img = F.interpolate(img[None], size=(s, s), mode="bilinear", align_corners=False, antialias=True)[0]
+            elif self.whole_image and self.whole_size(*img.shape[-2:]) != tuple(img.shape[-2:]):
+                img = F.interpolate(img[None], size=self.whole_size(*img.shape[-2:]), mode="bilinear",
+                                    align_corners=False, antialias=True)[0]
             batch.append(img)
         if not self.whole_image:
             return torch.stack(batch), sizes  # (B, 3, S, S)
-        height = -(-max(h for h, _ in sizes) // PAD_MULTIPLE) * PAD_MULTIPLE
-        width = -(-max(w for _, w in sizes) // PAD_MULTIPLE) * PAD_MULTIPLE
+        height = -(-max(img.shape[-2] for img in batch) // PAD_MULTIPLE) * PAD_MULTIPLE
+        width = -(-max(img.shape[-1] for img in batch) // PAD_MULTIPLE) * PAD_MULTIPLE
         padded = batch[0].new_zeros((len(batch), 3, height, width))  # (B, 3, H', W')
         for i, img in enumerate(batch):
             padded[i, :, : img.shape[-2], : img.shape[-1]] = img
@@ -171,6 +188,7 @@ def build_detector(config: DetectorConfig, class_names: list[str] | None = None)
     postprocess = PostProcess(box_coder, config.score_threshold, config.candidates_per_class,
                               config.nms_iou, config.detections_per_image)
     detector = Detector(BorrowSSD(backbone, neck, head), anchors, MultiBoxLoss(box_coder, config.match_iou), postprocess,
-                        config.input_size, class_names, whole_image=config.inference == "whole")
+                        config.input_size, class_names, whole_image=config.inference == "whole",
+                        shrink_above=config.max_whole_side if config.oversize == "shrink" else 0)
     detector.config = config  # what a checkpoint records to rebuild it
     return detector

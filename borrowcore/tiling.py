@@ -162,13 +162,15 @@ def recipe_tile_size(detector: object, height: int, width: int, tile: int | None
 
     An explicit ``tile`` wins. Else the detector's config decides (SPEC §1): "tiles" cuts S x S tiles;
     "whole" takes the image whole unless a side exceeds ``max_whole_side`` (then S x S tiles, so memory
-    stays bounded); "resize" never tiles. A detector without a config (ONNX) never tiles."""
+    stays bounded, or with ``oversize: shrink`` the detector scales it down itself); "resize" never tiles. A detector without a config (ONNX) never tiles."""
     if tile:
         return tile
     config = getattr(detector, "config", None)
     if config is None or config.inference == "resize":
         return None
-    if config.inference == "tiles" or max(height, width) > config.max_whole_side:
+    if config.inference == "tiles":
+        return config.input_size
+    if max(height, width) > config.max_whole_side and getattr(config, "oversize", "tiles") == "tiles":
         return config.input_size
     return None
 

@@ -80,7 +80,7 @@ digest, image, file_name = images[name]
 (full_height, full_width) = tuple(image.shape[-2:])
 if detector.whole_image:  # the photo itself, up to this side; a window of it beyond (SPEC §1)
     size = detector.config.max_whole_side
-    too_large = max(full_height, full_width) > size
+    too_large = max(full_height, full_width) > size and detector.config.oversize == "tiles"  # "shrink": it fits
 else:
     size = detector.input_size
     too_large = queries.needs_window(full_height, full_width, size)

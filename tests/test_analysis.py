@@ -1,11 +1,12 @@
 import contextlib
 import io
 import json
+from pathlib import Path
 
 import pytest
 from pycocotools.coco import COCO
 
-from borrowcore.analysis import compare_reports, detected_instances, error_analysis
+from borrowcore.analysis import compare_reports, detected_instances, error_analysis, report_ground_truth
 from borrowcore.evaluate import coco_metrics
 from borrowcore.report import SCHEMA, SCHEMA_VERSION, save_report, write_json_atomic
 
@@ -216,3 +217,26 @@ def test_compare_old_reports_without_small_instances(tmp_path):
     assert any(line.split() == ["twins", "n/a", "n/a"] for line in format_comparison(comparison).splitlines())
     del comparison["subsets"]  # a comparison json written before issue 15
     assert "twins" not in format_comparison(comparison)
+
+
+def test_every_bundled_report_names_ground_truth_that_ships_or_a_command_that_makes_it():
+    """A fresh clone has ../shared/data and assets/, not data/: every bundled eval report's ground truth is in
+    one of those or is made by a known command (borrowcore.derived), and analysing one says which."""
+    import glob
+
+    from borrowcore.data import BadAnnotationError
+    from borrowcore.derived import derived_command
+
+    root = Path(__file__).resolve().parents[1]
+    reports = [json.loads(Path(p).read_text()) for p in glob.glob(str(root / "assets/reports/**/eval_*.json"), recursive=True)]
+    reports = [r for r in reports if isinstance(r, dict) and "dataset" in r]
+    assert len(reports) > 20
+    for report in reports:
+        path = report["dataset"]["annotations"]
+        ships = path.startswith(("../shared/data/", "assets/"))
+        assert ships or derived_command(path), path
+    missing = {"dataset": {"annotations": "data/wider-x2/instances.json"}}
+    with pytest.raises(BadAnnotationError, match=r"borrowcore shift --coco data/wider/val.json .* --scale 2`"):
+        report_ground_truth(missing, "/nonexistent/data/wider-x2/instances.json")
+    with pytest.raises(BadAnnotationError, match="annotation file not found$"):
+        report_ground_truth(missing, "/nonexistent/elsewhere.json")

@@ -337,8 +337,7 @@ def test_canvas_sizes_are_checked():
 @pytest.mark.parametrize("with_nms", [False, True])
 def test_whole_image_export_sees_photos_at_native_resolution(with_nms, tmp_path):
     """A 150 x 200 photo pads to the 192 x 256 canvas as PyTorch pads it (multiples of 64), so onnxruntime's
-    detections are the checkpoint's (with NMS in the graph, boxes are clipped to the canvas, not the photo,
-    before NMS: exact on a photo that fills the canvas); a 300 x 256 photo is scaled down by 0.64 to fit."""
+    detections are the checkpoint's; a 300 x 256 photo is scaled down by 0.64 to fit."""
     detector = whole_image_detector("full")
     path = tmp_path / "whole.onnx"
     metadata = export_onnx(detector, path, canvas=(192, 256), with_nms=with_nms, dynamic_batch=True)
@@ -357,6 +356,32 @@ def test_whole_image_export_sees_photos_at_native_resolution(with_nms, tmp_path)
     parity = verify_export(detector, path, [large])
     assert parity["max_abs_scores"] < SCORE_TOLERANCE and parity["max_abs_boxes_px"] < 2 * BOX_TOLERANCE_PX
     assert OnnxDetector(path)([large])[0]["boxes"][:, 3].max() > 192  # mapped back beyond the canvas
+
+
+def test_canvas_nms_clips_boxes_to_the_photo_not_the_canvas(tmp_path):
+    """A 100 x 150 photo on a 192 x 256 canvas: with NMS in the graph, boxes are clipped to the photo before
+    NMS, as PyTorch clips them (they used to reach the canvas's 256 x 192), and match PyTorch's detections
+    on the same canvas; a photo of two sizes in one batch is clipped to each its own."""
+    detector = whole_image_detector("full")
+    path = tmp_path / "whole.onnx"
+    export_onnx(detector, path, canvas=(192, 256), with_nms=True, dynamic_batch=True)
+    assert [i.name for i in ort.InferenceSession(str(path)).get_inputs()] == ["images", "image_sizes"]
+    photos = [torch.randint(0, 256, (3, 100, 150), dtype=torch.uint8, generator=torch.Generator().manual_seed(3)),
+              torch.randint(0, 256, (3, 192, 256), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))]
+    onnx_detector = OnnxDetector(path)
+    found = onnx_detector(photos)
+    batch, scales = onnx_detector.prepare(photos)
+    raw = dict(zip(onnx_detector.output_names, onnx_detector.run(batch, onnx_detector.canvas_sizes(
+        [(100, 150), (192, 256)], scales))))
+    n = int(raw["num_detections"][0])
+    assert n > 10
+    assert raw["boxes"][0, :n, 2].max() <= 150 and raw["boxes"][0, :n, 3].max() <= 100  # the photo, in the graph
+    assert raw["boxes"][1, :, 2].max() > 150  # the canvas-sized photo keeps boxes beyond the small one's edge
+    for f, (h, w) in zip(found, [(100, 150), (192, 256)]):
+        assert f["boxes"][:, 2].max() <= w and f["boxes"][:, 3].max() <= h
+    parity = verify_export(detector, path, photos)
+    assert parity["same_counts"]
+    assert parity["max_abs_scores"] < SCORE_TOLERANCE and parity["max_abs_boxes_px"] < 2 * BOX_TOLERANCE_PX
 
 
 def test_dynamic_batch_where_cpu_attention_runs_in_blocks(tmp_path):

@@ -341,3 +341,34 @@ def test_prior_probability_reaches_the_head_from_the_config(tiny_config):
         assert 0.005 < conv.weight.std() < 0.015  # N(0, 0.01^2), not Xavier's spread
     with pytest.raises(ValueError, match="prior_prob"):
         DetectorConfig(prior_prob=1.0)
+
+
+def test_whole_image_shrink_maps_a_large_photo_back_to_its_pixels():
+    """oversize "shrink": a 300 x 500 photo over max_whole_side 250 is scaled by 0.5 to 150 x 250 (no tiles),
+    and its detections are those of the shrunk photo, times 2; the explanation draws in the photo's pixels."""
+    import torch.nn.functional as F
+
+    from borrowcore.config import DetectorConfig
+    from borrowcore.explain import explain
+    from borrowcore.model import build_detector
+    from borrowcore.tiling import recipe_tile_size
+
+    config = DetectorConfig(neck="full", num_classes=1, input_size=128, width=0.0625, anchor_scale=2.0,
+                            aspect_ratios=[1.2], inference="whole", max_whole_side=250, oversize="shrink",
+                            prior_prob=0.25, score_threshold=0.2)
+    torch.manual_seed(0)
+    detector = build_detector(config).eval()
+    photo = torch.rand(3, 300, 500, generator=torch.Generator().manual_seed(1))
+    assert detector.whole_size(300, 500) == (150, 250) and detector.whole_size(100, 200) == (100, 200)
+    assert detector.input_scales([(300, 500)]) == [(0.5, 0.5)]
+    assert recipe_tile_size(detector, 300, 500) is None  # tiles only with oversize "tiles"
+    shrunk = F.interpolate(photo[None], size=(150, 250), mode="bilinear", align_corners=False, antialias=True)[0]
+    with torch.no_grad():
+        big, small = detector([photo])[0], detector([shrunk])[0]
+    assert len(big["boxes"]) > 0
+    torch.testing.assert_close(big["scores"], small["scores"])
+    torch.testing.assert_close(big["boxes"], (small["boxes"] * 2).clamp(max=torch.tensor([500, 300, 500, 300.0])))
+    explanation = explain(detector, photo)
+    assert explanation.scale() == (2.0, 2.0)
+    tiles = build_detector(DetectorConfig(**{**config.__dict__, "oversize": "tiles"}))
+    assert recipe_tile_size(tiles, 300, 500) == 128
