@@ -11,8 +11,8 @@ from borrowcore.explain import borrow_view, detections_to_coco, layer_maps, with
 from borrowcore.images import MAX_PIXELS, image_digest
 from viewer import assets, figures, queries
 from viewer.loaders import ground_truth
-from viewer.models import (checkpoint_info, device_label, explain_image, file_key, load_model, store_upload,
-                           without_upload_path)
+from viewer.models import (QueueFull, checkpoint_info, device_label, explain_image, file_key, load_model,
+                           store_upload, without_upload_path)
 
 UPLOAD = "Upload a checkpoint…"
 WINDOW, WHOLE = "a native-resolution window", "the whole image, resized"
@@ -121,8 +121,22 @@ with st.sidebar:
                                                         "with the best F1 on their validation set.")
     chosen = st.multiselect("Classes", class_names, default=class_names,
                             key=f"inspect_classes_{image_digest(' '.join(class_names).encode())[:8]}")
-with st.spinner("Running the detector (one image at a time on the device; waiting for other sessions)…"):
-    explanation = explain_image(file_key(checkpoint_path), digest, detector, image)
+waiting = st.empty()
+
+
+def show_wait(position: int) -> None:
+    waiting.info(f"Running the detector on this image…" if position == 0 else
+                 f"Waiting for the detector: {position} image{'s' if position > 1 else ''} ahead of yours "
+                 f"(one at a time, shared by everyone using BorrowScope)", icon=":material/hourglass_top:")
+
+
+try:
+    explanation = explain_image(file_key(checkpoint_path), digest, detector, image, on_wait=show_wait)
+except QueueFull as error:
+    waiting.empty()
+    st.warning(str(error), icon=":material/hourglass_top:")
+    st.stop()
+waiting.empty()
 truth = (ground_truth(file_name, (full_height, full_width), state.get("inspect_requested_coco", []))
          if explanation.borrows else None)
 if window and truth is not None:

@@ -416,6 +416,40 @@ def test_model_is_shared_and_inference_runs_one_at_a_time(assets):
     assert all(torch.equal(v, detector.state_dict()[k]) for k, v in before.items())
 
 
+def test_inference_queue_runs_in_order_joins_duplicates_caches_and_bounds():
+    from viewer.models import InferenceQueue, QueueFull
+
+    work = InferenceQueue(max_pending=3, cache_size=2, threads=1)
+    gate, ran = threading.Event(), []
+
+    def job(name, wait=False):
+        def run():
+            if wait:
+                gate.wait(5)
+            ran.append(name)
+            return name.upper()
+        return run
+
+    first = work.submit("a", job("a", wait=True))  # holds the worker until the gate opens
+    second, third = work.submit("b", job("b")), work.submit("c", job("c"))
+    assert work.submit("b", job("b-again")) is second  # another session's same request joins it
+    time.sleep(0.05)
+    assert [work.position(f) for f in (first, second, third)] == [0, 1, 2]
+    with pytest.raises(QueueFull, match="3 images are waiting"):
+        work.submit("d", job("d"))
+    gate.set()
+    assert [f.result(5) for f in (first, second, third)] == ["A", "B", "C"]
+    assert ran == ["a", "b", "c"]  # arrival order, each once
+    cached = work.submit("c", job("c-rerun"))
+    assert cached.done() and cached.result() == "C" and ran == ["a", "b", "c"]  # from the cache
+    assert work.submit("a", job("a2")).result(5) == "A2"  # "a" fell out of the 2-entry cache
+    failing = work.submit("bad", lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        failing.result(5)
+    assert work.submit("e", job("e")).result(5) == "E"  # the worker survives a failed job
+    assert work.pending() == 0
+
+
 def test_clicks_and_table_rows_pick_the_query_once():
     from test_explain import hand_explanation
     from viewer.queries import CELL, DETECTION, apply_picks

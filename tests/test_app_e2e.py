@@ -273,3 +273,58 @@ def test_inspect_opens_on_faces_in_a_crowd(faces_server, tmp_path):
         text = page.inner_text("body")
         assert re.search(r"Detections: \d+ at score", text) and "Traceback" not in text
         shoot(page, tmp_path, "faces-upload")
+
+
+@pytest.mark.slow
+def test_three_sessions_at_once_each_see_their_own_photo(faces_server, tmp_path):
+    """Three browsers (separate sessions) upload three different held-out photos to Inspect at the same
+    moment: no error, and each shows its own photo with the detections the checkpoint gives that photo
+    (counted here without the app), not another session's."""
+    from borrowcore import load_detector
+    from borrowcore.images import read_image_rgb
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI installs Debian's chromium (.ci/run / make test): it must be on PATH")
+        pytest.skip("no `chromium` on PATH (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    photos = sorted((ROOT / "assets" / "faces" / "images").glob("*.jpg"))[:3]
+    assert len(photos) == 3
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            pages = []
+            for _ in photos:
+                page = browser.new_context(viewport={"width": 1400, "height": 3000}).new_page()
+                page.set_default_timeout(WAIT_MS)
+                page.goto(f"{faces_server}/inspect_image")
+                page.get_by_text("Upload images").first.wait_for()
+                pages.append(page)
+            for page in pages:
+                settle(page)
+            for page, photo in zip(pages, photos):  # all three uploads before any result is awaited
+                page.get_by_test_id("stFileUploader").filter(has_text="Upload images").locator(
+                    "input[type='file']").set_input_files([photo])
+            for page, photo in zip(pages, photos):
+                page.get_by_text(f"{photo.name} (uploaded)").first.wait_for()
+                page.get_by_test_id("stRadio").get_by_text(f"{photo.name} (uploaded)").click()
+            texts = []
+            for page in pages:
+                settle(page)
+                page.get_by_text(re.compile(r"Detections: \d+ at score")).first.wait_for()
+                texts.append(page.inner_text("body"))
+        finally:
+            browser.close()
+    detector = load_detector(ROOT / "assets" / "checkpoints" / "faces-full.pt")
+    threshold = detector.config.display_threshold
+    for text, photo in zip(texts, photos):
+        assert "Traceback" not in text and "Error" not in text.split("Detections:")[0][-200:]
+        with torch.no_grad():
+            [found] = detector([read_image_rgb(photo)])
+        expected = int((found["scores"] >= threshold).sum())
+        shown = re.search(r"Detections: (\d+) at score ≥ ([\d.]+)", text)
+        assert shown and float(shown.group(2)) == pytest.approx(threshold, abs=0.005)
+        assert int(shown.group(1)) == expected, (photo.name, shown.group(0), expected)
+        others = [p.name for p in photos if p != photo]
+        assert f"{photo.name} (uploaded)" in text and not any(f"{o} (uploaded)" in text for o in others)

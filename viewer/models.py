@@ -3,18 +3,27 @@
 - A detector is loaded once per checkpoint file (``st.cache_resource``) and never changed afterwards:
   sessions only call it. Uploaded checkpoints are stored under their content hash, so the same bytes
   uploaded twice load once.
-- Inference runs one image at a time on the device behind one lock; other sessions wait (with a spinner).
-- Results are cached by (checkpoint, image content hash): the same image is explained once.
+- Inference runs through one bounded queue served by one worker thread (``InferenceQueue``), in arrival
+  order, with torch's thread count set once for the machine: sessions never run inferences side by side,
+  so they do not oversubscribe the cores, and each sees its place in the queue while it waits.
+- Results are cached by (checkpoint, image content hash, settings): the same image is explained once, and
+  a request already queued by another session is joined, not run twice.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
+import queue
 import re
 import tempfile
 import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
 import torch
@@ -87,17 +96,103 @@ def without_upload_path(message: str, path: Path, name: str) -> str:
     return message.replace(str(path), name)
 
 
+def machine_threads() -> int:
+    """The cores this process may use (its CPU affinity), the torch thread count of the one worker."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class QueueFull(RuntimeError):
+    """More requests wait than the queue holds; the message says to try again."""
+
+
+class InferenceQueue:
+    """Every inference of the server, one at a time, in arrival order, on one worker thread.
+
+    ``submit(key, job)`` returns a Future of ``job()``: at once from the result cache (an LRU of
+    ``cache_size`` results by key), the Future of the same key when another session already queued it,
+    or a new one; ``position(future)`` is how many requests run or wait before it (0: running now). At most
+    ``max_pending`` requests wait; beyond that ``submit`` raises QueueFull rather than letting the wait grow
+    without bound. The worker sets torch's intra-op threads to ``threads`` once, for the machine."""
+
+    def __init__(self, max_pending: int = 64, cache_size: int = 64, threads: int | None = None) -> None:
+        self.threads = threads or machine_threads()
+        self.max_pending, self.cache_size = max_pending, cache_size
+        self._jobs: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._order: collections.OrderedDict[Any, Future] = collections.OrderedDict()  # waiting or running
+        self._cache: collections.OrderedDict[Any, Any] = collections.OrderedDict()
+        self.completed = 0
+        self._worker = threading.Thread(target=self._run, name="borrowscope-inference", daemon=True)
+        self._worker.start()
+
+    def submit(self, key: Any, job: Callable[[], Any]) -> Future:
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                done: Future = Future()
+                done.set_result(self._cache[key])
+                return done
+            if key in self._order:
+                return self._order[key]
+            if len(self._order) >= self.max_pending:
+                raise QueueFull(f"{len(self._order)} images are waiting for the detector; try again in a moment")
+            future: Future = Future()
+            self._order[key] = future
+        self._jobs.put((key, job, future))
+        return future
+
+    def position(self, future: Future) -> int:
+        """Requests before ``future`` (0: it is running or done)."""
+        with self._lock:
+            for index, queued in enumerate(self._order.values()):
+                if queued is future:
+                    return index
+        return 0
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._order)
+
+    def _run(self) -> None:
+        torch.set_num_threads(self.threads)
+        while True:
+            key, job, future = self._jobs.get()
+            try:
+                result = job()
+            except BaseException as error:  # noqa: BLE001 - the session that asked shows it
+                with self._lock:
+                    self._order.pop(key, None)
+                future.set_exception(error)
+                continue
+            with self._lock:
+                self._cache[key] = result
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+                self._order.pop(key, None)
+                self.completed += 1
+            future.set_result(result)
+
+
 @st.cache_resource(show_spinner=False)
-def inference_lock() -> threading.Lock:
-    """One lock for the whole server: one inference at a time on the device."""
-    return threading.Lock()
+def inference_queue() -> InferenceQueue:
+    """The server's one inference queue (one per process, shared by every session)."""
+    return InferenceQueue()
 
 
-@st.cache_data(max_entries=64, ttl=3600, show_spinner=False)
-def explain_image(model: str, digest: str, _detector: Detector, _image: torch.Tensor) -> Explanation:
-    """Detections and matching scores of one image, cached by (checkpoint key, image hash)."""
-    with inference_lock():
-        return explain(_detector, _image)
+def explain_image(model: str, digest: str, detector: Detector, image: torch.Tensor,
+                  on_wait: Callable[[int], None] | None = None, poll_s: float = 0.2) -> Explanation:
+    """Detections and matching scores of one image through the server's queue, cached by (checkpoint key,
+    image hash, key budget). ``on_wait(position)`` is called while the request waits or runs."""
+    key = (model, digest, detector.config.key_budget if hasattr(detector, "config") else 0)
+    work = inference_queue()
+    future = work.submit(key, lambda: explain(detector, image))
+    while on_wait is not None and not future.done():
+        on_wait(work.position(future))
+        time.sleep(poll_s)
+    return future.result()
 
 
 @st.cache_data(max_entries=128, show_spinner=False)

@@ -1,0 +1,143 @@
+"""Several people at once: N browsers upload N different held-out photos to Inspect at the same moment.
+
+Starts `streamlit run viewer/Home.py` on the bundled assets, drives Debian's chromium through Playwright
+(one browser context per person: separate sessions), and prints JSON: one person's time alone, each
+person's time from the upload to their detections when all N upload together, the last one against
+N times one person's, errors, cross-talk (a page showing another person's photo) and the server's peak
+memory (VmHWM). A benchmark, not a test: run it with nothing else on the cores.
+
+    python scripts/load_bench.py --people 8            # photos: the WIDER val photos, in file order
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WIDER = ROOT.parent / "shared" / "data" / "wider-faces"
+ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking", "--disable-sync"]
+DETECTIONS = re.compile(r"Detections: (\d+) at score")
+
+
+def val_photos(count: int) -> list[Path]:
+    lines = (WIDER / "val_bbx_gt.txt").read_text().splitlines()
+    names = [line.strip() for line in lines if line.strip().endswith(".jpg")]
+    return [WIDER / "images" / name for name in names[:count]]
+
+
+def start_server(log_path: Path) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "viewer/Home.py", "--server.port", str(port), "--server.headless",
+         "true", "--server.fileWatcherType", "none"], cwd=ROOT, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                return process, url
+        except OSError:
+            time.sleep(0.5)
+    process.kill()
+    raise RuntimeError(f"streamlit did not start: {log_path.read_text()[-2000:]}")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def open_pages(browser, url: str, count: int) -> list:
+    pages = []
+    for _ in range(count):
+        page = browser.new_context(viewport={"width": 1400, "height": 2400}).new_page()
+        page.set_default_timeout(600_000)
+        page.goto(f"{url}/inspect_image")
+        page.get_by_text("Upload images").first.wait_for()
+        pages.append(page)
+    for page in pages:  # the opening sample's render done, so that only the uploads are timed
+        page.get_by_text(DETECTIONS).first.wait_for()
+        page.locator("[data-testid='stStatusWidget']").wait_for(state="hidden")
+    return pages
+
+
+def upload_all(pages: list, photos: list[Path]) -> list[dict]:
+    """Every page uploads its photo and picks it, then each waits for its own photo's detections."""
+    starts = []
+    for page, photo in zip(pages, photos):
+        starts.append(time.perf_counter())
+        page.get_by_test_id("stFileUploader").filter(has_text="Upload images").locator(
+            "input[type='file']").set_input_files([photo])
+    for page, photo in zip(pages, photos):
+        page.get_by_test_id("stRadio").get_by_text(f"{photo.name} (uploaded)").click()
+    results = []
+    pending = list(range(len(pages)))
+    done: dict[int, float] = {}
+    while pending:
+        for i in list(pending):
+            page, photo = pages[i], photos[i]
+            text = page.inner_text("body")
+            running = page.locator("[data-testid='stStatusWidget']").count() > 0
+            if f"{photo.name} (uploaded)" in text and DETECTIONS.search(text) and not running \
+                    and "Waiting for the detector" not in text and "Running the detector" not in text:
+                done[i] = time.perf_counter()
+                pending.remove(i)
+        time.sleep(0.1)
+    for i, (page, photo) in enumerate(zip(pages, photos)):
+        text = page.inner_text("body")
+        others = [p.name for p in photos if p != photo and f"{p.name} (uploaded)" in text]
+        results.append({"photo": photo.name, "seconds": round(done[i] - starts[i], 2),
+                        "detections": int(DETECTIONS.search(text).group(1)),
+                        "error": "Traceback" in text or "stException" in page.content(), "cross_talk": others})
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--people", type=int, default=8)
+    args = parser.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        sys.exit("no chromium on PATH: apt-get install chromium")
+    photos = val_photos(args.people + 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        server, url = start_server(Path(tmp) / "streamlit.log")
+        try:
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(executable_path=chromium, args=ARGS)
+                [alone] = upload_all(open_pages(browser, url, 1), photos[-1:])  # a photo the others do not use
+                together = upload_all(open_pages(browser, url, args.people), photos[:args.people])
+                browser.close()
+            peak = peak_rss_mb(server.pid)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    last = max(r["seconds"] for r in together)
+    print(json.dumps({
+        "people": args.people, "cores": len(os.sched_getaffinity(0)), "alone_s": alone["seconds"],
+        "together_s": sorted(r["seconds"] for r in together), "last_s": last,
+        "last_over_people_times_alone": round(last / (args.people * alone["seconds"]), 2),
+        "errors": sum(r["error"] for r in together), "cross_talk": sum(bool(r["cross_talk"]) for r in together),
+        "server_peak_mb": round(peak), "sessions": together,
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()
