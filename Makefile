@@ -75,7 +75,7 @@ bundle-aerial: $(STAMP)
 # rescaled and recoloured copies), tabulates and releases. About 40 minutes a run on one CPU core; two
 # queues side by side on 2 cores. Resumable: run it again after an interruption. The config's RetinaNet
 # head init (prior_prob 0.25) is the shipped models' recipe; FACES_SETS=model.prior_prob=0 trains with
-# SSD's Xavier init instead (the earlier recipe, assets/reports/faces-xavier).
+# SSD's Xavier init instead (the earlier recipe, reports/experiments/faces-xavier).
 FACES_RUNS ?= runs/faces
 FACES_SETS ?=
 bundle-faces: $(STAMP)

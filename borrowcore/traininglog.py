@@ -45,6 +45,10 @@ def parse_training_log(lines: Iterable[str], name: str) -> TrainingLog:
             log.epochs.append(record)
         elif event == "resume":
             log.resumes.append(record)
+            # a run resumes from its last checkpoint: the steps logged after it were redone, keep the redone ones
+            if isinstance(record.get("step"), (int, float)):
+                log.steps = [r for r in log.steps if r["step"] <= record["step"]]
+                log.epochs = [r for r in log.epochs if r.get("step", 0) <= record["step"]]
         elif event == "end":
             log.end = record
         else:

@@ -283,3 +283,14 @@ def test_resume_from_a_copied_state_with_ema_and_bf16(tmp_path, monkeypatch):
     final = read_checkpoint(moved / "last.pt")["train_state"]
     assert final["step"] == 9 and final["ema"]["updates"] == 9
     assert final["spent"]["cpu_s"] > spent_before > 0  # the time spent before the stop is kept
+
+
+def test_log_of_a_resumed_run_keeps_the_redone_steps_once():
+    from borrowcore.traininglog import parse_training_log
+
+    lines = [json.dumps(r) for r in (
+        {"event": "start"}, {"event": "step", "step": 10, "loss": 5.0}, {"event": "step", "step": 20, "loss": 4.0},
+        {"event": "step", "step": 30, "loss": 3.9},  # logged after the last checkpoint (step 20), then killed
+        {"event": "resume", "step": 20}, {"event": "step", "step": 30, "loss": 3.8})]
+    log = parse_training_log(lines, "run")
+    assert [(r["step"], r["loss"]) for r in log.steps] == [(10, 5.0), (20, 4.0), (30, 3.8)]
