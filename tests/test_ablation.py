@@ -85,7 +85,7 @@ def test_ablate_end_to_end_and_resumable(tmp_path, capsys):
     assert all(torch.equal(a, b) for a, b in zip(best_model.state_dict().values(),
                                                  load_detector(real / "checkpoints" / "real-full.pt").state_dict().values()))
     other = load_report(real / "reports" / "real" / "full" / f"seed{1 - best}" / "eval_twins.json")
-    assert other["model"]["checkpoint"] == "" and other["extra"]["evaluated_checkpoint"].endswith("last.pt")
+    assert other["model"]["checkpoint"] == "" and other["extra"]["evaluated_checkpoint"].endswith("weights.pt")
     assert load_report(real / "reports" / "real" / "ssd" / "seed0" / "eval_orphans.json")["model"]["checkpoint"] == ""
     # the table of existing reports, without training
     capsys.readouterr()

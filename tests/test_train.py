@@ -165,7 +165,7 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     out = tmp_path / "run"
-    assert sorted(p.name for p in out.iterdir() if p.suffix == ".pt") == ["last.pt"]
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".pt") == ["last.pt", "weights.pt"]
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     start = records[0]
     assert start["world_size"] == 2 and start["global_batch"] == 8
