@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from borrowcore.config import NECKS, DetectorConfig
+from borrowcore.config import DEFAULT_KEY_BUDGET, NECKS, DetectorConfig
 from borrowcore.model import build_detector
 
 TARGETS = (("full vs ssd latency", "full", "ssd", 1.10), ("full vs torchvision ssd300_vgg16", "full", "torchvision", 1.25),
@@ -172,8 +172,9 @@ print(max(peak[0], anonymous_kib()) - before)
 def core_model(name: str, width: float, num_classes: int, device: torch.device, key_budget: int = 0,
                batch_norm: bool = True) -> Callable:
     """A callable running one batch through a core network (no pre/post-processing), in eval mode:
-    an ablation by name ("ssd", "full", ...), "full+explain" (matching scores returned), "full+budget"
-    (``key_budget`` cells per deeper map) or "torchvision" (ssd300_vgg16's backbone and head, width 1)."""
+    an ablation by name ("ssd", "full", ...: the default fast matching, ``key_budget`` keys per deeper map,
+    0 for the default), "full+exact" (every deeper cell matched, the paper), "full+explain" (matching
+    scores returned) or "torchvision" (ssd300_vgg16's backbone and head, width 1)."""
     import torchvision
 
     torch.manual_seed(0)
@@ -182,8 +183,9 @@ def core_model(name: str, width: float, num_classes: int, device: torch.device, 
         reference = reference.eval().to(device)
         return lambda x, model=reference: model.head(list(model.backbone(x).values()))
     neck = name.split("+")[0]
+    exact = name.endswith("+exact")
     config = DetectorConfig(neck=neck, num_classes=num_classes, width=width, batch_norm=batch_norm,
-                            key_budget=key_budget if name == "full+budget" else 0)
+                            matching="exact" if exact else "fast", key_budget=0 if exact else key_budget)
     network = build_detector(config).network.eval().to(device)
     return lambda x, n=network, matching=name.endswith("+explain"): n(x, return_matching=matching)
 
@@ -205,19 +207,20 @@ def cpu_peak_memory_mb(neck: str, batch: int, size: int, classes: int, width: fl
 # ---- How cost grows with the image (``--sections scale``) ----
 
 SCALE_SIZES = (300, 512, 768, 1024, 1536, 2048)
-SCALE_LIMIT = 1.25  # full (peak memory) and full with the key budget (time and memory) against ssd
+SCALE_LIMIT = 1.25  # full, fast by default (time and memory), and full exact (memory) against ssd
 
 
-def scale_rows(sizes: tuple[int, ...] = SCALE_SIZES, widths: tuple[float, ...] = (0.125, 1.0), key_budget: int = 64,
+def scale_rows(sizes: tuple[int, ...] = SCALE_SIZES, widths: tuple[float, ...] = (0.125, 1.0), key_budget: int = 0,
                num_classes: int = 1, repeats: int = 3, warmup: int = 1, device: torch.device | None = None,
                batch: int = 1) -> list[dict]:
-    """Median time and peak memory of ssd, full, full with ``key_budget`` and (at width 1) torchvision's
+    """Median time and peak memory of ssd, full as it runs by default (fast matching, ``key_budget`` keys per
+    deeper map, 0: DEFAULT_KEY_BUDGET), full with exact matching and (at width 1) torchvision's
     ssd300_vgg16 at square inputs of ``sizes``, one class, BatchNorm; ratios to ssd at the same width and
     input. CPU memory is measured in a fresh process per row, CUDA memory as the allocator's peak."""
     device = device or torch.device("cpu")
     rows = []
     for width in widths:
-        names = ["ssd", "full", "full+budget"] + (["torchvision"] if width == 1.0 else [])
+        names = ["ssd", "full", "full+exact"] + (["torchvision"] if width == 1.0 else [])
         models = {name: core_model(name, width, num_classes, device, key_budget) for name in names}
         for size in sizes:
             inputs = torch.rand(batch, 3, size, size, device=device)
@@ -234,7 +237,7 @@ def scale_rows(sizes: tuple[int, ...] = SCALE_SIZES, widths: tuple[float, ...] =
                 else:
                     peak = cpu_peak_memory_mb(name, batch, size, num_classes, width, key_budget, batch_norm=True)
                 rows.append({"model": name, "width": width, "input": size, "megapixels": round(size * size / 1e6, 3),
-                             "batch": batch, "device": device.type, "key_budget": key_budget if name == "full+budget" else 0,
+                             "batch": batch, "device": device.type, "key_budget": (key_budget or DEFAULT_KEY_BUDGET) if name == "full" else 0,
                              "median_ms": round(1000 * float(np.median(times[name])), 2), "peak_mb": peak})
             ssd = next(r for r in rows if r["model"] == "ssd" and r["width"] == width and r["input"] == size)
             for row in rows[-len(names):]:
@@ -244,12 +247,12 @@ def scale_rows(sizes: tuple[int, ...] = SCALE_SIZES, widths: tuple[float, ...] =
 
 
 def scale_targets(rows: list[dict], limit: float = SCALE_LIMIT) -> list[dict]:
-    """PASS/FAIL per width and input: full's peak memory, and full with the budget's time and memory, each
-    within ``limit`` x ssd's."""
+    """PASS/FAIL per width and input: full's time and peak memory (its default, fast matching), and full
+    exact's peak memory, each within ``limit`` x ssd's."""
     out = []
     for row in rows:
-        checks = {"full": [("peak memory", "memory_vs_ssd")],
-                  "full+budget": [("time", "time_vs_ssd"), ("peak memory", "memory_vs_ssd")]}.get(row["model"], [])
+        checks = {"full": [("time", "time_vs_ssd"), ("peak memory", "memory_vs_ssd")],
+                  "full+exact": [("peak memory", "memory_vs_ssd")]}.get(row["model"], [])
         for what, key in checks:
             ratio = row[key]
             out.append({"target": f"{row['model']} {what} vs ssd", "width": row["width"], "input": row["input"],
@@ -264,7 +267,7 @@ def plot_scale(rows: list[dict], path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {"ssd": "tab:blue", "full": "tab:red", "full+budget": "tab:orange", "torchvision": "tab:gray"}
+    colours = {"ssd": "tab:blue", "full+exact": "tab:red", "full": "tab:orange", "torchvision": "tab:gray"}
     styles = ["-", "--", ":", "-."]
     widths = sorted({r["width"] for r in rows})
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -273,7 +276,7 @@ def plot_scale(rows: list[dict], path: str | Path) -> None:
             for width, style in zip(widths, styles):
                 line = sorted((r for r in rows if r["model"] == name and r["width"] == width), key=lambda r: r["input"])
                 if line:
-                    budget = f" K={line[0]['key_budget']}" if name == "full+budget" else ""
+                    budget = f" K={line[0]['key_budget']}" if line[0].get("key_budget") else ""
                     axis.plot([r["megapixels"] for r in line], [r[key] for r in line], style, color=colour, marker="o",
                               markersize=3, label=f"{name}{budget} w{width:g}" if name != "torchvision" else "torchvision ssd300_vgg16")
         axis.set_xscale("log")
@@ -427,7 +430,7 @@ def run_benchmark(out: str | Path = "reports/bench", repeats: int = 10, warmup: 
                   input_size: int = 300, width: float = 1.0, num_classes: int = 80, threads: int | None = None,
                   device: str | None = None, sections: tuple[str, ...] = ("latency", "memory", "flops", "onnx", "training", "eval"),
                   eval_images: int = 5000, compile_mode: str = "default", scale_sizes: tuple[int, ...] = SCALE_SIZES,
-                  scale_widths: tuple[float, ...] = (0.125, 1.0), key_budget: int = 64) -> dict[str, Any]:
+                  scale_widths: tuple[float, ...] = (0.125, 1.0), key_budget: int = 0) -> dict[str, Any]:
     """Run the benchmark; write OUT/bench.json and OUT/bench.md; return the results."""
     if threads:
         torch.set_num_threads(threads)

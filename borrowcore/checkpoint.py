@@ -111,7 +111,7 @@ def load_state(detector: torch.nn.Module, checkpoint: dict[str, Any], path: str 
             if getattr(saved, f.name) != getattr(own, f.name)
             and f.name not in ("score_threshold", "nms_iou", "candidates_per_class", "detections_per_image",
                                "display_threshold", "inference", "max_whole_side", "oversize", "match_iou",
-                               "key_budget")  # not weights
+                               "matching", "key_budget")  # not weights
         ]
         if differences:
             raise CheckpointError(f"{path}: architecture differs from the model: " + "; ".join(differences))
@@ -134,16 +134,27 @@ def load_state(detector: torch.nn.Module, checkpoint: dict[str, Any], path: str 
 
 
 def load_detector(path: str | Path, device: str | torch.device = "cpu", input_size: int | None = None,
-                  key_budget: int | None = None):
+                  key_budget: int | None = None, exact: bool | None = None):
     """Rebuild the detector a checkpoint was saved from, in eval mode on ``device``.
 
     ``input_size`` runs it at another S x S (the weights do not depend on S; anchors are rebuilt), so
-    that tiles of T = S px stay at native resolution for any T. ``key_budget`` replaces the stored one
-    (0: match every cell), for a model trained without it to run on photos too large to match whole."""
+    that tiles of T = S px stay at native resolution for any T. ``exact`` True matches every deeper cell
+    (the paper), False the fast default; ``key_budget`` K > 0 matches fast with K keys per deeper map.
+    None keeps what the checkpoint stores (a checkpoint from before ``matching`` existed runs fast)."""
     from borrowcore.model import build_detector
 
+    if key_budget is not None and key_budget <= 0:
+        raise ValueError(f"key budget must be > 0 keys per deeper map, got {key_budget} (every cell: exact)")
+    if exact and key_budget:
+        raise ValueError(f"exact matching uses every cell: it takes no key budget (got {key_budget})")
     checkpoint = read_checkpoint(path)
-    overrides = {k: v for k, v in (("input_size", input_size), ("key_budget", key_budget)) if v is not None}
+    overrides: dict[str, Any] = {"input_size": input_size} if input_size is not None else {}
+    if exact:
+        overrides.update(matching="exact", key_budget=0)
+    elif exact is not None or key_budget:
+        overrides["matching"] = "fast"  # with the given budget, else the checkpoint's own (0: the default)
+        if key_budget:
+            overrides["key_budget"] = key_budget
     if overrides:
         checkpoint = {**checkpoint, "config": {**checkpoint["config"], **overrides}}
     config = checkpoint_config(checkpoint, path)

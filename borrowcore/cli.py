@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from borrowcore.config import DEFAULT_KEY_BUDGET
+
 
 def cmd_summary(args: argparse.Namespace) -> int:
     """Print a detector's layers, grids, anchors and parameter counts."""
@@ -105,6 +107,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                      size_bins=parse_size_bins(args.size_bins), batch_size=args.batch_size,
                                      workers=args.workers, tile=args.tile, overlap=args.overlap,
                                      input_size=args.input_size, key_budget=args.key_budget,
+                                     exact=args.exact or None,
                                      borrow_precision=args.borrow_precision,
                                      skip_bad=args.skip_bad)
     if report is not None:
@@ -149,6 +152,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_matching_arguments(p: argparse.ArgumentParser) -> None:
+    """--exact and --key-budget, the matching a borrow/full checkpoint runs with (default: its own)."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--exact", action="store_true",
+                       help="borrow/full: match every cell of every deeper map (the paper's full softmax; time "
+                            "grows with the square of the image)")
+    group.add_argument("--key-budget", dest="key_budget", type=int,
+                       help="borrow/full: fast matching with at most this many keys per deeper map, larger maps "
+                            f"average-pooled (time linear in the image; default {DEFAULT_KEY_BUDGET})")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """Latency, memory, FLOPs, training and evaluation speed of the ablations, side by side."""
     from borrowcore.bench import format_markdown, run_benchmark
@@ -167,7 +181,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     summary = predict_files(args.source, args.out, checkpoint=args.checkpoint, onnx=args.onnx, device=args.device,
                             conf=args.conf, batch_size=args.batch, tile_size=args.tile, overlap=args.overlap,
                             merge_edges=args.merge_edges, save_images=args.save_images, classes=args.classes,
-                            key_budget=args.key_budget)
+                            key_budget=args.key_budget, exact=args.exact or None)
     if summary["skipped"]:
         for skipped in json.loads(Path(summary["detections_file"]).read_text())["skipped"]:
             print(f"predict: skipped {skipped['path']}: {skipped['reason']}", file=sys.stderr)
@@ -239,7 +253,7 @@ def cmd_release(args: argparse.Namespace) -> int:
     from borrowcore.ablation import release_ablation
 
     for path in release_ablation(args.runs, args.assets, args.necks, args.name, args.reports_folder, args.best_by,
-                                 args.weights_necks):
+                                 args.weights_necks, args.matching):
         print(path)
     return 0
 
@@ -316,9 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", dest="input_size", type=int,
                    help="run the detector at S x S (default: the checkpoint's); with --tile S, tiles of any size stay "
                         "at native resolution")
-    p.add_argument("--key-budget", dest="key_budget", type=int,
-                   help="borrow/full: match at most this many cells per deeper map, pooling larger maps (time and "
-                        "memory linear in the image; 0 = every cell; default: the checkpoint's)")
+    add_matching_arguments(p)
     p.add_argument("--borrow-precision", dest="borrow_precision", action="store_true",
                    help="borrow/full only: the share of small instances' matching mass on larger same-class ones")
     p.add_argument("--skip-bad", dest="skip_bad", action="store_true",
@@ -374,8 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scale: square inputs in px")
     p.add_argument("--scale-widths", dest="scale_widths", type=float, nargs="+", default=[0.125, 1.0],
                    help="scale: network widths (torchvision's ssd300_vgg16 is timed with width 1)")
-    p.add_argument("--key-budget", dest="key_budget", type=int, default=64,
-                   help="scale: the key budget of the full+budget rows (cells per deeper map)")
+    p.add_argument("--key-budget", dest="key_budget", type=int, default=0,
+                   help=f"full's fast matching: keys per deeper map (default {DEFAULT_KEY_BUDGET}); the scale "
+                        "section also times full+exact (every cell)")
     p.add_argument("--eval-images", dest="eval_images", type=int, default=5000)
     p.add_argument("--compile-mode", dest="compile_mode", default="default",
                    choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"])
@@ -409,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--best-by", dest="best_by", metavar="SPLIT",
                    help="ship only each neck's best seed's weights, by AP on eval_SPLIT.json")
     p.add_argument("--weights-necks", dest="weights_necks", nargs="+", help="ship weights of these necks only")
+    p.add_argument("--matching", choices=["fast", "exact"],
+                   help="the matching the shipped checkpoints run with by default (default: as trained); measure "
+                        "both with eval --exact first")
     p.set_defaults(func=cmd_release)
 
     p = commands.add_parser("table", help="mean/std table of existing reports under a runs folder (no training)")
@@ -451,9 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="join boxes cut at a tile edge with the box that continues them")
     p.add_argument("--save-images", dest="save_images", action="store_true", help="write images with boxes drawn")
     p.add_argument("--classes", nargs="+", help="class names or labels (1..K) to keep")
-    p.add_argument("--key-budget", dest="key_budget", type=int,
-                   help="borrow/full: match at most this many cells per deeper map, pooling larger maps (time and "
-                        "memory linear in the image; 0 = every cell; default: the checkpoint's)")
+    add_matching_arguments(p)
     p.set_defaults(func=cmd_predict)
 
     p = commands.add_parser("export", help="export a checkpoint to ONNX (onnxruntime parity checked)")

@@ -56,6 +56,16 @@ def _row(group: str, split: str, size: str, values: list[float], **extra) -> dic
             "reports": len(values), **extra}
 
 
+def how_it_ran(report: dict) -> str:
+    """How a report's detector saw the images, matching included. Reports of borrow/full written before fast
+    matching became the default say nothing of it: they matched every cell (or name their key budget)."""
+    inference = report.get("extra", {}).get("inference", "")
+    borrows = report.get("model", {}).get("ablation") in ("borrow", "full")
+    if borrows and "matching" not in inference and "key budget" not in inference:
+        inference += "; exact matching (every deeper cell)"
+    return inference or "not recorded"
+
+
 def coco_size_table(reports: Sequence[tuple[str, dict]], by: str = "ablation", metric: str = "AP") -> list[dict]:
     """Rows (group, split, size in all/small/medium/large, mean, std, reports) of AP or AR."""
     keys = COCO_SIZE_METRICS[metric]

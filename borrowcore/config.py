@@ -17,6 +17,11 @@ import yaml
 NECKS = ("ssd", "context", "borrow", "full")
 INFERENCE_MODES = ("resize", "whole", "tiles")
 SIMILARITIES = ("cosine", "dot")
+MATCHING_MODES = ("fast", "exact")
+# Keys per deeper map under matching "fast" when key_budget is 0: chosen by measurement (docs/benchmarks.md,
+# "Fast by default"): `full` within 0.98-1.22x of `ssd`'s time from 300 to 2048 px on 2 CPU cores, for 0.3 AP
+# on the face model and 0.4 AP_S on the synthetic twins
+DEFAULT_KEY_BUDGET = 64
 
 
 @dataclass
@@ -31,9 +36,12 @@ class DetectorConfig:
     fc6_dilation: int = 1  # 1 keeps Table 1's receptive fields; 3 takes converted fc6 weights
     similarity: str = "cosine"  # FMB matching: cosine x learnable inverse temperature, or dot
     borrow_channels: int = 256  # c, the FRB / deconvolution channels at width 1
-    # FMB keys per deeper map: more cells are average-pooled (by powers of two) to at most this many, so
-    # borrowing costs time linear in the image (neck.pool_to_budget); 0 matches every cell (the paper)
-    key_budget: int = 0
+    # FMB keys (SPEC §4, extended below in docs/benchmarks.md). "fast": a deeper map with more than key_budget
+    # cells is average-pooled (by powers of two) to at most that many before matching, so borrowing costs time
+    # linear in the image (neck.pool_to_budget); smaller maps are matched whole. "exact": every cell of every
+    # deeper map, the paper's full softmax, whose cost grows with the square of the image.
+    matching: str = "fast"
+    key_budget: int = 0  # keys per deeper map under "fast"; 0 takes DEFAULT_KEY_BUDGET
     anchor_scale: float = 4.0  # S_k = anchor_scale * stride_k (Table 1: 32, 64, 128, 256)
     aspect_ratios: list[float] = field(default_factory=lambda: [1.5, 3.0])  # each r gives r and 1/r
     # octaves above the coarsest layer's sizes on that layer (S_N 2^i, S'_N 2^i, i = 1..top_octaves; 0: SPEC §3)
@@ -74,8 +82,12 @@ class DetectorConfig:
             raise ValueError(f"input_size must be >= 128 (SPEC §1), got {self.input_size}")
         if self.top_octaves < 0:
             raise ValueError(f"top_octaves must be >= 0, got {self.top_octaves}")
+        if self.matching not in MATCHING_MODES:
+            raise ValueError(f"matching must be one of {MATCHING_MODES}, got {self.matching!r}")
         if self.key_budget < 0:
-            raise ValueError(f"key_budget must be >= 0 (0: every cell), got {self.key_budget}")
+            raise ValueError(f"key_budget must be >= 0 (0: the default, {DEFAULT_KEY_BUDGET}), got {self.key_budget}")
+        if self.matching == "exact" and self.key_budget:
+            raise ValueError(f"key_budget {self.key_budget} applies to matching: fast; matching: exact uses every cell")
         if self.width <= 0:
             raise ValueError(f"width must be positive, got {self.width}")
         if self.fc6_dilation not in (1, 3):
@@ -85,6 +97,19 @@ class DetectorConfig:
         if any(r <= 1 for r in self.aspect_ratios):
             raise ValueError(f"aspect_ratios lists the ratios r > 1 (each adds r and 1/r), got {self.aspect_ratios}")
         self.aspect_ratios = [float(r) for r in self.aspect_ratios]
+
+    @property
+    def keys_per_map(self) -> int:
+        """The key budget the neck applies: 0 (every cell) for exact matching, else the budget."""
+        return 0 if self.matching == "exact" else self.key_budget or DEFAULT_KEY_BUDGET
+
+    def describe_matching(self) -> str:
+        """Which matching runs, in words (reports, the app)."""
+        if self.neck not in ("borrow", "full"):
+            return "no matching (this neck does not borrow)"
+        if self.matching == "exact":
+            return "exact matching (every deeper cell)"
+        return f"fast matching (at most {self.keys_per_map} keys per deeper map)"
 
 
 @dataclass

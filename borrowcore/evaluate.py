@@ -356,7 +356,8 @@ def evaluate_detector(detector: torch.nn.Module, annotations: str | Path, images
     model = {"config": dataclasses.asdict(config) if config is not None else {},
              "class_names": list(detector.class_names), "checkpoint": str(checkpoint),
              "checkpoint_sha256": sha256_file(checkpoint) if checkpoint else "",
-             "ablation": config.neck if config is not None else ""}
+             "ablation": config.neck if config is not None else "",
+             "matching": config.describe_matching() if config is not None else ""}
     timing = {"images": len(dataset), "seconds": round(seconds, 3),
               "images_per_s": round(len(dataset) / seconds, 2) if seconds > 0 else 0.0,
               "device": str(device) if torch.device(device).type != "cuda" else torch.cuda.get_device_name(device)}
@@ -438,7 +439,8 @@ def evaluate_results(results_file: str | Path, annotations: str | Path, images: 
 def inference_description(detector: torch.nn.Module, tile: int | None, overlap: float) -> str:
     """How the detector saw the images, in words, for the report."""
     config = getattr(detector, "config", None)
-    budget = f"; key budget {config.key_budget} cells per deeper map" if config is not None and config.key_budget else ""
+    borrows = config is not None and config.neck in ("borrow", "full")
+    budget = f"; {config.describe_matching()}" if borrows else ""
     if tile or (config is not None and config.inference == "tiles"):
         return f"tiles {tile or config.input_size} px, overlap {overlap}{budget}"
     if getattr(detector, "whole_image", False):
@@ -451,13 +453,13 @@ def inference_description(detector: torch.nn.Module, tile: int | None, overlap: 
 
 def evaluate_checkpoint(checkpoint: str | Path, annotations: str | Path, images: str | Path,
                         out: str | Path | None = None, device: str | None = None, input_size: int | None = None,
-                        key_budget: int | None = None, **kwargs) -> dict | None:
-    """``borrowcore eval`` as a function: load the checkpoint (at ``input_size`` and with ``key_budget``
-    when given), evaluate, write the report."""
+                        key_budget: int | None = None, exact: bool | None = None, **kwargs) -> dict | None:
+    """``borrowcore eval`` as a function: load the checkpoint (at ``input_size``, and with exact matching or
+    ``key_budget`` keys per deeper map when given), evaluate, write the report."""
     from borrowcore.checkpoint import load_detector
 
     context = init_distributed(device)
-    detector = load_detector(checkpoint, context.device, input_size, key_budget)
+    detector = load_detector(checkpoint, context.device, input_size, key_budget, exact)
     try:
         return evaluate_detector(detector, annotations, images, out, checkpoint=checkpoint, device=context.device,
                                  context=context, **kwargs)

@@ -180,7 +180,7 @@ def build_detector(config: DetectorConfig, class_names: list[str] | None = None)
         raise ValueError(f"{len(class_names)} class names for num_classes={config.num_classes}")
     backbone = VGGBackbone(config.width, config.batch_norm, config.fc6_dilation)
     neck = BorrowNeck(backbone.out_channels, backbone.strides, config.neck,
-                      scaled_channels(config.borrow_channels, config.width), config.similarity, config.key_budget)
+                      scaled_channels(config.borrow_channels, config.width), config.similarity, config.keys_per_map)
     anchors = AnchorGenerator(backbone.strides, config.anchor_scale, config.aspect_ratios, config.top_octaves)
     head = SSDHead(backbone.out_channels, anchors.anchors_per_layer(), config.num_classes + 1,
                    config.prior_prob)

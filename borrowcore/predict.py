@@ -243,13 +243,14 @@ def predict(detector: Callable[[list[Tensor]], list[dict[str, Tensor]]], class_n
 
 def predict_files(sources: Sequence[str | Path], out: str | Path, *, checkpoint: str | Path | None = None,
                   onnx: str | Path | None = None, device: str | None = None, amp: bool = True,
-                  key_budget: int | None = None, **kwargs: Any) -> dict[str, Any]:
-    """``borrowcore predict`` as a function: a checkpoint (PyTorch, with ``key_budget`` in place of its own
-    when given) or an exported file (onnxruntime)."""
+                  key_budget: int | None = None, exact: bool | None = None, **kwargs: Any) -> dict[str, Any]:
+    """``borrowcore predict`` as a function: a checkpoint (PyTorch; exact matching or ``key_budget`` keys per
+    deeper map in place of its own when given) or an exported file (onnxruntime)."""
     if (checkpoint is None) == (onnx is None):
         raise ValueError("give either a checkpoint or an ONNX file")
-    if onnx is not None and key_budget is not None:
-        raise ValueError("--key-budget applies to checkpoints: an ONNX file keeps the matching it was exported with")
+    if onnx is not None and (key_budget is not None or exact is not None):
+        raise ValueError("--key-budget and --exact apply to checkpoints: an ONNX file keeps the matching it was "
+                         "exported with")
     # onnxruntime's CUDA provider comes with onnxruntime-gpu only: ONNX files run on the CPU unless asked
     device = device or ("cuda" if torch.cuda.is_available() and onnx is None else "cpu")
     if onnx is not None:
@@ -262,10 +263,10 @@ def predict_files(sources: Sequence[str | Path], out: str | Path, *, checkpoint:
     else:
         from borrowcore.checkpoint import load_detector
 
-        model = load_detector(checkpoint, device, key_budget=key_budget)
+        model = load_detector(checkpoint, device, key_budget=key_budget, exact=exact)
         detector = EagerDetector(model, device, amp)
         info = {"checkpoint": str(checkpoint), "backend": "pytorch", "ablation": model.config.neck,
-                "key_budget": model.config.key_budget,
+                "matching": model.config.describe_matching(),
                 "input_size": model.input_size, "device": str(device), "amp": detector.amp}
         nms_iou = detector.nms_iou
     return predict(detector, detector.class_names, sources, out, nms_iou=nms_iou, model_info=info, **kwargs)

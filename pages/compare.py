@@ -3,8 +3,8 @@
 import pandas as pd
 import streamlit as st
 
-from borrowcore.compare import (borrow_precision_table, breakdown_rows, coco_size_table, per_class_table, pr_curves,
-                                size_bin_table, subset_table)
+from borrowcore.compare import (borrow_precision_table, breakdown_rows, coco_size_table, how_it_ran, per_class_table,
+                                pr_curves, size_bin_table, subset_table)
 from viewer import assets, figures
 from viewer.loaders import error_breakdown, report_from_path, report_from_upload
 
@@ -41,6 +41,9 @@ by = st.radio("One bar per", ["ablation", "report"], horizontal=True, key="compa
 splits = sorted({r["dataset"]["split"] for _, r in reports})
 st.caption(f"{len(reports)} reports; splits: {', '.join(splits)}. Error bars: std over the reports in a bar "
            "(seeds); bars are missing where a size range has no ground truth.")
+with st.expander("How each report's detector ran (inference recipe and matching)"):
+    st.dataframe(pd.DataFrame([{"report": name, "neck": report.get("model", {}).get("ablation", ""),
+                                "how it ran": how_it_ran(report)} for name, report in reports]), hide_index=True)
 
 coco_rows = pd.DataFrame(coco_size_table(reports, by, "AP"))
 st.plotly_chart(figures.size_bars(coco_rows, "AP by COCO size (small < 32², medium, large ≥ 96² px)", "AP"),

@@ -44,16 +44,22 @@ with st.sidebar:
     else:
         checkpoint_path, checkpoint_name = bundled[choice], choice
     try:
+        info = checkpoint_info(checkpoint_path)
+        exact = None
+        if info["neck"] in ("borrow", "full"):
+            exact = st.toggle("Exact matching", value=info["matching"] == "exact", key="inspect_exact",
+                              help="Off: fast matching, each deeper map pooled to a few dozen keys (time linear in "
+                                   "the image). On: every deeper cell, the paper's full softmax (time grows with the "
+                                   "square of the image).")
         with st.spinner(f"Loading {checkpoint_name} onto the {device_label()}…"):
-            detector = load_model(checkpoint_path)
-            info = checkpoint_info(checkpoint_path)
+            detector = load_model(checkpoint_path, exact)
     except CheckpointError as error:
         st.error(without_upload_path(str(error), checkpoint_path, checkpoint_name))
         st.stop()
     seen = ("whole photo at native resolution" if info["inference"] == "whole" else
             f"{info['input_size']} px tiles" if info["inference"] == "tiles" else f"input {info['input_size']}")
-    st.caption(f"neck **{info['neck']}**, {info['classes']} classes, {seen}, width {info['width']}; "
-               f"running on {device_label()}")
+    st.caption(f"neck **{info['neck']}**, {info['classes']} classes, {seen}, width {info['width']}, "
+               f"{detector.config.describe_matching()}; running on {device_label()}")
     if use := assets.checkpoint_use(checkpoint_path):
         st.caption(f"For {use}.")
 

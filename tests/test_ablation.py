@@ -74,6 +74,12 @@ def test_ablate_end_to_end_and_resumable(tmp_path, capsys):
     import torch
     before, after = load_detector(out / "full" / "seed0" / "last.pt"), load_detector(shipped)
     assert all(torch.equal(a, b) for a, b in zip(before.state_dict().values(), after.state_dict().values()))
+    # the shipped checkpoint runs with the matching it was trained with (configs/full.yaml: exact), or the one asked for
+    assert read_checkpoint(shipped)["config"]["matching"] == "exact"
+    fast = tmp_path / "fast-assets"
+    assert main(["release", "--runs", str(out), "--assets", str(fast), "--necks", "full", "--matching", "fast"]) == 0
+    assert load_detector(fast / "checkpoints" / "synth-full.pt").config.describe_matching() == \
+        "fast matching (at most 64 keys per deeper map)"
     # release of the best seed's weights only, for some necks; every report and log still shipped
     real = tmp_path / "real-assets"
     assert main(["release", "--runs", str(out), "--assets", str(real), "--name", "real", "--necks", "ssd", "full",

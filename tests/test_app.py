@@ -178,11 +178,23 @@ def test_inspect_picking_another_detection_or_a_cell_redraws(app):
     assert not at.exception and any("of layer 3 (conv_fc7)" in m.value for m in at.markdown)
 
 
+def test_inspect_says_which_matching_runs_and_exact_is_one_toggle_away(app):
+    """A full checkpoint saved with the default (fast) matching runs fast; the toggle reruns it exact, and the
+    caption says which one ran each time."""
+    at = app("../pages/inspect_image.py")
+    assert "fast matching (at most 64 keys per deeper map)" in texts(at)
+    assert at.sidebar.toggle(key="inspect_exact").value is False
+    at.sidebar.toggle(key="inspect_exact").set_value(True).run()
+    assert not at.exception and "exact matching (every deeper cell)" in texts(at)
+    assert "Detections:" in texts(at) or "No detections" in texts(at)
+
+
 def test_inspect_ssd_checkpoint_says_there_is_no_borrowing(app):
     at = app("../pages/inspect_image.py")
     at.sidebar.selectbox(key="inspect_checkpoint").set_value("tiny-ssd.pt").run()
     assert not at.exception
     assert "there is no borrowing to show" in texts(at) and len(charts(at)) == 1  # the detections only
+    assert not at.sidebar.get("toggle") and "no matching (this neck does not borrow)" in texts(at)
 
 
 def good_and_bad_images() -> dict[str, bytes]:
@@ -282,6 +294,8 @@ def test_compare_draws_size_bars_twins_orphans_pr_and_classes_from_bundled_repor
     classes = at.dataframe[-1].value
     assert len(classes) == 6 and "full · twins" in classes.columns
     assert at.download_button[0].label == "Size table (CSV)"
+    ran = at.dataframe[0].value  # how each report's detector ran: the tiny full model matched fast
+    assert set(ran["neck"]) == {"full", "ssd"} and all("fast matching" in r for r in ran[ran["neck"] == "full"]["how it ran"])
     at.radio(key="compare_by").set_value("report").run()
     assert {t["name"] for t in charts(at)[0]["data"]} == {"ablation/full/seed0/twins", "ablation/full/seed0/orphans",
                                                           "ablation/full/seed1/twins", "ablation/ssd/seed0/twins",

@@ -10,7 +10,7 @@ import torch
 from borrowcore.anchors import AnchorGenerator, anchor_recall, feature_grid_sizes
 from borrowcore.stats import dataset_anchor_recall
 from borrowcore.backbone import STRIDES
-from borrowcore.compare import coco_size_table, parse_report, per_class_table, pr_curves, size_bin_table
+from borrowcore.compare import coco_size_table, how_it_ran, parse_report, per_class_table, pr_curves, size_bin_table
 from borrowcore.report import ReportError
 from borrowcore.traininglog import parse_training_log, step_series
 
@@ -136,3 +136,18 @@ def test_overlay_png_is_a_picture_of_the_image():
     png = overlay_png(torch.zeros(3, 256, 256, dtype=torch.uint8), explanation, view, [0, 1, 2])
     picture = Image.open(io.BytesIO(png))
     assert picture.format == "PNG" and 600 < picture.width < 1100 and 600 < picture.height < 1100
+
+
+def test_how_it_ran_names_the_matching_of_old_and_new_reports():
+    """New reports say which matching ran; a borrow/full report from before the fast default matched every
+    cell (or names its key budget); ssd reports are left as written."""
+    def report(neck: str, inference: str) -> dict:
+        return {"model": {"ablation": neck}, "extra": {"inference": inference}}
+
+    new = "resize to 300; fast matching (at most 64 keys per deeper map)"
+    assert how_it_ran(report("full", new)) == new
+    assert how_it_ran(report("full", "resize to 300")) == "resize to 300; exact matching (every deeper cell)"
+    budget = "resize to 300; key budget 256 cells per deeper map"
+    assert how_it_ran(report("borrow", budget)) == budget
+    assert how_it_ran(report("ssd", "resize to 300")) == "resize to 300"
+    assert how_it_ran({}) == "not recorded"

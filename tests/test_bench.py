@@ -50,18 +50,19 @@ def test_scale_section_rows_targets_and_plot(tmp_path):
     from borrowcore.bench import plot_scale, scale_rows, scale_targets
 
     rows = scale_rows(sizes=(128, 192), widths=(0.0625,), key_budget=4, repeats=1, warmup=0)
-    assert [(r["model"], r["input"]) for r in rows] == [(m, s) for s in (128, 192) for m in ("ssd", "full", "full+budget")]
+    assert [(r["model"], r["input"]) for r in rows] == [(m, s) for s in (128, 192) for m in ("ssd", "full", "full+exact")]
     for row in rows:
         assert row["median_ms"] > 0 and row["peak_mb"] > 0
         ssd = next(r for r in rows if r["model"] == "ssd" and r["input"] == row["input"])
         assert row["time_vs_ssd"] == pytest.approx(row["median_ms"] / ssd["median_ms"], abs=1e-3)
-    assert {r["key_budget"] for r in rows if r["model"] == "full+budget"} == {4}
-    made_up = [{**r, "memory_vs_ssd": 1.3 if r["model"] == "full" else 1.0, "time_vs_ssd": 1.2} for r in rows]
+    assert {r["key_budget"] for r in rows if r["model"] == "full"} == {4}
+    assert {r["key_budget"] for r in rows if r["model"] == "full+exact"} == {0}
+    made_up = [{**r, "memory_vs_ssd": 1.3 if r["model"] == "full+exact" else 1.0, "time_vs_ssd": 1.2} for r in rows]
     judged = {(t["target"], t["input"]): t["result"] for t in scale_targets(made_up)}
-    assert judged[("full peak memory vs ssd", 128)] == "FAIL" and judged[("full+budget time vs ssd", 192)] == "PASS"
-    assert len(judged) == 2 * 3  # full: memory; full+budget: time and memory; at each input
+    assert judged[("full+exact peak memory vs ssd", 128)] == "FAIL" and judged[("full time vs ssd", 192)] == "PASS"
+    assert len(judged) == 2 * 3  # full (the default): time and memory; full+exact: memory; at each input
     plot_scale(rows, tmp_path / "scale.png")
     assert (tmp_path / "scale.png").stat().st_size > 10_000
     text = format_markdown({"machine": {"cpu": "x", "cores": 2, "threads": 2, "torch": "t"}, "command": "c",
                             "scale": rows, "scale_targets": scale_targets(rows)})
-    assert "| full+budget K=4 | 0.0625 | 192 |" in text and "| full peak memory vs ssd | 0.0625 | 128 |" in text
+    assert "| full K=4 | 0.0625 | 192 |" in text and "| full+exact peak memory vs ssd | 0.0625 | 128 |" in text

@@ -124,18 +124,57 @@ def test_load_at_another_input_size_keeps_the_weights(tmp_path, tiny_config):
     assert load_detector(path).input_size == 128  # the checkpoint itself is unchanged
 
 
-def test_key_budget_is_stored_and_can_be_set_at_load(tmp_path, tiny_config):
-    """A model trained with a key budget keeps it; one trained without can be given one at load."""
+def test_matching_is_stored_and_can_be_set_at_load(tmp_path, tiny_config):
+    """A checkpoint keeps its matching (fast with its key budget, or exact); --exact or --key-budget replace it
+    at load; a checkpoint from before the field existed runs fast with the default budget."""
+    from borrowcore.config import DEFAULT_KEY_BUDGET
+
     path = tmp_path / "budget.pt"
     save_checkpoint(path, make_detector(DetectorConfig(**{**tiny_config.__dict__, "key_budget": 16})))
-    assert load_detector(path).network.neck.key_budget == 16 and load_detector(path).config.key_budget == 16
-    unbudgeted = load_detector(path, key_budget=0)
-    assert unbudgeted.network.neck.key_budget == 0 and unbudgeted.config.key_budget == 0
-    image = torch.rand(1, 3, 128, 128)
-    with torch.no_grad():  # C_n non-zero in both so the budget reaches the output
-        for model in (budgeted := load_detector(path), unbudgeted):
+    assert load_detector(path).network.neck.key_budget == 16 and load_detector(path).config.matching == "fast"
+    exact = load_detector(path, exact=True)
+    assert exact.network.neck.key_budget == 0 and exact.config.matching == "exact" and exact.config.key_budget == 0
+    assert load_detector(path, key_budget=32).network.neck.key_budget == 32
+    assert load_detector(path, exact=False).network.neck.key_budget == 16  # fast, the checkpoint's own budget
+    image = torch.rand(1, 3, 128, 128)  # layer 1 matches an 8 x 8 map (64 cells): 16 keys pool it to 4 x 4
+    with torch.no_grad():  # C_n non-zero in both so the matching reaches the output
+        for model in (budgeted := load_detector(path), exact):
             for block in model.network.neck.fusion:
                 block.combine.weight.fill_(0.05)
-        assert not torch.allclose(budgeted.network(image).cls_logits, unbudgeted.network(image).cls_logits)
+        assert not torch.allclose(budgeted.network(image).cls_logits, exact.network(image).cls_logits)
+
+    old = read_checkpoint(path)
+    old["config"] = {k: v for k, v in old["config"].items() if k != "matching"} | {"key_budget": 0}
+    torch.save(old, tmp_path / "old.pt")
+    loaded = load_detector(tmp_path / "old.pt")
+    assert loaded.config.matching == "fast" and loaded.network.neck.key_budget == DEFAULT_KEY_BUDGET
+    assert "64 keys per deeper map" in loaded.config.describe_matching()
+    assert load_detector(tmp_path / "old.pt", exact=True).config.describe_matching() == "exact matching (every deeper cell)"
+    with pytest.raises(ValueError, match="every cell: exact"):
+        load_detector(path, key_budget=0)
+    with pytest.raises(ValueError, match="takes no key budget"):
+        load_detector(path, key_budget=8, exact=True)
     with pytest.raises(ValueError, match="key_budget must be >= 0"):
         DetectorConfig(key_budget=-1)
+    with pytest.raises(ValueError, match="applies to matching: fast"):
+        DetectorConfig(matching="exact", key_budget=8)
+    with pytest.raises(ValueError, match="matching must be one of"):
+        DetectorConfig(matching="approximate")
+    assert DetectorConfig(neck="ssd").describe_matching().startswith("no matching")
+
+
+def test_fast_default_is_exact_where_every_deeper_map_fits_the_budget(tiny_config):
+    """Fast matching pools only deeper maps with more than K cells: at 128 px (layer 1 matches 8 x 8 = 64
+    cells and smaller) the default K = 64 computes what exact matching computes, bit for bit; at 256 px
+    (16 x 16 = 256 cells) it does not."""
+    torch.manual_seed(0)
+    fast = make_detector(DetectorConfig(**{**tiny_config.__dict__, "matching": "fast"})).eval()
+    exact = make_detector(DetectorConfig(**{**tiny_config.__dict__, "matching": "exact"})).eval()
+    exact.load_state_dict(fast.state_dict())
+    with torch.no_grad():
+        for model in (fast, exact):
+            for block in model.network.neck.fusion:
+                block.combine.weight.fill_(0.05)
+        small, large = torch.rand(1, 3, 128, 128), torch.rand(1, 3, 256, 256)
+        assert torch.equal(fast.network(small).cls_logits, exact.network(small).cls_logits)
+        assert not torch.allclose(fast.network(large).cls_logits, exact.network(large).cls_logits)

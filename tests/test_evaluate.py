@@ -146,8 +146,10 @@ def test_tiled_eval_matches_whole_image_eval_when_one_tile_covers_the_image(tmp_
     whole = evaluate_checkpoint(checkpoint, TINY / "orphans.json", TINY / "images", device="cpu", show_progress=False)
     tiled = evaluate_checkpoint(checkpoint, TINY / "orphans.json", TINY / "images", device="cpu", show_progress=False,
                                 tile=256, overlap=0.2)
-    assert tiled["extra"]["inference"] == "tiles 256 px, overlap 0.2"
-    assert whole["extra"]["inference"] == "resize to 256"
+    fast = "; fast matching (at most 64 keys per deeper map)"  # the report says which matching ran
+    assert tiled["extra"]["inference"] == "tiles 256 px, overlap 0.2" + fast
+    assert whole["extra"]["inference"] == "resize to 256" + fast
+    assert whole["model"]["matching"] == fast[2:]
     assert tiled["metrics"] == pytest.approx(whole["metrics"], abs=1e-6)
 
 

@@ -96,7 +96,7 @@ def randomised_detector(neck: str, similarity: str = "cosine", key_budget: int =
     """Width 0.125 with BatchNorm, every weight random (C_n too, so Z(n) and D_n reach Y(n)), eval mode."""
     torch.manual_seed(0)
     config = DetectorConfig(neck=neck, num_classes=3, input_size=128, width=0.125, batch_norm=True, similarity=similarity,
-                            key_budget=key_budget)
+                            matching="fast" if key_budget else "exact", key_budget=key_budget)
     detector = build_detector(config)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():

@@ -48,15 +48,16 @@ def file_key(path: Path) -> str:
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
-def _load(path: str, key: str) -> Detector:
-    return load_detector(path, DEVICE)
+def _load(path: str, key: str, exact: bool | None) -> Detector:
+    return load_detector(path, DEVICE, exact=exact)
 
 
-def load_model(path: Path) -> Detector:
-    """The shared detector of a checkpoint file (CheckpointError with a clear message otherwise)."""
+def load_model(path: Path, exact: bool | None = None) -> Detector:
+    """The shared detector of a checkpoint file (CheckpointError with a clear message otherwise); ``exact``
+    True or False runs borrow/full with exact or fast matching, None as the checkpoint says."""
     if not path.is_file():
         raise CheckpointError(f"{path.name}: checkpoint file not found")
-    return _load(str(path), file_key(path))
+    return _load(str(path), file_key(path), exact)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -65,6 +66,7 @@ def _checkpoint_info(path: str, key: str) -> dict:
     config = checkpoint_config(checkpoint, path)
     state = checkpoint.get("train_state") or {}
     return {"neck": config.neck, "classes": len(checkpoint["class_names"]), "input_size": config.input_size,
+            "matching": config.matching,
             "width": config.width, "inference": config.inference, "max_whole_side": config.max_whole_side, "step": state.get("step") if isinstance(state, dict) else None,
             "class_names": list(checkpoint["class_names"])}
 
@@ -185,8 +187,8 @@ def inference_queue() -> InferenceQueue:
 def explain_image(model: str, digest: str, detector: Detector, image: torch.Tensor,
                   on_wait: Callable[[int], None] | None = None, poll_s: float = 0.2) -> Explanation:
     """Detections and matching scores of one image through the server's queue, cached by (checkpoint key,
-    image hash, key budget). ``on_wait(position)`` is called while the request waits or runs."""
-    key = (model, digest, detector.config.key_budget if hasattr(detector, "config") else 0)
+    image hash, matching). ``on_wait(position)`` is called while the request waits or runs."""
+    key = (model, digest, detector.config.describe_matching() if hasattr(detector, "config") else "")
     work = inference_queue()
     future = work.submit(key, lambda: explain(detector, image))
     while on_wait is not None and not future.done():
