@@ -2,7 +2,8 @@
 # One GPU session, as run on the device machine (see docs/results.md, "Real imagery", and docs/benchmarks.md):
 #   1. the GPU benchmark rows (fp32 and AMP latency, peak memory) while the GPU is idle;
 #   2. aerial training: `ssd` and `full`, seeds 0 and 1, four runs side by side on the one GPU;
-#   3. torch.compile against eager, batch 1 then batch 16.
+#   3. torch.compile against eager, batch 1 then batch 16;
+#   4. with PHASES including "scale": ssd, full (fast, the default) and full --exact at 300 / 1024 / 2048 px.
 # Every phase has its own time limit, so that a slow phase costs only itself.
 #
 #   [NECKS="ssd full"] [SEEDS="0 1"] [PHASES="latency training compile"] [CONFIG=configs/aerial-full.yaml NAME=aerial] \
@@ -32,6 +33,11 @@ wants() { [[ " $PHASES " == *" $1 "* ]]; }
 
 wants latency && phase "latency" && { timeout 90 python3 -m borrowcore bench --out "$OUT/bench" --sections latency --repeats 30 --warmup 5 \
     >"$OUT/bench.log" 2>&1 || echo "latency bench failed or timed out (rc $?)"; tail -n 30 "$OUT/bench.log"; }
+
+# the cost against image size: ssd, full (fast matching, the default) and full --exact, batch 1, fp32
+wants scale && phase "scale" && { timeout "${SCALE_LIMIT:-120}" python3 -m borrowcore bench --out "$OUT/scale" \
+    --sections scale --scale-sizes 300 1024 2048 --scale-widths 0.125 1.0 --repeats 10 --warmup 3 \
+    >"$OUT/scale.log" 2>&1 || echo "scale bench failed or timed out (rc $?)"; tail -n 30 "$OUT/scale.log"; }
 
 wants training && phase "training"
 for neck in $NECKS; do
