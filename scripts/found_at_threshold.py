@@ -5,7 +5,7 @@ checkpoint's display threshold, else the report's F1-best), best first, each mat
 unmatched ground-truth box of highest IoU >= 0.5; a detection on an ignore region (WIDER's invalid faces,
 iscrowd) is neither found nor false. Sizes by sqrt(area) of the ground truth, in the photo's pixels.
 
-    python scripts/found_at_threshold.py runs/faces-release/full/eval_val.json [--threshold 0.35]
+    python scripts/found_at_threshold.py runs/faces-release/full/eval_val.json [--threshold 0.35 | --f1-best]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torchvision.ops import box_convert, box_iou
 
+from borrowcore.ablation import release_threshold
 from borrowcore.analysis import report_ground_truth
 from borrowcore.report import load_detections, read_json
 
@@ -29,7 +30,7 @@ def found_at_threshold(report_path: Path, threshold: float | None = None) -> dic
     report = read_json(report_path)
     coco = report_ground_truth(report)
     if threshold is None:
-        threshold = report["model"].get("config", {}).get("display_threshold") or report["metrics"]["best_f1"]["score"]
+        threshold = report["model"].get("config", {}).get("display_threshold") or release_threshold(report_path)
     detections = defaultdict(list)
     for d in load_detections(report, report_path):
         if d["score"] >= threshold:
@@ -67,9 +68,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("reports", nargs="+", type=Path)
     parser.add_argument("--threshold", type=float)
+    parser.add_argument("--f1-best", dest="f1_best", action="store_true",
+                        help="the report's F1-best score (what `borrowcore release --best-by` ships as the display "
+                             "threshold) instead of the checkpoint's display threshold")
+    parser.add_argument("--json", type=Path, help="also write the (last) result here")
     args = parser.parse_args()
     for path in args.reports:
-        print(json.dumps(found_at_threshold(path, args.threshold)))
+        threshold = release_threshold(path) if args.f1_best else args.threshold
+        result = found_at_threshold(path, threshold)
+        print(json.dumps(result))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -343,3 +343,51 @@ def test_loss_anatomy_of_the_untrained_face_model(tmp_path: Path):
     assert xavier["logit_spread"] > 1.0 and xavier["hard_neg_p_face"] > 0.9 and xavier["ce_hard_neg"] > 5.0
     assert retina["logit_spread"] < 0.6 and retina["ce_hard_neg"] < 2.0
     assert abs(retina["p_face_pos"] - 0.25) < 0.03 and abs(retina["p_face_neg"] - 0.25) < 0.03
+
+
+def load_script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_faces_on_people_counts_heads_and_detections_outside_people():
+    """scripts/faces_on_people.py's proxy by hand: a detection centred in the top third of a tall person finds
+    that person; one lower down finds no one; one in no person box is outside people; short people are not
+    counted."""
+    people = [[0, 0, 60, 300], [100, 0, 60, 300], [200, 0, 20, 50]]  # xywh: two tall, one short
+    detections = [[20, 20, 40, 50],      # centre (30, 35): head of person 1
+                  [110, 200, 150, 240],  # centre (130, 220): person 2's legs, not a head
+                  [400, 400, 420, 420],  # in no person box
+                  [205, 5, 215, 15]]     # head of the short person: not counted, not outside
+    assert load_script("faces_on_people").people_found(detections, people, min_height=96) == (2, 1, 1)
+
+
+def test_found_at_threshold_by_hand(tmp_path: Path):
+    """scripts/found_at_threshold.py on hand-made detections: at 0.5 the 250 px face is found, the 20 px one
+    (scored 0.3) is not, a detection on an ignore region is neither found nor false, one elsewhere is false."""
+    import json
+
+    from borrowcore.evaluate import evaluate_results
+
+    Image.new("RGB", (800, 600)).save(tmp_path / "a.jpg")
+    gt = {"images": [{"id": 1, "file_name": "a.jpg", "width": 800, "height": 600}],
+          "categories": [{"id": 1, "name": "face"}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "area": 400, "iscrowd": 0},
+                          {"id": 2, "image_id": 1, "category_id": 1, "bbox": [100, 100, 100, 100], "area": 1e4, "iscrowd": 0},
+                          {"id": 3, "image_id": 1, "category_id": 1, "bbox": [300, 300, 250, 250], "area": 62500, "iscrowd": 0},
+                          {"id": 4, "image_id": 1, "category_id": 1, "bbox": [600, 10, 50, 50], "area": 2500, "iscrowd": 1}]}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    detections = [{"image_id": 1, "category_id": 1, "bbox": [305, 305, 245, 245], "score": 0.9},
+                  {"image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "score": 0.3},
+                  {"image_id": 1, "category_id": 1, "bbox": [600, 10, 50, 50], "score": 0.7},
+                  {"image_id": 1, "category_id": 1, "bbox": [700, 400, 40, 40], "score": 0.8}]
+    (tmp_path / "dets.json").write_text(json.dumps(detections))
+    evaluate_results(tmp_path / "dets.json", tmp_path / "gt.json", tmp_path, tmp_path / "report.json")
+    result = load_script("found_at_threshold").found_at_threshold(tmp_path / "report.json", 0.5)
+    assert result["false_per_photo"] == 1.0 and result["threshold"] == 0.5
+    assert {k: (v["faces"], v["share"]) for k, v in result["found"].items() if v["faces"]} == {
+        "16-32": (1, 0.0), "64-128": (1, 0.0), "200+": (1, 1.0)}

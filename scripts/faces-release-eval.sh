@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Evaluate the release face runs (scripts/faces-release.sh: RUNS/<neck>/weights.pt, the EMA at the end) the way
+# issue #25 asks, skipping reports already written (rerun to resume). Every report: the 199 WIDER val photos
+# or a shifted copy, whole photo at native resolution, size bins by sqrt(area) 0-16-32-64-128-200+.
+#   eval_val.json          the checkpoint's own recipe (borrow / full: fast matching, the default, and borrow
+#                          precision); eval_val-exact.json the same with --exact (trained exact: both ways)
+#   eval_x2 / x0.5 / colour the same photos rescaled 2x and 0.5x, and recoloured (`borrowcore shift`)
+#   found_val.json         faces found by size and false detections a photo at the F1-best threshold on val
+#   RUNS/compare-<a>-<b>.json  paired bootstrap over photos of b minus a (full - ssd, full - context)
+#     bash scripts/faces-release-eval.sh [RUNS]      (NECKS="ssd full context" SHIFTS="x2 x0.5 colour")
+set -eu
+RUNS=${1:-runs/faces-release}
+NECKS=${NECKS:-ssd full context}
+PY=${PYTHON:-.venv/bin/python}
+WIDER=../shared/data/wider-faces
+BINS=0,16,32,64,128,200
+[ -f data/wider/val.json ] || $PY -m borrowcore convert --from wider --images $WIDER/images \
+    --labels $WIDER/val_bbx_gt.txt --out data/wider/val.json
+shifted() {  # name shift-args...
+    local name=$1; shift
+    [ -f data/wider-$name/instances.json ] || $PY -m borrowcore shift --coco data/wider/val.json \
+        --images $WIDER/images --out data/wider-$name "$@"
+}
+evaluate() {  # weights split coco images [eval args...]
+    local weights=$1 split=$2 coco=$3 images=$4; shift 4
+    local report="$(dirname "$weights")/eval_$split.json"
+    [ -f "$report" ] && return 0
+    $PY -m borrowcore eval --checkpoint "$weights" --coco "$coco" --images "$images" --out "$report" \
+        --split "${split%-exact}" --name wider-faces --size-bins $BINS "$@"
+}
+for neck in $NECKS; do
+    weights=$RUNS/$neck/weights.pt
+    [ -s "$weights" ] || { echo "$neck: no $weights yet (training not finished)"; continue; }
+    borrowing=()
+    case $neck in borrow|full) borrowing=(--borrow-precision) ;; esac
+    evaluate "$weights" val data/wider/val.json $WIDER/images "${borrowing[@]}"
+    case $neck in borrow|full) evaluate "$weights" val-exact data/wider/val.json $WIDER/images --exact ;; esac
+    [ -f "$RUNS/$neck/found_val.json" ] || $PY scripts/found_at_threshold.py "$RUNS/$neck/eval_val.json" \
+        --f1-best --json "$RUNS/$neck/found_val.json"
+    for shift in ${SHIFTS-x2 x0.5 colour}; do
+        case $shift in
+            x2) shifted x2 --scale 2 ;; x0.5) shifted x0.5 --scale 0.5 ;;
+            colour) shifted colour --hue 0.1 --saturation 0.6 --brightness 0.8 ;;
+        esac
+        evaluate "$weights" $shift data/wider-$shift/instances.json data/wider-$shift/images
+    done
+done
+for pair in ssd:full context:full; do
+    a=${pair%:*} b=${pair#*:}
+    [ -f "$RUNS/$a/eval_val.json" ] && [ -f "$RUNS/$b/eval_val.json" ] || continue
+    [ -f "$RUNS/compare-$a-$b.json" ] || $PY -m borrowcore compare "$RUNS/$a/eval_val.json" "$RUNS/$b/eval_val.json" \
+        --bootstrap 1000 --out "$RUNS/compare-$a-$b.json"
+done
