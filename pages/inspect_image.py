@@ -176,7 +176,7 @@ if request:
             icon=":material/compare_arrows:")
 
 st.subheader(f"Ground truth: {len(keep)} instances from {truth['source']}" if use_truth else
-             f"Detections: {len(keep)} at score ≥ {threshold:.2f}")
+             f"Detections: {len(keep)} at score ≥ {threshold:.2f} in {file_name}")
 if not keep:
     st.warning(f"No detections at score ≥ {threshold:.2f}: lower the score threshold in the sidebar.")
 left, right = st.columns([3, 2])

@@ -93,7 +93,9 @@ def upload_all(pages: list, photos: list[Path]) -> list[dict]:
             page, photo = pages[i], photos[i]
             text = page.inner_text("body")
             running = page.locator("[data-testid='stStatusWidget']").count() > 0
-            if f"{photo.name} (uploaded)" in text and DETECTIONS.search(text) and not running \
+            # the heading names the photo its detections are of: the opening sample's stay until the rerun
+            own = re.search(rf"Detections: \d+ at score ≥ [\d.]+ in {re.escape(photo.name)}$", text, re.M)
+            if own and not running \
                     and "Waiting for the detector" not in text and "Running the detector" not in text:
                 done[i] = time.perf_counter()
                 pending.remove(i)

@@ -135,6 +135,23 @@ def settle(page) -> None:
     page.wait_for_timeout(1500)  # plotly draws after the run
 
 
+def pick(page, option: str, shows: str, tries: int = 3) -> None:
+    """Click the radio option ``option`` until the page shows text matching ``shows`` (a regex), then settle:
+    on a loaded machine a click made while the previous rerun is still starting can be dropped."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for _ in range(tries):
+        page.get_by_test_id("stRadio").get_by_text(option).first.click()
+        settle(page)
+        try:
+            page.get_by_text(re.compile(shows)).first.wait_for(timeout=15_000)
+            settle(page)
+            return
+        except PlaywrightTimeout:
+            continue
+    raise AssertionError(f"picking {option!r} never showed {shows!r}: {page.inner_text('body')[:2000]}")
+
+
 def shoot(page, tmp_path: Path, name: str) -> Path:
     path = tmp_path / f"{name}.png"
     page.screenshot(path=path, full_page=True)
@@ -186,8 +203,7 @@ def test_inspect_in_headless_chromium(server, tmp_path):
         settle(page)
 
         # the bundled sample: detections, a heatmap and the links of a small detection
-        page.get_by_test_id("stRadio").get_by_text(f"{SAMPLE.name} (uploaded)").click()
-        settle(page)
+        pick(page, f"{SAMPLE.name} (uploaded)", rf"at score ≥ [\d.]+ in {re.escape(SAMPLE.name)}")
         if "No detections at score" in page.inner_text("body"):  # an untrained stand-in checkpoint
             page.get_by_role("slider").first.press("Home")  # the lowest score threshold
             settle(page)
@@ -204,10 +220,8 @@ def test_inspect_in_headless_chromium(server, tmp_path):
         shutil.copy(tmp_path / "sample-overlay.png", SHOTS / "sample-overlay.png")
 
         # the photograph, linked through its COCO ground truth (the synthetic model detects no people)
-        page.get_by_test_id("stRadio").get_by_text(f"{PHOTO.name} (uploaded)").click()
-        settle(page)
-        page.get_by_text("ground truth (photos/instances.json)").click()
-        settle(page)
+        pick(page, f"{PHOTO.name} (uploaded)", rf"at score ≥ [\d.]+ in {re.escape(PHOTO.name)}")
+        pick(page, "ground truth (photos/instances.json)", r"Ground truth: \d+ instances")
         page.locator(".js-plotly-plot .heatmaplayer").first.wait_for()
         text = page.inner_text("body")
         assert "Ground truth:" in text and "person" in text
@@ -251,6 +265,8 @@ def test_inspect_opens_on_faces_in_a_crowd(faces_server, tmp_path):
     first = json.loads(FACES.read_text())["images"][0]
     with inspect_page(faces_server) as page:
         page.locator(".js-plotly-plot .heatmaplayer").first.wait_for()
+        page.get_by_text("Larger instances: the share of its mass on each").wait_for()  # the page drawn to its end
+        settle(page)
         text = page.inner_text("body")
         assert "whole photo at native resolution" in text and "For photos of people" in text, text[:3000]
         assert "Run the detector on" not in text  # a 1024 px photo needs no window: it runs whole
@@ -268,8 +284,7 @@ def test_inspect_opens_on_faces_in_a_crowd(faces_server, tmp_path):
         images.set_input_files([PEOPLE])
         page.get_by_text(f"{PEOPLE.name} (uploaded)").first.wait_for()
         settle(page)
-        page.get_by_test_id("stRadio").get_by_text(f"{PEOPLE.name} (uploaded)").click()
-        settle(page)
+        pick(page, f"{PEOPLE.name} (uploaded)", rf"at score ≥ [\d.]+ in {re.escape(PEOPLE.name)}")
         text = page.inner_text("body")
         assert re.search(r"Detections: \d+ at score", text) and "Traceback" not in text
         shoot(page, tmp_path, "faces-upload")
@@ -310,9 +325,10 @@ def test_three_sessions_at_once_each_see_their_own_photo(faces_server, tmp_path)
                 page.get_by_text(f"{photo.name} (uploaded)").first.wait_for()
                 page.get_by_test_id("stRadio").get_by_text(f"{photo.name} (uploaded)").click()
             texts = []
-            for page in pages:
+            for page, photo in zip(pages, photos):
                 settle(page)
-                page.get_by_text(re.compile(r"Detections: \d+ at score")).first.wait_for()
+                # its own photo's heading: the opening sample's detections stay on the page until the rerun
+                page.get_by_text(re.compile(rf"Detections: \d+ at score ≥ [\d.]+ in {re.escape(photo.name)}")).first.wait_for()
                 texts.append(page.inner_text("body"))
         finally:
             browser.close()
