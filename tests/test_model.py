@@ -44,14 +44,23 @@ def test_receptive_fields_match_table_1():
 
 
 def test_matching_dimensions_at_300():
-    detector = build_detector(DetectorConfig(neck="full", num_classes=2, width=0.125)).eval()
+    """Exact matching (SPEC §4): every deeper cell a key. The fast default pools each deeper map with more than
+    64 cells by the smallest power of two that leaves at most 64: 19 x 19 by 4 and 10 x 10 by 2, to 5 x 5."""
+    exact = build_detector(DetectorConfig(neck="full", num_classes=2, width=0.125, matching="exact")).eval()
     with torch.no_grad():
-        out = detector.network(torch.zeros(1, 3, 300, 300), return_matching=True)
+        out = exact.network(torch.zeros(1, 3, 300, 300), return_matching=True)
     assert [m.dense().shape for m in out.matching] == [(1444, 486), (361, 125), (100, 25)]
     assert out.cls_logits.shape == (1, 11580, 3) and out.box_regression.shape == (1, 11580, 4)
     first = out.matching[0]
     assert first.source_layers == [2, 3, 4] and first.source_grids == [(19, 19), (10, 10), (5, 5)]
     assert first.query_stride == 8 and first.source_strides == [16, 32, 64]
+
+    fast = build_detector(DetectorConfig(neck="full", num_classes=2, width=0.125)).eval()
+    with torch.no_grad():
+        out = fast.network(torch.zeros(1, 3, 300, 300), return_matching=True)
+    assert [m.dense().shape for m in out.matching] == [(1444, 75), (361, 50), (100, 25)]
+    first = out.matching[0]
+    assert first.source_grids == [(5, 5), (5, 5), (5, 5)] and first.source_strides == [64, 64, 64]
 
 
 @pytest.mark.parametrize("similarity", ["cosine", "dot"])
