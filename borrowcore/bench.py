@@ -237,7 +237,8 @@ def scale_rows(sizes: tuple[int, ...] = SCALE_SIZES, widths: tuple[float, ...] =
                 else:
                     peak = cpu_peak_memory_mb(name, batch, size, num_classes, width, key_budget, batch_norm=True)
                 rows.append({"model": name, "width": width, "input": size, "megapixels": round(size * size / 1e6, 3),
-                             "batch": batch, "device": device.type, "key_budget": (key_budget or DEFAULT_KEY_BUDGET) if name == "full" else 0,
+                             "batch": batch, "device": device.type,
+                             "key_budget": (key_budget or DEFAULT_KEY_BUDGET) if name == "full" else 0,
                              "median_ms": round(1000 * float(np.median(times[name])), 2), "peak_mb": peak})
             ssd = next(r for r in rows if r["model"] == "ssd" and r["width"] == width and r["input"] == size)
             for row in rows[-len(names):]:
