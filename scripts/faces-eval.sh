@@ -16,13 +16,7 @@ set -eu
 RUNS=${1:-runs/faces}
 PY=${PYTHON:-.venv/bin/python}
 WIDER=../shared/data/wider-faces
-[ -f data/wider/val.json ] || $PY -m borrowcore convert --from wider --images $WIDER/images \
-    --labels $WIDER/val_bbx_gt.txt --out data/wider/val.json
-shifted() {  # name shift-args...
-    local name=$1; shift
-    [ -f data/wider-$name/instances.json ] || $PY -m borrowcore shift --coco data/wider/val.json \
-        --images $WIDER/images --out data/wider-$name "$@"
-}
+. "$(dirname "$0")/wider-val.sh"
 shifted x0.5 --scale 0.5
 shifted x2 --scale 2
 shifted colour --hue 0.1 --saturation 0.6 --brightness 0.8

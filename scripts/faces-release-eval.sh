@@ -14,13 +14,7 @@ NECKS=${NECKS:-ssd full context}
 PY=${PYTHON:-.venv/bin/python}
 WIDER=../shared/data/wider-faces
 BINS=0,16,32,64,128,200
-[ -f data/wider/val.json ] || $PY -m borrowcore convert --from wider --images $WIDER/images \
-    --labels $WIDER/val_bbx_gt.txt --out data/wider/val.json
-shifted() {  # name shift-args...
-    local name=$1; shift
-    [ -f data/wider-$name/instances.json ] || $PY -m borrowcore shift --coco data/wider/val.json \
-        --images $WIDER/images --out data/wider-$name "$@"
-}
+. "$(dirname "$0")/wider-val.sh"
 evaluate() {  # weights split coco images [eval args...]
     local weights=$1 split=$2 coco=$3 images=$4; shift 4
     local report="$(dirname "$weights")/eval_$split.json"
