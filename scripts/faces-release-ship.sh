@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Ship the release face runs (issue #25) once scripts/faces-release-eval.sh has evaluated them:
+#  1. the short-budget three-seed face ablation (its weights are replaced) leaves assets/ for
+#     reports/experiments/faces-short/ and its logs for reports/experiments/logs/faces-short-*; its reports
+#     keep the run they evaluated (extra.evaluated_checkpoint) and no longer name a bundled checkpoint;
+#  2. `borrowcore release`: assets/checkpoints/faces-<neck>.pt without training state, the display threshold
+#     the F1-best on val, fast matching when it costs at most 0.3 AP on val against exact (else exact);
+#     every report under assets/reports/faces/<neck>/seed0/, the training log as assets/logs/faces-<neck>-seed0;
+#  3. the summary table and found-at-threshold / bootstrap files under reports/faces-release/.
+#     bash scripts/faces-release-ship.sh [RUNS]     (NECKS="ssd full context": those with weights.pt)
+set -euo pipefail
+RUNS=${1:-runs/faces-release}
+NECKS=${NECKS:-ssd full context}
+PY=${PYTHON:-.venv/bin/python}
+OUT=reports/faces-release
+
+shipped=()
+for neck in $NECKS; do [ -f "$RUNS/$neck/eval_val.json" ] && shipped+=("$neck"); done
+[ ${#shipped[@]} -gt 0 ] || { echo "no evaluated runs under $RUNS (scripts/faces-release-eval.sh)"; exit 1; }
+
+if [ -d assets/reports/faces/full/seed1 ] && [ ! -d reports/experiments/faces-short ]; then
+  mv assets/reports/faces reports/experiments/faces-short
+  for log in assets/logs/faces-*-seed*.log.jsonl; do
+    mv "$log" "reports/experiments/logs/faces-short-${log#assets/logs/faces-}"
+  done
+  $PY - <<'EOF'
+from pathlib import Path
+from borrowcore.report import load_report, save_report
+for path in sorted(Path("reports/experiments/faces-short").rglob("eval_*.json")):
+    report = load_report(path)
+    if report["model"].get("checkpoint"):
+        report["extra"].setdefault("evaluated_checkpoint", report["model"]["checkpoint"])
+        report["model"]["checkpoint"], report["model"]["checkpoint_sha256"] = "", ""
+        save_report(report, path)
+EOF
+fi
+
+# borrowcore release reads <runs>/<neck>/seed<k>/: the release runs are seed 0 of each neck
+layout=$(mktemp -d)
+for neck in "${shipped[@]}"; do mkdir -p "$layout/$neck"; ln -s "$(realpath "$RUNS/$neck")" "$layout/$neck/seed0"; done
+matching=fast
+if [ -f "$RUNS/full/eval_val-exact.json" ]; then
+  matching=$($PY -c "import json, sys; fast, exact = (json.load(open(p))['metrics']['AP'] for p in sys.argv[1:]); \
+print('fast' if exact - fast <= 0.003 else 'exact')" "$RUNS/full/eval_val.json" "$RUNS/full/eval_val-exact.json")
+fi
+echo "shipping ${shipped[*]} with $matching matching"
+$PY -m borrowcore release --runs "$layout" --name faces --necks "${shipped[@]}" --reports-folder faces \
+    --best-by val --matching "$matching"
+rm -r "$layout"
+
+mkdir -p "$OUT"
+for neck in "${shipped[@]}"; do
+  [ -f "$RUNS/$neck/found_val.json" ] && cp "$RUNS/$neck/found_val.json" "$OUT/found_val-$neck.json"
+done
+cp "$RUNS"/compare-*.json "$OUT/" 2>/dev/null || true
+$PY scripts/faces_release_table.py "$RUNS" --necks "${shipped[@]}" --out "$OUT/table.md"
+for neck in "${shipped[@]}"; do  # off source: the COCO people photos, at the shipped display threshold
+  $PY scripts/faces_on_people.py "assets/checkpoints/faces-$neck.pt" --json "$OUT/people-$neck.json"
+done

@@ -1,0 +1,76 @@
+"""Issue #25's table of the release face runs, from their eval reports (no inference: each report's stored
+detections are scored again with COCOeval, AP50 at maxDets 100 as every report here).
+
+Per neck and report (eval_val, eval_val-exact, eval_x2, eval_x0.5, eval_colour under RUNS/<neck>/, as
+scripts/faces-release-eval.sh writes them): AP, AP50 on faces >= 16 px (smaller faces ignored, as in the
+issue's table), AP50 by size bin (sqrt(area): <16, 16-32, 32-64, 64-128, 128-200, 200+), twins and
+orphans AP50 (the report's subsets), borrow precision against chance where measured, and seconds a photo.
+
+    python scripts/faces_release_table.py runs/faces-release --out reports/faces-release/table.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from borrowcore.analysis import report_ground_truth
+from borrowcore.evaluate import coco_metrics
+from borrowcore.report import load_detections, load_report
+
+BINS = ((0, 16), (16, 32), (32, 64), (64, 128), (128, 200), (200, math.inf))
+SPLITS = ("val", "val-exact", "x2", "x0.5", "colour")
+
+
+def row(report_path: Path) -> dict:
+    report = load_report(report_path)
+    coco = report_ground_truth(report)
+    results = load_detections(report, report_path)
+    at16 = coco_metrics(coco, results, ((16, math.inf),))["size_bins"][0]["AP50"]
+    by_bin = {b["label"]: b["AP50"] for b in coco_metrics(coco, results, BINS)["size_bins"]}
+    borrow = report.get("extra", {}).get("borrow_precision") or {}
+    return {"report": str(report_path), "AP": report["metrics"]["AP"], "AP50": report["metrics"]["AP50"],
+            "AP50_16+": at16, **{f"AP50_{k}": v for k, v in by_bin.items()},
+            "twins_AP50": report.get("subsets", {}).get("twins", {}).get("AP50"),
+            "orphans_AP50": report.get("subsets", {}).get("orphans", {}).get("AP50"),
+            "borrow_precision": borrow.get("borrow_precision"), "chance": borrow.get("chance"),
+            "s_per_photo": report["timing"]["seconds"] / max(1, report["timing"]["images"])}
+
+
+def pct(value: float | None) -> str:
+    return "" if value is None or value < 0 else f"{100 * value:.1f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", type=Path)
+    parser.add_argument("--necks", nargs="+", default=["ssd", "context", "full"])
+    parser.add_argument("--splits", nargs="+", default=list(SPLITS), help="eval_<split>.json reports")
+    parser.add_argument("--out", type=Path, help="markdown table (and the same rows as .json beside it)")
+    args = parser.parse_args()
+    rows = []
+    for neck in args.necks:
+        for split in args.splits:
+            path = args.runs / neck / f"eval_{split}.json"
+            if path.exists():
+                rows.append({"neck": neck, "split": split, **row(path)})
+    labels = [f"{lo:g}-{hi:g}" if math.isfinite(hi) else f"{lo:g}+" for lo, hi in BINS]
+    head = ["neck", "report", "AP", "AP50 >=16 px", *labels, "twins", "orphans", "borrow prec. (chance)", "s/photo"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        borrow = f"{pct(r['borrow_precision'])} ({pct(r['chance'])})" if r["borrow_precision"] is not None else ""
+        cells = [r["neck"], r["split"], pct(r["AP"]), pct(r["AP50_16+"]), *(pct(r[f"AP50_{k}"]) for k in labels),
+                 pct(r["twins_AP50"]), pct(r["orphans_AP50"]), borrow, f"{r['s_per_photo']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+        args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
