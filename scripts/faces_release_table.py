@@ -35,8 +35,7 @@ def row(report_path: Path) -> dict:
             "AP50_16+": at16, **{f"AP50_{k}": v for k, v in by_bin.items()},
             "twins_AP50": report.get("subsets", {}).get("twins", {}).get("AP50"),
             "orphans_AP50": report.get("subsets", {}).get("orphans", {}).get("AP50"),
-            "borrow_precision": borrow.get("borrow_precision"), "chance": borrow.get("chance"),
-            "s_per_photo": report["timing"]["seconds"] / max(1, report["timing"]["images"])}
+            "borrow_precision": borrow.get("borrow_precision"), "chance": borrow.get("chance")}
 
 
 def pct(value: float | None) -> str:
@@ -57,12 +56,12 @@ def main() -> None:
             if path.exists():
                 rows.append({"neck": neck, "split": split, **row(path)})
     labels = [f"{lo:g}-{hi:g}" if math.isfinite(hi) else f"{lo:g}+" for lo, hi in BINS]
-    head = ["neck", "report", "AP", "AP50 >=16 px", *labels, "twins", "orphans", "borrow prec. (chance)", "s/photo"]
+    head = ["neck", "report", "AP", "AP50 >=16 px", *labels, "twins", "orphans", "borrow prec. (chance)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         borrow = f"{pct(r['borrow_precision'])} ({pct(r['chance'])})" if r["borrow_precision"] is not None else ""
         cells = [r["neck"], r["split"], pct(r["AP"]), pct(r["AP50_16+"]), *(pct(r[f"AP50_{k}"]) for k in labels),
-                 pct(r["twins_AP50"]), pct(r["orphans_AP50"]), borrow, f"{r['s_per_photo']:.2f}"]
+                 pct(r["twins_AP50"]), pct(r["orphans_AP50"]), borrow]
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     print(text)
