@@ -4,7 +4,8 @@ detections are scored again with COCOeval, AP50 at maxDets 100 as every report h
 Per neck and report (eval_val, eval_val-exact, eval_x2, eval_x0.5, eval_colour under RUNS/<neck>/, as
 scripts/faces-release-eval.sh writes them): AP, AP50 on faces >= 16 px (smaller faces ignored, as in the
 issue's table), AP50 by size bin (sqrt(area): <16, 16-32, 32-64, 64-128, 128-200, 200+), twins and
-orphans AP50 (the report's subsets), borrow precision against chance where measured, and seconds a photo.
+orphans AP50 (the report's subsets) and borrow precision against chance where measured. No timing: a
+report's seconds depend on what shared the cores while it ran (scripts/photo_seconds.py times on idle cores).
 
     python scripts/faces_release_table.py runs/faces-release --out reports/faces-release/table.md
 """
