@@ -7,7 +7,7 @@ ultralytics is an optional install for this comparison only (``pip install ultra
 requirement of the package. Training uses ultralytics' defaults apart from a fixed epoch count (the budget:
 a time budget restarts on every resume), CPU and no validation during training. Resumable across sessions:
 ultralytics resumes from train/weights/last.pt, and ``--state`` keeps a copy of it after every epoch
-(commit that folder; a fresh clone resumes from it). A finished run or result is reused.
+(its optimizer moments in bf16, 16 MB; commit that folder once a session; a fresh clone resumes from it). A finished run or result is reused.
 
     python scripts/yolo_peer.py --out runs/faces-release/yolo11n --epochs 30 --predict-imgsz 640 1024 1280 \
         --state state/faces-release/yolo11n
@@ -75,16 +75,27 @@ def main() -> None:
     data = yolo_dataset({"train": args.train, "val": args.val}, out / "dataset")
     weights = out / "train" / "weights" / "last.pt"
     if not weights.exists() and args.state and (args.state / "last.pt").exists():
+        import torch
+
+        checkpoint = torch.load(args.state / "last.pt", map_location="cpu", weights_only=False)  # our own copy
+        checkpoint["train_args"].update(project=str(out), name="train", save_dir=str(out / "train"), data=str(data))
         weights.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(args.state / "last.pt", weights)
+        torch.save(checkpoint, weights)  # ultralytics resumes into the run folder its checkpoint names: this one
         print(f"resuming from the committed state {args.state / 'last.pt'}")
     if not (out / "train" / "done").exists():
         start = time.time()
         model = YOLO(str(weights)) if weights.exists() else YOLO(args.model)
         if args.state:
-            def keep(trainer) -> None:
+            def keep(trainer) -> None:  # the optimizer's moments in bf16 (fp32 range; cast back on load): 16 MB
+                import torch
+
+                checkpoint = torch.load(trainer.last, map_location="cpu", weights_only=False)  # ultralytics' own file
+                for state in checkpoint["optimizer"]["state"].values():
+                    for key, value in state.items():
+                        if key != "step" and torch.is_tensor(value) and value.is_floating_point():
+                            state[key] = value.to(torch.bfloat16)
                 args.state.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(trainer.last, args.state / "last.pt.tmp")
+                torch.save(checkpoint, args.state / "last.pt.tmp")
                 os.replace(args.state / "last.pt.tmp", args.state / "last.pt")
             model.add_callback("on_model_save", keep)
         model.train(data=str(data), epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, workers=0, device="cpu",
