@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: bundle-aerial bundle-faces install chromium test test-fast app bench bundle clean data
+.PHONY: bundle-aerial bundle-faces install peer chromium test test-fast app bench bundle clean data
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -16,6 +16,12 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# ultralytics for the YOLO11n peer only (scripts/yolo_peer.py: PYTHONPATH=.peer), beside the venv and without
+# its dependencies: they would add opencv-python over the venv's opencv-python-headless (both are cv2)
+peer: $(STAMP)
+	$(PY) -m pip install -q --target .peer --no-deps ultralytics==8.4.190 ultralytics-thop polars polars-runtime-32 \
+		psutil ultralytics-platform httpx httpcore
 
 # Every ground-truth file the bundled reports name (under data/, made from ../shared/data; borrowcore/derived.py)
 data: $(STAMP)
