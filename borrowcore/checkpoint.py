@@ -134,21 +134,26 @@ def load_state(detector: torch.nn.Module, checkpoint: dict[str, Any], path: str 
 
 
 def load_detector(path: str | Path, device: str | torch.device = "cpu", input_size: int | None = None,
-                  key_budget: int | None = None, exact: bool | None = None):
+                  key_budget: int | None = None, exact: bool | None = None, nms_iou: float | None = None):
     """Rebuild the detector a checkpoint was saved from, in eval mode on ``device``.
 
     ``input_size`` runs it at another S x S (the weights do not depend on S; anchors are rebuilt), so
     that tiles of T = S px stay at native resolution for any T. ``exact`` True matches every deeper cell
     (the paper), False the fast default; ``key_budget`` K > 0 matches fast with K keys per deeper map.
-    None keeps what the checkpoint stores (a checkpoint from before ``matching`` existed runs fast)."""
+    None keeps what the checkpoint stores (a checkpoint from before ``matching`` existed runs fast).
+    ``nms_iou`` replaces the IoU above which NMS drops the lower-scoring of two same-class boxes."""
     from borrowcore.model import build_detector
 
     if key_budget is not None and key_budget <= 0:
         raise ValueError(f"key budget must be > 0 keys per deeper map, got {key_budget} (every cell: exact)")
     if exact and key_budget:
         raise ValueError(f"exact matching uses every cell: it takes no key budget (got {key_budget})")
+    if nms_iou is not None and not 0 < nms_iou <= 1:
+        raise ValueError(f"NMS IoU must be in (0, 1], got {nms_iou}")
     checkpoint = read_checkpoint(path)
     overrides: dict[str, Any] = {"input_size": input_size} if input_size is not None else {}
+    if nms_iou is not None:
+        overrides["nms_iou"] = nms_iou
     if exact:
         overrides.update(matching="exact", key_budget=0)
     elif exact is not None or key_budget:

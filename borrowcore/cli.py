@@ -107,7 +107,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                      size_bins=parse_size_bins(args.size_bins), batch_size=args.batch_size,
                                      workers=args.workers, tile=args.tile, overlap=args.overlap,
                                      input_size=args.input_size, key_budget=args.key_budget,
-                                     exact=args.exact or None,
+                                     exact=args.exact or None, nms_iou=args.nms_iou,
                                      borrow_precision=args.borrow_precision,
                                      skip_bad=args.skip_bad)
     if report is not None:
@@ -253,7 +253,7 @@ def cmd_release(args: argparse.Namespace) -> int:
     from borrowcore.ablation import release_ablation
 
     for path in release_ablation(args.runs, args.assets, args.necks, args.name, args.reports_folder, args.best_by,
-                                 args.weights_necks, args.matching):
+                                 args.weights_necks, args.matching, args.nms_iou):
         print(path)
     return 0
 
@@ -331,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the detector at S x S (default: the checkpoint's); with --tile S, tiles of any size stay "
                         "at native resolution")
     add_matching_arguments(p)
+    p.add_argument("--nms-iou", dest="nms_iou", type=float,
+                   help="NMS drops a box above this IoU with a better one of its class (default: the checkpoint's)")
     p.add_argument("--borrow-precision", dest="borrow_precision", action="store_true",
                    help="borrow/full only: the share of small instances' matching mass on larger same-class ones")
     p.add_argument("--skip-bad", dest="skip_bad", action="store_true",
@@ -425,6 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--matching", choices=["fast", "exact"],
                    help="the matching the shipped checkpoints run with by default (default: as trained); measure "
                         "both with eval --exact first")
+    p.add_argument("--nms-iou", dest="nms_iou", type=float,
+                   help="the NMS IoU the shipped checkpoints run with (default: as trained); measure with eval --nms-iou")
     p.set_defaults(func=cmd_release)
 
     p = commands.add_parser("table", help="mean/std table of existing reports under a runs folder (no training)")

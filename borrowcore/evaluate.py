@@ -453,13 +453,14 @@ def inference_description(detector: torch.nn.Module, tile: int | None, overlap: 
 
 def evaluate_checkpoint(checkpoint: str | Path, annotations: str | Path, images: str | Path,
                         out: str | Path | None = None, device: str | None = None, input_size: int | None = None,
-                        key_budget: int | None = None, exact: bool | None = None, **kwargs) -> dict | None:
-    """``borrowcore eval`` as a function: load the checkpoint (at ``input_size``, and with exact matching or
-    ``key_budget`` keys per deeper map when given), evaluate, write the report."""
+                        key_budget: int | None = None, exact: bool | None = None, nms_iou: float | None = None,
+                        **kwargs) -> dict | None:
+    """``borrowcore eval`` as a function: load the checkpoint (at ``input_size``, with exact matching or
+    ``key_budget`` keys per deeper map, and at ``nms_iou`` when given), evaluate, write the report."""
     from borrowcore.checkpoint import load_detector
 
     context = init_distributed(device)
-    detector = load_detector(checkpoint, context.device, input_size, key_budget, exact)
+    detector = load_detector(checkpoint, context.device, input_size, key_budget, exact, nms_iou)
     try:
         return evaluate_detector(detector, annotations, images, out, checkpoint=checkpoint, device=context.device,
                                  context=context, **kwargs)

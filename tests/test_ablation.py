@@ -77,9 +77,12 @@ def test_ablate_end_to_end_and_resumable(tmp_path, capsys):
     # the shipped checkpoint runs with the matching it was trained with (configs/full.yaml: exact), or the one asked for
     assert read_checkpoint(shipped)["config"]["matching"] == "exact"
     fast = tmp_path / "fast-assets"
-    assert main(["release", "--runs", str(out), "--assets", str(fast), "--necks", "full", "--matching", "fast"]) == 0
+    assert main(["release", "--runs", str(out), "--assets", str(fast), "--necks", "full", "--matching", "fast",
+                 "--nms-iou", "0.4"]) == 0
     assert load_detector(fast / "checkpoints" / "synth-full.pt").config.describe_matching() == \
         "fast matching (at most 64 keys per deeper map)"
+    assert load_detector(fast / "checkpoints" / "synth-full.pt").postprocess.nms_iou == 0.4
+    assert load_detector(shipped).postprocess.nms_iou == 0.45  # as trained without --nms-iou
     # release of the best seed's weights only, for some necks; every report and log still shipped
     real = tmp_path / "real-assets"
     assert main(["release", "--runs", str(out), "--assets", str(real), "--name", "real", "--necks", "ssd", "full",

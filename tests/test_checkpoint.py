@@ -178,3 +178,18 @@ def test_fast_default_is_exact_where_every_deeper_map_fits_the_budget(tiny_confi
         small, large = torch.rand(1, 3, 128, 128), torch.rand(1, 3, 256, 256)
         assert torch.equal(fast.network(small).cls_logits, exact.network(small).cls_logits)
         assert not torch.allclose(fast.network(large).cls_logits, exact.network(large).cls_logits)
+
+
+def test_nms_iou_can_be_set_at_load_and_on_release(tmp_path, tiny_config):
+    """--nms-iou replaces the checkpoint's NMS IoU at load (what eval measures) and nothing else; out of
+    (0, 1] it is refused."""
+    path = tmp_path / "nms.pt"
+    detector = make_detector(tiny_config)
+    save_checkpoint(path, detector)
+    loaded = load_detector(path, nms_iou=0.3)
+    assert loaded.config.nms_iou == 0.3 and loaded.postprocess.nms_iou == 0.3
+    assert load_detector(path).postprocess.nms_iou == tiny_config.nms_iou == 0.45  # the file is unchanged
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), detector.state_dict().values()))
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="NMS IoU must be in"):
+            load_detector(path, nms_iou=bad)
