@@ -7,7 +7,8 @@
 #     the F1-best on val, fast matching when it costs at most 0.3 AP on val against exact (else exact);
 #     every report under assets/reports/faces/<neck>/seed0/, the training log as assets/logs/faces-<neck>-seed0;
 #  3. the summary table and found-at-threshold / bootstrap files under reports/faces-release/.
-#     bash scripts/faces-release-ship.sh [RUNS]     (NECKS="ssd full context": those with weights.pt)
+#     NMS_IOU=0.4 bash scripts/faces-release-ship.sh [RUNS]   (NECKS="ssd full context": those evaluated;
+#     NMS_IOU: the NMS IoU chosen on val with `borrowcore eval --nms-iou`, default as trained)
 set -euo pipefail
 RUNS=${1:-runs/faces-release}
 NECKS=${NECKS:-ssd full context}
@@ -45,7 +46,7 @@ print('fast' if exact - fast <= 0.003 else 'exact')" "$RUNS/full/eval_val.json" 
 fi
 echo "shipping ${shipped[*]} with $matching matching"
 $PY -m borrowcore release --runs "$layout" --name faces --necks "${shipped[@]}" --reports-folder faces \
-    --best-by val --matching "$matching"
+    --best-by val --matching "$matching" ${NMS_IOU:+--nms-iou "$NMS_IOU"}
 rm -r "$layout"
 
 mkdir -p "$OUT"
