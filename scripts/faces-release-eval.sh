@@ -8,6 +8,7 @@
 #   found_val.json         faces found by size and false detections a photo at the F1-best threshold on val
 #   RUNS/compare-<a>-<b>.json  paired bootstrap over photos of b minus a (full - ssd, full - context)
 #     bash scripts/faces-release-eval.sh [RUNS]      (NECKS="ssd full context" SHIFTS="x2 x0.5 colour")
+#     NMS_IOU=0.4 ...: every report at that NMS IoU (ship with the same: faces-release-ship.sh)
 set -eu
 RUNS=${1:-runs/faces-release}
 NECKS=${NECKS:-ssd full context}
@@ -20,7 +21,7 @@ evaluate() {  # weights split coco images [eval args...]
     local report="$(dirname "$weights")/eval_$split.json"
     [ -f "$report" ] && return 0
     $PY -m borrowcore eval --checkpoint "$weights" --coco "$coco" --images "$images" --out "$report" \
-        --split "${split%-exact}" --name wider-faces --size-bins $BINS "$@"
+        --split "${split%-exact}" --name wider-faces --size-bins $BINS ${NMS_IOU:+--nms-iou "$NMS_IOU"} "$@"
 }
 for neck in $NECKS; do
     weights=$RUNS/$neck/weights.pt
