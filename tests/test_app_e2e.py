@@ -297,7 +297,7 @@ def test_inspect_finds_every_large_face_of_a_portrait_and_a_group_photo(faces_se
     """What a user's own photo often is: one large face, or a few. Uploaded to Inspect, each shows the
     detections the bundled face model gives it at its default threshold, and among them every face over
     200 px (IoU >= 0.5 with the official box), and no box that is a piece of one of those faces."""
-    from torchvision.ops import box_iou
+    from torchvision.ops import box_area, box_iou
 
     from borrowcore import load_detector
     from borrowcore.images import read_image_rgb
@@ -337,7 +337,7 @@ def test_inspect_finds_every_large_face_of_a_portrait_and_a_group_photo(faces_se
         others = boxes[iou.max(dim=0).values < 0.5] if len(boxes) else boxes
         corner = torch.maximum(others[:, None, :2], large[None, :, :2])
         far = torch.minimum(others[:, None, 2:], large[None, :, 2:])
-        inside = (far - corner).clamp(min=0).prod(dim=2) / (others[:, 2:] - others[:, :2]).prod(dim=1)[:, None]
+        inside = (far - corner).clamp(min=0).prod(dim=2) / box_area(others)[:, None]  # share of each box in a face
         assert (inside < 0.5).all(), (photo.name, others.tolist(), inside.tolist())
 
 
