@@ -226,7 +226,7 @@ def release_threshold(report_path: Path) -> float:
 def release_ablation(runs: str | Path, assets: str | Path, necks: Sequence[str] = NECKS, name: str = "synth",
                      reports_folder: str = "ablation", best_by: str | None = None,
                      weights_necks: Sequence[str] | None = None, matching: str | None = None,
-                     nms_iou: float | None = None) -> list[Path]:
+                     nms_iou: float | None = None, recipe: dict | None = None) -> list[Path]:
     """Copy an ablation's results into the app's assets: weights without training state as
     ``checkpoints/<name>-<neck>.pt`` (seed 0; other seeds ``-s<k>``), reports with their detections under
     ``reports/<reports_folder>/``, training logs under ``logs/``, and the tables. Reports are pointed at
@@ -235,11 +235,11 @@ def release_ablation(runs: str | Path, assets: str | Path, necks: Sequence[str] 
     ``best_by`` ships only the weights of each neck's best seed by that split's AP (as ``<name>-<neck>.pt``)
     and ``weights_necks`` only those necks' weights; every run's reports and logs are shipped, those whose
     weights stay behind with an empty ``model.checkpoint``. ``matching`` ("fast" or "exact") sets the
-    matching the shipped checkpoints run with (default: as trained), ``nms_iou`` their NMS IoU. Returns the
-    files written."""
+    matching the shipped checkpoints run with (default: as trained), ``nms_iou`` their NMS IoU and ``recipe``
+    other inference-recipe fields (``checkpoint.RECIPE_FIELDS``). Returns the files written."""
     import shutil
 
-    from borrowcore.checkpoint import checkpoint_config, load_state, read_checkpoint, save_checkpoint
+    from borrowcore.checkpoint import RECIPE_FIELDS, checkpoint_config, load_state, read_checkpoint, save_checkpoint
     from borrowcore.model import build_detector
     from borrowcore.report import sha256_file
 
@@ -266,6 +266,11 @@ def release_ablation(runs: str | Path, assets: str | Path, necks: Sequence[str] 
                     detector.config = dataclasses.replace(detector.config, matching=matching, key_budget=0)
                 if nms_iou is not None:
                     detector.config = dataclasses.replace(detector.config, nms_iou=nms_iou)
+                if recipe:
+                    unknown = sorted(set(recipe) - set(RECIPE_FIELDS))
+                    if unknown:
+                        raise ValueError(f"not inference-recipe fields: {unknown}")
+                    detector.config = dataclasses.replace(detector.config, **recipe)
                 suffix = "" if seed == 0 or best_by else f"-s{seed}"
                 target = assets / "checkpoints" / f"{name}-{neck}{suffix}.pt"
                 save_checkpoint(target, detector)  # weights, config and versions; no optimizer state

@@ -70,3 +70,23 @@ def ignored_anchors(ignore_boxes: Tensor, anchors: Tensor, iof_threshold: float 
     anchor_area = (anchors[:, 2] - anchors[:, 0]) * (anchors[:, 3] - anchors[:, 1])  # (A,)
     iof = intersection / anchor_area.clamp(min=1e-9)[:, None]
     return (iof >= iof_threshold).any(dim=1)
+
+
+def drop_inside(boxes: Tensor, scores: Tensor, labels: Tensor, share: float) -> Tensor:
+    """Indices (best first) of the boxes kept when a box is dropped for having at least ``share`` of its
+    area inside a kept, better-scoring box of its label: NMS's greedy order with containment in place of
+    IoU. boxes (D, 4) xyxy, scores (D,), labels (D,)."""
+    order = scores.argsort(descending=True, stable=True)
+    boxes, labels = boxes[order], labels[order]
+    lt = torch.max(boxes[:, None, :2], boxes[None, :, :2])  # (D, D, 2): row i the container, column j the box
+    rb = torch.min(boxes[:, None, 2:], boxes[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0).prod(-1)
+    inside = (inter >= share * area[None, :]) & (labels[:, None] == labels[None, :]) & (area[None, :] > 0)
+    keep = torch.ones(len(boxes), dtype=torch.bool, device=boxes.device)
+    for i in range(len(boxes)):
+        if keep[i]:
+            later = inside[i].clone()
+            later[: i + 1] = False
+            keep &= ~later
+    return order[keep]

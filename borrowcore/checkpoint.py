@@ -15,6 +15,7 @@ import dataclasses
 import pickle
 import platform
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -99,6 +100,25 @@ def checkpoint_config(checkpoint: dict[str, Any], path: str | Path = "checkpoint
         raise CheckpointError(f"{path}: invalid model config in checkpoint: {error}") from error
 
 
+# DetectorConfig fields that are the inference recipe, not the weights: a checkpoint runs with any of them
+RECIPE_FIELDS = ("score_threshold", "nms_iou", "candidates_per_class", "detections_per_image", "display_threshold",
+                 "inference", "max_whole_side", "oversize", "zoom_out", "zoom_out_min", "drop_inside", "matching", "key_budget")
+
+
+def parse_recipe(items: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings (VALUE in YAML: 0.5, [0.5], shrink) -> inference-recipe overrides, checked
+    against ``RECIPE_FIELDS``."""
+    import yaml
+
+    recipe = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in RECIPE_FIELDS:
+            raise ValueError(f"--recipe takes KEY=VALUE with KEY one of {', '.join(RECIPE_FIELDS)}; got {item!r}")
+        recipe[key] = yaml.safe_load(value)
+    return recipe
+
+
 def load_state(detector: torch.nn.Module, checkpoint: dict[str, Any], path: str | Path = "checkpoint") -> None:
     """Load a checkpoint's weights into ``detector``, naming what differs when the architecture does."""
     model = detector.module if hasattr(detector, "module") else detector
@@ -109,9 +129,7 @@ def load_state(detector: torch.nn.Module, checkpoint: dict[str, Any], path: str 
             f"{f.name}: checkpoint {getattr(saved, f.name)!r}, model {getattr(own, f.name)!r}"
             for f in dataclasses.fields(DetectorConfig)
             if getattr(saved, f.name) != getattr(own, f.name)
-            and f.name not in ("score_threshold", "nms_iou", "candidates_per_class", "detections_per_image",
-                               "display_threshold", "inference", "max_whole_side", "oversize", "match_iou",
-                               "matching", "key_budget")  # not weights
+            and f.name not in RECIPE_FIELDS + ("match_iou",)  # not weights
         ]
         if differences:
             raise CheckpointError(f"{path}: architecture differs from the model: " + "; ".join(differences))
@@ -134,14 +152,16 @@ def load_state(detector: torch.nn.Module, checkpoint: dict[str, Any], path: str 
 
 
 def load_detector(path: str | Path, device: str | torch.device = "cpu", input_size: int | None = None,
-                  key_budget: int | None = None, exact: bool | None = None, nms_iou: float | None = None):
+                  key_budget: int | None = None, exact: bool | None = None, nms_iou: float | None = None,
+                  recipe: dict[str, Any] | None = None):
     """Rebuild the detector a checkpoint was saved from, in eval mode on ``device``.
 
     ``input_size`` runs it at another S x S (the weights do not depend on S; anchors are rebuilt), so
     that tiles of T = S px stay at native resolution for any T. ``exact`` True matches every deeper cell
     (the paper), False the fast default; ``key_budget`` K > 0 matches fast with K keys per deeper map.
     None keeps what the checkpoint stores (a checkpoint from before ``matching`` existed runs fast).
-    ``nms_iou`` replaces the IoU above which NMS drops the lower-scoring of two same-class boxes."""
+    ``nms_iou`` replaces the IoU above which NMS drops the lower-scoring of two same-class boxes; ``recipe``
+    any other ``RECIPE_FIELDS`` (``parse_recipe``), such as ``{"oversize": "shrink", "zoom_out": [0.5]}``."""
     from borrowcore.model import build_detector
 
     if key_budget is not None and key_budget <= 0:
@@ -151,7 +171,11 @@ def load_detector(path: str | Path, device: str | torch.device = "cpu", input_si
     if nms_iou is not None and not 0 < nms_iou <= 1:
         raise ValueError(f"NMS IoU must be in (0, 1], got {nms_iou}")
     checkpoint = read_checkpoint(path)
+    unknown = sorted(set(recipe or {}) - set(RECIPE_FIELDS))
+    if unknown:
+        raise ValueError(f"not inference-recipe fields: {unknown} (those are {', '.join(RECIPE_FIELDS)})")
     overrides: dict[str, Any] = {"input_size": input_size} if input_size is not None else {}
+    overrides.update(recipe or {})
     if nms_iou is not None:
         overrides["nms_iou"] = nms_iou
     if exact:

@@ -108,6 +108,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                      workers=args.workers, tile=args.tile, overlap=args.overlap,
                                      input_size=args.input_size, key_budget=args.key_budget,
                                      exact=args.exact or None, nms_iou=args.nms_iou,
+                                     recipe=parse_recipe(args.recipe),
                                      borrow_precision=args.borrow_precision,
                                      skip_bad=args.skip_bad)
     if report is not None:
@@ -163,6 +164,20 @@ def add_matching_arguments(p: argparse.ArgumentParser) -> None:
                             f"average-pooled (time linear in the image; default {DEFAULT_KEY_BUDGET})")
 
 
+def add_recipe_argument(p: argparse.ArgumentParser, help: str | None = None) -> None:
+    """--recipe KEY=VALUE: an inference-recipe field in place of the checkpoint's (repeatable)."""
+    p.add_argument("--recipe", action="append", default=[], metavar="KEY=VALUE",
+                   help=help or "run with this inference-recipe field (YAML value) in place of the checkpoint's, "
+                                "e.g. oversize=shrink or zoom_out=[0.5]; repeatable")
+
+
+def parse_recipe(items: list[str]) -> dict:
+    """--recipe's KEY=VALUE items as overrides (borrowcore.checkpoint.parse_recipe)."""
+    from borrowcore.checkpoint import parse_recipe as parse
+
+    return parse(items)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """Latency, memory, FLOPs, training and evaluation speed of the ablations, side by side."""
     from borrowcore.bench import format_markdown, run_benchmark
@@ -181,7 +196,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     summary = predict_files(args.source, args.out, checkpoint=args.checkpoint, onnx=args.onnx, device=args.device,
                             conf=args.conf, batch_size=args.batch, tile_size=args.tile, overlap=args.overlap,
                             merge_edges=args.merge_edges, save_images=args.save_images, classes=args.classes,
-                            key_budget=args.key_budget, exact=args.exact or None)
+                            key_budget=args.key_budget, exact=args.exact or None,
+                            recipe=parse_recipe(args.recipe) or None)
     if summary["skipped"]:
         for skipped in json.loads(Path(summary["detections_file"]).read_text())["skipped"]:
             print(f"predict: skipped {skipped['path']}: {skipped['reason']}", file=sys.stderr)
@@ -253,7 +269,7 @@ def cmd_release(args: argparse.Namespace) -> int:
     from borrowcore.ablation import release_ablation
 
     for path in release_ablation(args.runs, args.assets, args.necks, args.name, args.reports_folder, args.best_by,
-                                 args.weights_necks, args.matching, args.nms_iou):
+                                 args.weights_necks, args.matching, args.nms_iou, parse_recipe(args.recipe)):
         print(path)
     return 0
 
@@ -333,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_matching_arguments(p)
     p.add_argument("--nms-iou", dest="nms_iou", type=float,
                    help="NMS drops a box above this IoU with a better one of its class (default: the checkpoint's)")
+    add_recipe_argument(p)
     p.add_argument("--borrow-precision", dest="borrow_precision", action="store_true",
                    help="borrow/full only: the share of small instances' matching mass on larger same-class ones")
     p.add_argument("--skip-bad", dest="skip_bad", action="store_true",
@@ -429,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "both with eval --exact first")
     p.add_argument("--nms-iou", dest="nms_iou", type=float,
                    help="the NMS IoU the shipped checkpoints run with (default: as trained); measure with eval --nms-iou")
+    add_recipe_argument(p, "the shipped checkpoints' inference recipe (default: as trained); measure with eval --recipe")
     p.set_defaults(func=cmd_release)
 
     p = commands.add_parser("table", help="mean/std table of existing reports under a runs folder (no training)")
@@ -472,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-images", dest="save_images", action="store_true", help="write images with boxes drawn")
     p.add_argument("--classes", nargs="+", help="class names or labels (1..K) to keep")
     add_matching_arguments(p)
+    add_recipe_argument(p)
     p.set_defaults(func=cmd_predict)
 
     p = commands.add_parser("export", help="export a checkpoint to ONNX (onnxruntime parity checked)")

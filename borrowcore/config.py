@@ -59,6 +59,14 @@ class DetectorConfig:
     # "shrink" scales the photo down until its longer side is max_whole_side (a phone portrait's face stays
     # one face in the anchors' range), and detections are mapped back to the photo's pixels
     oversize: str = "tiles"
+    # "whole": one more pass per scale s < 1 here (the photo scaled by s after any shrink), keeping only its
+    # boxes of at least zoom_out_min px (sqrt of the area, in the photo): faces larger than the largest
+    # anchors are seen at a size the anchors reach; merged with the native pass by class-wise NMS
+    zoom_out: list[float] = field(default_factory=list)
+    zoom_out_min: int = 256
+    # > 0: after NMS, drop a box when at least this share of its area lies inside a better-scoring box of its
+    # class (a face holds no face: the parts of a face larger than the anchors look like faces); 0: off
+    drop_inside: float = 0.0
     display_threshold: float = 0.5  # the app's default score threshold (release: the F1-best on validation)
     score_threshold: float = 0.01
     nms_iou: float = 0.45
@@ -74,6 +82,13 @@ class DetectorConfig:
             raise ValueError(f"inference must be one of {INFERENCE_MODES}, got {self.inference!r}")
         if self.oversize not in ("tiles", "shrink"):
             raise ValueError(f"oversize must be tiles or shrink, got {self.oversize!r}")
+        if any(not 0 < z < 1 for z in self.zoom_out):
+            raise ValueError(f"zoom_out lists scales in (0, 1), got {self.zoom_out}")
+        self.zoom_out = [float(z) for z in self.zoom_out]
+        if not 0 <= self.drop_inside <= 1:
+            raise ValueError(f"drop_inside is a share of a box's area in [0, 1] (0: off), got {self.drop_inside}")
+        if self.zoom_out_min < 0:
+            raise ValueError(f"zoom_out_min must be >= 0 px, got {self.zoom_out_min}")
         if not 0 < self.match_iou <= 1:
             raise ValueError(f"match_iou must be in (0, 1], got {self.match_iou}")
         if not 0 <= self.prior_prob < 1:

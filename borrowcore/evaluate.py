@@ -446,21 +446,26 @@ def inference_description(detector: torch.nn.Module, tile: int | None, overlap: 
     if getattr(detector, "whole_image", False):
         beyond = (f"shrunk to {config.max_whole_side} px" if getattr(config, "oversize", "tiles") == "shrink"
                   else f"tiles of {config.input_size} px")
+        zoom = (f"; zoomed out x{', x'.join(f'{z:g}' for z in config.zoom_out)} for boxes of "
+                f"{config.zoom_out_min} px and more" if getattr(config, "zoom_out", None) else "")
+        inside = (f"; boxes {config.drop_inside:.0%} inside a better one dropped"
+                  if getattr(config, "drop_inside", 0) else "")
         return (f"whole image at native resolution, padded to multiples of 64 ({beyond} "
-                f"above {config.max_whole_side} px){budget}")
+                f"above {config.max_whole_side} px){zoom}{inside}{budget}")
     return f"resize to {detector.input_size}{budget}"
 
 
 def evaluate_checkpoint(checkpoint: str | Path, annotations: str | Path, images: str | Path,
                         out: str | Path | None = None, device: str | None = None, input_size: int | None = None,
                         key_budget: int | None = None, exact: bool | None = None, nms_iou: float | None = None,
-                        **kwargs) -> dict | None:
+                        recipe: dict | None = None, **kwargs) -> dict | None:
     """``borrowcore eval`` as a function: load the checkpoint (at ``input_size``, with exact matching or
-    ``key_budget`` keys per deeper map, and at ``nms_iou`` when given), evaluate, write the report."""
+    ``key_budget`` keys per deeper map, at ``nms_iou`` and with the ``recipe`` overrides when given),
+    evaluate, write the report."""
     from borrowcore.checkpoint import load_detector
 
     context = init_distributed(device)
-    detector = load_detector(checkpoint, context.device, input_size, key_budget, exact, nms_iou)
+    detector = load_detector(checkpoint, context.device, input_size, key_budget, exact, nms_iou, recipe)
     try:
         return evaluate_detector(detector, annotations, images, out, checkpoint=checkpoint, device=context.device,
                                  context=context, **kwargs)

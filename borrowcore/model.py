@@ -12,10 +12,11 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.ops import batched_nms, box_area
 
 from borrowcore.anchors import AnchorGenerator
 from borrowcore.backbone import VGGBackbone, scaled_channels
-from borrowcore.boxes import BoxCoder
+from borrowcore.boxes import BoxCoder, drop_inside
 from borrowcore.config import DetectorConfig
 from borrowcore.head import SSDHead
 from borrowcore.loss import MultiBoxLoss
@@ -63,14 +64,23 @@ class Detector(nn.Module):
         class_names: names of labels 1..K.
         whole_image: take each image at native resolution, padded right and bottom to multiples of 64
             (SPEC §1's whole-image mode), instead of resizing it to S x S; boxes need no scaling.
+        shrink_above: whole-image mode, photos whose longer side exceeds it are scaled down to it (0: never).
+        zoom_out: whole-image mode, one more pass per scale here, adding its boxes of at least
+            ``zoom_out_min`` px (the objects beyond the largest anchors); empty: one pass.
+        drop_inside: > 0, after NMS drop a box with at least this share of its area inside a better-scoring
+            box of its class (``boxes.drop_inside``); 0: NMS alone.
     """
 
     def __init__(self, network: BorrowSSD, anchors: AnchorGenerator, loss: MultiBoxLoss, postprocess: PostProcess,
                  input_size: int, class_names: list[str], mean: tuple[float, ...] = IMAGENET_MEAN,
-                 std: tuple[float, ...] = IMAGENET_STD, whole_image: bool = False, shrink_above: int = 0) -> None:
+                 std: tuple[float, ...] = IMAGENET_STD, whole_image: bool = False, shrink_above: int = 0,
+                 zoom_out: tuple[float, ...] = (), zoom_out_min: int = 256, drop_inside: float = 0.0) -> None:
         super().__init__()
         self.whole_image = whole_image
         self.shrink_above = shrink_above  # whole-image mode: photos with a longer side above it are scaled to it
+        self.zoom_out = tuple(zoom_out)  # whole-image mode: extra passes at these scales, for the largest objects
+        self.zoom_out_min = zoom_out_min  # ... keeping their boxes of at least this side (px in the photo)
+        self.drop_inside = drop_inside  # > 0: drop boxes with this share of their area inside a better one
         self.network = network
         self.anchors = anchors
         self.loss = loss
@@ -85,30 +95,31 @@ class Detector(nn.Module):
         """What the anchor generator's S'_N follows: S, or None for whole images (SPEC §3)."""
         return None if self.whole_image else self.input_size
 
-    def whole_size(self, height: int, width: int) -> tuple[int, int]:
+    def whole_size(self, height: int, width: int, zoom: float = 1.0) -> tuple[int, int]:
         """(H, W) a photo has at the network input in whole-image mode: itself, or shrunk so that its longer
-        side is ``shrink_above`` (config ``oversize: shrink``)."""
+        side is ``shrink_above`` (config ``oversize: shrink``); then scaled by ``zoom`` (a zoom-out pass)."""
         longest = max(height, width)
-        if not self.shrink_above or longest <= self.shrink_above:
+        factor = zoom * (self.shrink_above / longest if self.shrink_above and longest > self.shrink_above else 1)
+        if factor == 1:
             return height, width
-        factor = self.shrink_above / longest
         return max(1, round(height * factor)), max(1, round(width * factor))
 
-    def input_scales(self, sizes: list[tuple[int, int]]) -> list[tuple[float, float]]:
+    def input_scales(self, sizes: list[tuple[int, int]], zoom: float = 1.0) -> list[tuple[float, float]]:
         """Per image (x, y) factors from its pixels to the network input's."""
         if self.whole_image:
             scales = []
             for h, w in sizes:
-                new_h, new_w = self.whole_size(h, w)
+                new_h, new_w = self.whole_size(h, w, zoom)
                 scales.append((new_w / w, new_h / h))
             return scales
         return [(self.input_size / w, self.input_size / h) for h, w in sizes]
 
-    def preprocess(self, images: list[Tensor] | Tensor) -> tuple[Tensor, list[tuple[int, int]]]:
+    def preprocess(self, images: list[Tensor] | Tensor, zoom: float = 1.0) -> tuple[Tensor, list[tuple[int, int]]]:
         """Images (3, H, W) float in [0, 1] (uint8 is scaled) -> normalised (B, 3, S, S) and their (H, W).
 
-        Whole-image mode: (B, 3, H', W'), every image at native resolution in the top-left corner, zero
-        (the mean colour) to the right and below, H' and W' the largest sides rounded up to 64."""
+        Whole-image mode: (B, 3, H', W'), every image at native resolution (or ``whole_size``) in the
+        top-left corner, zero (the mean colour) to the right and below, H' and W' the largest sides rounded
+        up to 64."""
         if isinstance(images, Tensor) and images.dim() == 3:
             images = [images]
         sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
@@ -122,8 +133,8 @@ class Detector(nn.Module):
             img = (img - self.mean[0]) / self.std[0]
             if not self.whole_image and img.shape[-2:] != (s, s):  # SPEC §1: a plain resize, no letterbox
                 img = F.interpolate(img[None], size=(s, s), mode="bilinear", align_corners=False, antialias=True)[0]
-            elif self.whole_image and self.whole_size(*img.shape[-2:]) != tuple(img.shape[-2:]):
-                img = F.interpolate(img[None], size=self.whole_size(*img.shape[-2:]), mode="bilinear",
+            elif self.whole_image and self.whole_size(*img.shape[-2:], zoom) != tuple(img.shape[-2:]):
+                img = F.interpolate(img[None], size=self.whole_size(*img.shape[-2:], zoom), mode="bilinear",
                                     align_corners=False, antialias=True)[0]
             batch.append(img)
         if not self.whole_image:
@@ -162,14 +173,43 @@ class Detector(nn.Module):
             if targets is None:
                 raise ValueError("in train mode the detector needs targets")
             return self.compute_loss(images, targets)
-        batch, sizes = self.preprocess(images)
+        detections, matching = self.detect(images, return_matching=return_matching)
+        if self.whole_image and self.zoom_out:
+            detections = self.merge_zoomed_out(images, detections)
+        if self.drop_inside:
+            for detection in detections:
+                keep = drop_inside(detection["boxes"], detection["scores"], detection["labels"], self.drop_inside)
+                detection.update({k: v[keep] for k, v in detection.items()})
+        if return_matching:  # the native pass's scores: what the heatmaps show
+            for i, detection in enumerate(detections):
+                detection["matching"] = [m.select(i) for m in matching]
+        return detections
+
+    def detect(self, images: list[Tensor] | Tensor, zoom: float = 1.0,
+               return_matching: bool = False) -> tuple[list[dict[str, Tensor]], list[MatchingScores]]:
+        """One eval pass (the photos scaled by ``zoom`` in whole-image mode): detections in each image's
+        own pixels and, when asked, the matching scores of the batch."""
+        batch, sizes = self.preprocess(images, zoom)
         output = self.network(batch, return_matching=return_matching)
         anchors = self.anchors(output.grid_sizes, self.anchor_image_size, device=batch.device)
-        detections = self.postprocess(output.cls_logits, output.box_regression, anchors, self.input_scales(sizes), sizes)
-        if return_matching:
-            for i, detection in enumerate(detections):
-                detection["matching"] = [m.select(i) for m in output.matching]
-        return detections
+        detections = self.postprocess(output.cls_logits, output.box_regression, anchors,
+                                      self.input_scales(sizes, zoom), sizes)
+        return detections, output.matching
+
+    def merge_zoomed_out(self, images: list[Tensor] | Tensor,
+                         detections: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
+        """Add the zoom-out passes' large boxes (side >= ``zoom_out_min`` px in the photo) to the native
+        pass's detections, then class-wise NMS and the best ``detections_per_image``, as one pass would."""
+        parts = [[d] for d in detections]
+        for zoom in self.zoom_out:
+            for part, extra in zip(parts, self.detect(images, zoom)[0]):
+                part.append({k: v[box_area(extra["boxes"]).sqrt() >= self.zoom_out_min] for k, v in extra.items()})
+        merged = []
+        for part in parts:
+            boxes, scores, labels = (torch.cat([d[k] for d in part]) for k in ("boxes", "scores", "labels"))
+            keep = batched_nms(boxes, scores, labels, self.postprocess.nms_iou)[: self.postprocess.detections_per_image]
+            merged.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
+        return merged
 
 
 def build_detector(config: DetectorConfig, class_names: list[str] | None = None) -> Detector:
@@ -189,6 +229,7 @@ def build_detector(config: DetectorConfig, class_names: list[str] | None = None)
                               config.nms_iou, config.detections_per_image)
     detector = Detector(BorrowSSD(backbone, neck, head), anchors, MultiBoxLoss(box_coder, config.match_iou), postprocess,
                         config.input_size, class_names, whole_image=config.inference == "whole",
-                        shrink_above=config.max_whole_side if config.oversize == "shrink" else 0)
+                        shrink_above=config.max_whole_side if config.oversize == "shrink" else 0,
+                        zoom_out=config.zoom_out, zoom_out_min=config.zoom_out_min, drop_inside=config.drop_inside)
     detector.config = config  # what a checkpoint records to rebuild it
     return detector

@@ -243,14 +243,16 @@ def predict(detector: Callable[[list[Tensor]], list[dict[str, Tensor]]], class_n
 
 def predict_files(sources: Sequence[str | Path], out: str | Path, *, checkpoint: str | Path | None = None,
                   onnx: str | Path | None = None, device: str | None = None, amp: bool = True,
-                  key_budget: int | None = None, exact: bool | None = None, **kwargs: Any) -> dict[str, Any]:
+                  key_budget: int | None = None, exact: bool | None = None, recipe: dict[str, Any] | None = None,
+                  **kwargs: Any) -> dict[str, Any]:
     """``borrowcore predict`` as a function: a checkpoint (PyTorch; exact matching or ``key_budget`` keys per
-    deeper map in place of its own when given) or an exported file (onnxruntime)."""
+    deeper map, and the ``recipe`` overrides, in place of its own when given) or an exported file
+    (onnxruntime)."""
     if (checkpoint is None) == (onnx is None):
         raise ValueError("give either a checkpoint or an ONNX file")
-    if onnx is not None and (key_budget is not None or exact is not None):
-        raise ValueError("--key-budget and --exact apply to checkpoints: an ONNX file keeps the matching it was "
-                         "exported with")
+    if onnx is not None and (key_budget is not None or exact is not None or recipe):
+        raise ValueError("--key-budget, --exact and --recipe apply to checkpoints: an ONNX file keeps the recipe it "
+                         "was exported with")
     # onnxruntime's CUDA provider comes with onnxruntime-gpu only: ONNX files run on the CPU unless asked
     device = device or ("cuda" if torch.cuda.is_available() and onnx is None else "cpu")
     if onnx is not None:
@@ -263,7 +265,7 @@ def predict_files(sources: Sequence[str | Path], out: str | Path, *, checkpoint:
     else:
         from borrowcore.checkpoint import load_detector
 
-        model = load_detector(checkpoint, device, key_budget=key_budget, exact=exact)
+        model = load_detector(checkpoint, device, key_budget=key_budget, exact=exact, recipe=recipe)
         detector = EagerDetector(model, device, amp)
         info = {"checkpoint": str(checkpoint), "backend": "pytorch", "ablation": model.config.neck,
                 "matching": model.config.describe_matching(),

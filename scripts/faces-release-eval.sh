@@ -9,7 +9,13 @@
 #   RUNS/compare-<a>-<b>.json  paired bootstrap over photos of b minus a (full - ssd, full - context)
 #     bash scripts/faces-release-eval.sh [RUNS]      (NECKS="ssd full context" SHIFTS="x2 x0.5 colour")
 #     NMS_IOU=0.4 ...: every report at that NMS IoU (ship with the same: faces-release-ship.sh)
+#     RECIPE="oversize=shrink zoom_out=[0.5] drop_inside=0.8": every report with these inference-recipe fields
+#                          (`borrowcore eval --recipe`; ship with the same)
 set -eu
+recipe=()
+set -f  # RECIPE's [0.5] is a YAML list, not a glob
+for item in ${RECIPE:-}; do recipe+=(--recipe "$item"); done
+set +f
 RUNS=${1:-runs/faces-release}
 NECKS=${NECKS:-ssd full context}
 PY=${PYTHON:-.venv/bin/python}
@@ -21,7 +27,7 @@ evaluate() {  # weights split coco images [eval args...]
     local report="$(dirname "$weights")/eval_$split.json"
     [ -f "$report" ] && return 0
     $PY -m borrowcore eval --checkpoint "$weights" --coco "$coco" --images "$images" --out "$report" \
-        --split "${split%-exact}" --name wider-faces --size-bins $BINS ${NMS_IOU:+--nms-iou "$NMS_IOU"} "$@"
+        --split "${split%-exact}" --name wider-faces --size-bins $BINS ${NMS_IOU:+--nms-iou "$NMS_IOU"} ${recipe[@]+"${recipe[@]}"} "$@"
 }
 for neck in $NECKS; do
     weights=$RUNS/$neck/weights.pt

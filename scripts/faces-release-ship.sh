@@ -8,8 +8,13 @@
 #     every report under assets/reports/faces/<neck>/seed0/, the training log as assets/logs/faces-<neck>-seed0;
 #  3. the summary table and found-at-threshold / bootstrap files under reports/faces-release/.
 #     NMS_IOU=0.4 bash scripts/faces-release-ship.sh [RUNS]   (NECKS="ssd full context": those evaluated;
-#     NMS_IOU: the NMS IoU chosen on val with `borrowcore eval --nms-iou`, default as trained)
+#     NMS_IOU: the NMS IoU chosen on val with `borrowcore eval --nms-iou`, default as trained; RECIPE: the
+#     inference-recipe fields the reports were made with, faces-release-eval.sh's RECIPE)
 set -euo pipefail
+recipe=()
+set -f  # RECIPE's [0.5] is a YAML list, not a glob
+for item in ${RECIPE:-}; do recipe+=(--recipe "$item"); done
+set +f
 RUNS=${1:-runs/faces-release}
 NECKS=${NECKS:-ssd full context}
 PY=${PYTHON:-.venv/bin/python}
@@ -46,7 +51,7 @@ print('fast' if exact - fast <= 0.003 else 'exact')" "$RUNS/full/eval_val.json" 
 fi
 echo "shipping ${shipped[*]} with $matching matching"
 $PY -m borrowcore release --runs "$layout" --name faces --necks "${shipped[@]}" --reports-folder faces \
-    --best-by val --matching "$matching" ${NMS_IOU:+--nms-iou "$NMS_IOU"}
+    --best-by val --matching "$matching" ${NMS_IOU:+--nms-iou "$NMS_IOU"} ${recipe[@]+"${recipe[@]}"}
 rm -r "$layout"
 
 mkdir -p "$OUT"

@@ -381,3 +381,70 @@ def test_whole_image_shrink_maps_a_large_photo_back_to_its_pixels():
     assert explanation.scale() == (2.0, 2.0)
     tiles = build_detector(DetectorConfig(**{**config.__dict__, "oversize": "tiles"}))
     assert recipe_tile_size(tiles, 300, 500) == 128
+
+
+def test_zoom_out_adds_the_half_scale_pass_large_boxes_in_the_photo_pixels():
+    """zoom_out [0.5]: the detections are the native pass's plus the boxes of at least zoom_out_min px that
+    the same weights find on the photo scaled by 0.5 (mapped back: times 2), merged by class-wise NMS (34 px:
+    about half of them, with these random weights). An
+    unreachable zoom_out_min leaves the native pass alone."""
+    import dataclasses
+
+    import torch.nn.functional as F
+    from torchvision.ops import batched_nms, box_area
+
+    from borrowcore.config import DetectorConfig
+    from borrowcore.model import build_detector
+
+    config = DetectorConfig(neck="full", num_classes=2, input_size=128, width=0.0625, anchor_scale=2.0,
+                            aspect_ratios=[1.2], inference="whole", prior_prob=0.25, score_threshold=0.2,
+                            detections_per_image=1000)
+    torch.manual_seed(0)
+    plain = build_detector(config).eval()
+    zoomed = build_detector(dataclasses.replace(config, zoom_out=[0.5], zoom_out_min=34)).eval()
+    zoomed.load_state_dict(plain.state_dict())
+    never = build_detector(dataclasses.replace(config, zoom_out=[0.5], zoom_out_min=10_000)).eval()
+    never.load_state_dict(plain.state_dict())
+    photo = torch.rand(3, 256, 320, generator=torch.Generator().manual_seed(2))
+    half = F.interpolate(photo[None], size=(128, 160), mode="bilinear", align_corners=False, antialias=True)[0]
+    with torch.no_grad():
+        native, small, merged = plain([photo])[0], plain([half])[0], zoomed([photo])[0]
+        alone = never([photo])[0]
+    for key in native:
+        torch.testing.assert_close(alone[key], native[key])
+    large = box_area(small["boxes"] * 2).sqrt() >= 34
+    assert 0 < large.sum() < len(large)  # both kinds of half-pass box: the rule is exercised
+    boxes = torch.cat([native["boxes"], small["boxes"][large] * 2])
+    scores = torch.cat([native["scores"], small["scores"][large]])
+    labels = torch.cat([native["labels"], small["labels"][large]])
+    keep = batched_nms(boxes, scores, labels, config.nms_iou)[: config.detections_per_image]
+    torch.testing.assert_close(merged["boxes"], boxes[keep])
+    torch.testing.assert_close(merged["scores"], scores[keep])
+    assert torch.equal(merged["labels"], labels[keep])
+    assert (keep >= len(native["boxes"])).any()  # some half-pass box survived the merge
+    with pytest.raises(ValueError, match="zoom_out"):
+        DetectorConfig(zoom_out=[1.0])
+
+
+def test_recipe_overrides_load_with_the_weights_and_refuse_other_fields(tmp_path):
+    """load_detector(recipe=...) runs a checkpoint with another inference recipe (the weights unchanged);
+    a field that shapes the weights, or a malformed --recipe item, is refused by name."""
+    from borrowcore.checkpoint import load_detector, parse_recipe, save_checkpoint
+    from borrowcore.config import DetectorConfig
+    from borrowcore.model import build_detector
+
+    detector = build_detector(DetectorConfig(num_classes=1, input_size=128, width=0.0625, inference="whole"))
+    save_checkpoint(tmp_path / "m.pt", detector)
+    recipe = parse_recipe(["oversize=shrink", "zoom_out=[0.5]", "zoom_out_min=300"])
+    assert recipe == {"oversize": "shrink", "zoom_out": [0.5], "zoom_out_min": 300}
+    loaded = load_detector(tmp_path / "m.pt", recipe=recipe)
+    assert loaded.zoom_out == (0.5,) and loaded.zoom_out_min == 300 and loaded.shrink_above == 2048
+    assert loaded.config.zoom_out == [0.5]
+    for key, value in detector.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
+    with pytest.raises(ValueError, match="width"):
+        load_detector(tmp_path / "m.pt", recipe={"width": 0.5})
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_recipe(["zoom_out"])
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_recipe(["input_size=256"])
