@@ -223,6 +223,9 @@ def cmd_export(args: argparse.Namespace) -> int:
           f"opset {metadata['opset']})")
     if metadata["exporter_note"]:
         print(f"export: {metadata['exporter_note']}")
+    if detector.config.zoom_out or detector.config.drop_inside:
+        print(f"export: the graph is the native pass: the checkpoint's zoom_out {detector.config.zoom_out} and "
+              f"drop_inside {detector.config.drop_inside} run in PyTorch only (predict/eval --checkpoint)")
     if not args.no_verify:
         if args.verify_images:
             from borrowcore.data import read_image_rgb

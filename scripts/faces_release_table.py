@@ -8,6 +8,7 @@ orphans AP50 (the report's subsets) and borrow precision against chance where me
 report's seconds depend on what shared the cores while it ran (scripts/photo_seconds.py times on idle cores).
 
     python scripts/faces_release_table.py runs/faces-release --out reports/faces-release/table.md
+    python scripts/faces_release_table.py --reports runs/recipe/*.json   # any reports, a row each
 """
 
 from __future__ import annotations
@@ -45,13 +46,16 @@ def pct(value: float | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", type=Path)
+    parser.add_argument("runs", type=Path, nargs="?", help="RUNS/<neck>/eval_<split>.json")
+    parser.add_argument("--reports", type=Path, nargs="+", help="these reports instead, one row each by file name")
     parser.add_argument("--necks", nargs="+", default=["ssd", "context", "full"])
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), help="eval_<split>.json reports")
     parser.add_argument("--out", type=Path, help="markdown table (and the same rows as .json beside it)")
     args = parser.parse_args()
-    rows = []
-    for neck in args.necks:
+    if (args.runs is None) == (args.reports is None):
+        parser.error("give RUNS or --reports")
+    rows = [{"neck": "", "split": path.stem, **row(path)} for path in args.reports or []]
+    for neck in args.necks if args.runs else []:
         for split in args.splits:
             path = args.runs / neck / f"eval_{split}.json"
             if path.exists():
