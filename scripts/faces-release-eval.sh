@@ -2,8 +2,8 @@
 # Evaluate the release face runs (scripts/faces-release.sh: RUNS/<neck>/weights.pt, the EMA at the end) the way
 # issue #25 asks, skipping reports already written (rerun to resume). Every report: the 199 WIDER val photos
 # or a shifted copy, whole photo at native resolution, size bins by sqrt(area) 0-16-32-64-128-200+.
-#   eval_val.json          the checkpoint's own recipe, with fast matching (the default) for borrow / full and
-#                          their borrow precision; eval_val-exact.json the same with --exact; the shifts fast
+#   eval_val.json          the checkpoint's own recipe (its matching: the release config trains exact), with
+#                          borrow precision for borrow / full; eval_val-exact / eval_val-fast: either matching
 #   eval_x2 / x0.5 / colour the same photos rescaled 2x and 0.5x, and recoloured (`borrowcore shift`)
 #   found_val.json         faces found by size and false detections a photo at the F1-best threshold on val
 #   RUNS/compare-<a>-<b>.json  paired bootstrap over photos of b minus a (full - ssd, full - context)
@@ -27,17 +27,18 @@ evaluate() {  # weights split coco images [eval args...]
     local report="$(dirname "$weights")/eval_$split.json"
     [ -f "$report" ] && return 0
     $PY -m borrowcore eval --checkpoint "$weights" --coco "$coco" --images "$images" --out "$report" \
-        --split "${split%-exact}" --name wider-faces --size-bins $BINS ${NMS_IOU:+--nms-iou "$NMS_IOU"} ${recipe[@]+"${recipe[@]}"} "$@"
+        --split "$(s=${split%-exact}; echo "${s%-fast}")" --name wider-faces --size-bins $BINS ${NMS_IOU:+--nms-iou "$NMS_IOU"} ${recipe[@]+"${recipe[@]}"} "$@"
 }
 for neck in $NECKS; do
     weights=$RUNS/$neck/weights.pt
     [ -s "$weights" ] || { echo "$neck: no $weights yet (training not finished)"; continue; }
-    borrowing=() fast=()
-    # fast matching whatever the run trained with (the release config trains exact): the ship script keeps
-    # it when it costs at most 0.3 AP against val-exact
-    case $neck in borrow|full) borrowing=(--borrow-precision) fast=(--recipe matching=fast) ;; esac
-    evaluate "$weights" val data/wider/val.json $WIDER/images ${borrowing[@]+"${borrowing[@]}"} ${fast[@]+"${fast[@]}"}
-    case $neck in borrow|full) evaluate "$weights" val-exact data/wider/val.json $WIDER/images --exact ;; esac
+    borrowing=()
+    case $neck in borrow|full) borrowing=(--borrow-precision) ;; esac
+    evaluate "$weights" val data/wider/val.json $WIDER/images ${borrowing[@]+"${borrowing[@]}"}
+    case $neck in borrow|full)  # both matchings, whichever the run trained with (the release config: exact)
+        evaluate "$weights" val-exact data/wider/val.json $WIDER/images --exact
+        evaluate "$weights" val-fast data/wider/val.json $WIDER/images --recipe matching=fast ;;
+    esac
     [ -f "$RUNS/$neck/found_val.json" ] || $PY scripts/found_at_threshold.py "$RUNS/$neck/eval_val.json" \
         --f1-best --json "$RUNS/$neck/found_val.json"
     for shift in ${SHIFTS-x2 x0.5 colour}; do
@@ -45,7 +46,7 @@ for neck in $NECKS; do
             x2) shifted x2 --scale 2 ;; x0.5) shifted x0.5 --scale 0.5 ;;
             colour) shifted colour --hue 0.1 --saturation 0.6 --brightness 0.8 ;;
         esac
-        evaluate "$weights" $shift data/wider-$shift/instances.json data/wider-$shift/images ${fast[@]+"${fast[@]}"}
+        evaluate "$weights" $shift data/wider-$shift/instances.json data/wider-$shift/images
     done
 done
 for pair in ssd:full context:full; do

@@ -4,7 +4,8 @@
 #     reports/experiments/faces-short/ and its logs for reports/experiments/logs/faces-short-*; its reports
 #     keep the run they evaluated (extra.evaluated_checkpoint) and no longer name a bundled checkpoint;
 #  2. `borrowcore release`: assets/checkpoints/faces-<neck>.pt without training state, the display threshold
-#     the F1-best on val, fast matching when it costs at most 0.3 AP on val against exact (else exact);
+#     the F1-best on val, fast matching when it costs at most 0.3 AP on val against exact (else exact; the
+#     reports are made with the run's own matching, exact for the release config);
 #     every report under assets/reports/faces/<neck>/seed0/, the training log as assets/logs/faces-<neck>-seed0;
 #  3. the summary table and found-at-threshold / bootstrap files under reports/faces-release/.
 #     NMS_IOU=0.4 bash scripts/faces-release-ship.sh [RUNS]   (NECKS="ssd full context": those evaluated;
@@ -47,7 +48,7 @@ for neck in "${shipped[@]}"; do mkdir -p "$layout/$neck"; ln -s "$(realpath "$RU
 matching=fast
 if [ -f "$RUNS/full/eval_val-exact.json" ]; then
   matching=$($PY -c "import json, sys; fast, exact = (json.load(open(p))['metrics']['AP'] for p in sys.argv[1:]); \
-print('fast' if exact - fast <= 0.003 else 'exact')" "$RUNS/full/eval_val.json" "$RUNS/full/eval_val-exact.json")
+print('fast' if exact - fast <= 0.003 else 'exact')" "$RUNS/full/eval_val-fast.json" "$RUNS/full/eval_val-exact.json")
 fi
 echo "shipping ${shipped[*]} with $matching matching"
 $PY -m borrowcore release --runs "$layout" --name faces --necks "${shipped[@]}" --reports-folder faces \

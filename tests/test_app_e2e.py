@@ -302,11 +302,6 @@ def test_inspect_finds_every_large_face_of_a_portrait_and_a_group_photo(faces_se
     from borrowcore import load_detector
     from borrowcore.images import read_image_rgb
 
-    from borrowcore.checkpoint import read_checkpoint
-
-    if not read_checkpoint(ROOT / "assets" / "checkpoints" / "faces-full.pt")["config"].get("top_octaves"):
-        pytest.skip("the bundled faces-full.pt is the short-budget model, which misses faces over 200 px; "
-                    "the release model (configs/faces-release.yaml, issue #25) replaces it")
     coco = json.loads(FACES.read_text())
     with inspect_page(faces_server) as page:
         page.get_by_test_id("stFileUploader").filter(has_text="Upload images").locator(
