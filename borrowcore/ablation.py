@@ -239,7 +239,7 @@ def release_ablation(runs: str | Path, assets: str | Path, necks: Sequence[str] 
     other inference-recipe fields (``checkpoint.RECIPE_FIELDS``). Returns the files written."""
     import shutil
 
-    from borrowcore.checkpoint import RECIPE_FIELDS, checkpoint_config, load_state, read_checkpoint, save_checkpoint
+    from borrowcore.checkpoint import check_recipe, checkpoint_config, load_state, read_checkpoint, save_checkpoint
     from borrowcore.model import build_detector
     from borrowcore.report import sha256_file
 
@@ -267,9 +267,7 @@ def release_ablation(runs: str | Path, assets: str | Path, necks: Sequence[str] 
                 if nms_iou is not None:
                     detector.config = dataclasses.replace(detector.config, nms_iou=nms_iou)
                 if recipe:
-                    unknown = sorted(set(recipe) - set(RECIPE_FIELDS))
-                    if unknown:
-                        raise ValueError(f"not inference-recipe fields: {unknown}")
+                    check_recipe(recipe)
                     detector.config = dataclasses.replace(detector.config, **recipe)
                 suffix = "" if seed == 0 or best_by else f"-s{seed}"
                 target = assets / "checkpoints" / f"{name}-{neck}{suffix}.pt"

@@ -105,6 +105,13 @@ RECIPE_FIELDS = ("score_threshold", "nms_iou", "candidates_per_class", "detectio
                  "inference", "max_whole_side", "oversize", "zoom_out", "zoom_out_min", "drop_inside", "matching", "key_budget")
 
 
+def check_recipe(recipe: dict[str, Any]) -> None:
+    """Refuse overrides of fields that shape the weights (anything not in ``RECIPE_FIELDS``)."""
+    unknown = sorted(set(recipe) - set(RECIPE_FIELDS))
+    if unknown:
+        raise ValueError(f"not inference-recipe fields: {unknown} (those are {', '.join(RECIPE_FIELDS)})")
+
+
 def parse_recipe(items: Sequence[str]) -> dict[str, Any]:
     """``KEY=VALUE`` strings (VALUE in YAML: 0.5, [0.5], shrink) -> inference-recipe overrides, checked
     against ``RECIPE_FIELDS``."""
@@ -171,9 +178,7 @@ def load_detector(path: str | Path, device: str | torch.device = "cpu", input_si
     if nms_iou is not None and not 0 < nms_iou <= 1:
         raise ValueError(f"NMS IoU must be in (0, 1], got {nms_iou}")
     checkpoint = read_checkpoint(path)
-    unknown = sorted(set(recipe or {}) - set(RECIPE_FIELDS))
-    if unknown:
-        raise ValueError(f"not inference-recipe fields: {unknown} (those are {', '.join(RECIPE_FIELDS)})")
+    check_recipe(recipe or {})
     overrides: dict[str, Any] = {"input_size": input_size} if input_size is not None else {}
     overrides.update(recipe or {})
     if nms_iou is not None:
