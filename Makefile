@@ -17,11 +17,12 @@ $(STAMP): requirements.txt pyproject.toml
 
 install: $(STAMP)
 
-# ultralytics for the YOLO11n peer only (scripts/yolo_peer.py: PYTHONPATH=.peer), beside the venv and without
-# its dependencies: they would add opencv-python over the venv's opencv-python-headless (both are cv2)
+# The peers only (PYTHONPATH=.peer): ultralytics for YOLO11n (scripts/yolo_peer.py), facenet-pytorch for MTCNN
+# (scripts/mtcnn_peer.py), beside the venv and without their dependencies: they would add opencv-python over the
+# venv's opencv-python-headless (both are cv2) and pin another torch
 peer: $(STAMP)
 	$(PY) -m pip install -q --target .peer --no-deps ultralytics==8.4.190 ultralytics-thop polars polars-runtime-32 \
-		psutil ultralytics-platform httpx httpcore
+		psutil ultralytics-platform httpx httpcore facenet-pytorch==2.6.0
 
 # Every ground-truth file the bundled reports name (under data/, made from ../shared/data; borrowcore/derived.py)
 data: $(STAMP)
