@@ -20,6 +20,9 @@ recipes=(
   "zoom-inside|$zoom --recipe drop_inside=0.8"
   "zoom-inside.5|$zoom --recipe drop_inside=0.5"
   "zoom-inside-nms.4|$zoom --recipe drop_inside=0.8 --nms-iou 0.4"
+  "shrink1536|$zoom --recipe drop_inside=0.8 --nms-iou 0.4 --recipe max_whole_side=1536"
+  "shrink1280|$zoom --recipe drop_inside=0.8 --nms-iou 0.4 --recipe max_whole_side=1280"
+  "shrink1024|$zoom --recipe drop_inside=0.8 --nms-iou 0.4 --recipe max_whole_side=1024"
 )
 for split in ${SPLITS:-val x2}; do
   case $split in
