@@ -39,8 +39,8 @@ for column, (page, title, icon, text) in zip(columns, links):
 root = assets.assets_root()
 st.subheader("Bundled checkpoints")
 st.write("Which model for which image: **faces-\\*** for everyday photos of people (Inspect opens on "
-         "`faces-full.pt`; an uploaded photo runs whole, at native resolution up to 2,048 px and scaled down "
-         "beyond, with no other setting), "
+         "`faces-full.pt`; an uploaded photo runs whole, at native resolution up to the model's own limit "
+         "(1,280 px for faces-\\*) and scaled down beyond, with no other setting), "
          "**aerial-\\*** for top-down aerial imagery, **synth-\\*** for the synthetic borrow benchmark only.")
 checkpoints = assets.checkpoints()
 if not checkpoints:

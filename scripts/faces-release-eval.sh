@@ -4,6 +4,7 @@
 # or a shifted copy, whole photo at native resolution, size bins by sqrt(area) 0-16-32-64-128-200+.
 #   eval_val.json          the checkpoint's own recipe (its matching: the release config trains exact), with
 #                          borrow precision for borrow / full; eval_val-exact / eval_val-fast: either matching
+#                          (the run's own one a copy of eval_val, scripts/copy_report.py)
 #   eval_x2 / x0.5 / colour the same photos rescaled 2x and 0.5x, and recoloured (`borrowcore shift`)
 #   found_val.json         faces found by size and false detections a photo at the F1-best threshold on val
 #   RUNS/compare-<a>-<b>.json  paired bootstrap over photos of b minus a (full - ssd, full - context)
@@ -35,9 +36,13 @@ for neck in $NECKS; do
     borrowing=()
     case $neck in borrow|full) borrowing=(--borrow-precision) ;; esac
     evaluate "$weights" val data/wider/val.json $WIDER/images ${borrowing[@]+"${borrowing[@]}"}
-    case $neck in borrow|full)  # both matchings, whichever the run trained with (the release config: exact)
-        evaluate "$weights" val-exact data/wider/val.json $WIDER/images --exact
-        evaluate "$weights" val-fast data/wider/val.json $WIDER/images --recipe matching=fast ;;
+    case $neck in borrow|full)  # both matchings: eval_val is the run's own (the release config: exact), copied
+        own=$($PY -c "import sys; from borrowcore.checkpoint import load_detector; \
+print('exact' if load_detector(sys.argv[1]).config.key_budget == 0 else 'fast')" "$weights")
+        [ -f "$RUNS/$neck/eval_val-$own.json" ] || $PY scripts/copy_report.py "$RUNS/$neck/eval_val.json" \
+            "$RUNS/$neck/eval_val-$own.json"
+        if [ "$own" = exact ]; then evaluate "$weights" val-fast data/wider/val.json $WIDER/images --recipe matching=fast
+        else evaluate "$weights" val-exact data/wider/val.json $WIDER/images --exact; fi ;;
     esac
     [ -f "$RUNS/$neck/found_val.json" ] || $PY scripts/found_at_threshold.py "$RUNS/$neck/eval_val.json" \
         --f1-best --json "$RUNS/$neck/found_val.json"
