@@ -8,19 +8,15 @@ would run the same inference: a run trained with exact matching has eval_val-exa
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
-from borrowcore.report import load_report, report_detections_path, save_report
+from borrowcore.evaluate import write_report
+from borrowcore.report import load_detections, load_report
 
 
 def copy_report(source: Path, target: Path) -> None:
     report = load_report(source)
-    if report.get("detections"):
-        detections = target.with_name(target.stem + ".detections.json.gz")
-        shutil.copyfile(report_detections_path(report, source), detections)
-        report["detections"] = detections.name
-    save_report(report, target)
+    write_report(report, load_detections(report, source), target)
 
 
 def main() -> None:
