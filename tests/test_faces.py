@@ -457,3 +457,23 @@ def test_bundled_face_model_finds_a_phone_sized_close_up_whole():
     assert (box_iou(face, boxes)[0] < 0.5).sum() <= 2
     tiled_boxes = tiled["boxes"][tiled["scores"] >= threshold]
     assert len(tiled_boxes) == 0 or box_iou(face, tiled_boxes).max() < 0.5
+
+
+def test_yolo_peer_labels_by_hand(tmp_path: Path):
+    """scripts/yolo_peer.py's dataset: a COCO xywh box becomes YOLO's normalised centre and size, a crowd box
+    (WIDER's invalid face) is left out (YOLO has no ignore regions), and a photo without faces gets an empty
+    label file (a background photo, not a missing one)."""
+    import json
+
+    coco = {"images": [{"id": 1, "file_name": "0--Parade/a.jpg", "width": 200, "height": 100},
+                       {"id": 2, "file_name": "0--Parade/b.jpg", "width": 50, "height": 50}],
+            "categories": [{"id": 1, "name": "face"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 20, 40, 30], "iscrowd": 0},
+                            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5], "iscrowd": 1}]}
+    (tmp_path / "train.json").write_text(json.dumps(coco))
+    data = load_script("yolo_peer").yolo_dataset({"train": tmp_path / "train.json"}, tmp_path / "yolo")
+    labels = tmp_path / "yolo" / "labels" / "train"
+    assert (labels / "0--Parade__a.txt").read_text() == "0 0.150000 0.350000 0.200000 0.300000\n"
+    assert (labels / "0--Parade__b.txt").read_text() == ""
+    assert (tmp_path / "yolo" / "images" / "train" / "0--Parade__a.jpg").is_symlink()
+    assert "train: images/train" in data.read_text()
