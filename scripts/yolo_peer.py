@@ -4,14 +4,17 @@ face models (train + extra, 1,401 photos), then scored by borrowcore's own evalu
 that is best for it on val (AP50 on faces >= 16 px, as the face models are compared), every size's report is
 kept as ``eval_val-<imgsz>.json``.
 
-ultralytics is an optional install for this comparison only (``pip install ultralytics``), not a
-requirement of the package. Training uses ultralytics' defaults apart from a fixed epoch count (the budget:
-a time budget restarts on every resume), CPU and no validation during training. Resumable across sessions:
-ultralytics resumes from train/weights/last.pt, and ``--state`` keeps a copy of it after every epoch
-(its optimizer moments in bf16, 16 MB; commit that folder once a session; a fresh clone resumes from it). A finished run or result is reused.
+ultralytics is an optional install for this comparison only (``make peer``), not a requirement of the
+package. Training uses ultralytics' defaults apart from a fixed epoch count (the budget: a time budget
+restarts on every resume; on a resume ``--epochs`` replaces the checkpoint's count), CPU, every core
+(``--threads``: ultralytics alone sets torch to the CPU count minus one, one thread on a 2-core machine) and
+no validation during training. Resumable across sessions: ultralytics resumes from train/weights/last.pt,
+and ``--state`` keeps a copy of it after every epoch (its optimizer moments in bf16, 16 MB; commit that
+folder once a session; a fresh clone resumes from it) with ``epochs.jsonl``, each epoch's wall and CPU
+seconds. A finished run or result is reused.
 
-    python scripts/yolo_peer.py --out runs/faces-release/yolo11n --epochs 30 --predict-imgsz 640 1024 1280 \
-        --state state/faces-release/yolo11n
+    OMP_NUM_THREADS=2 PYTHONPATH=.peer python scripts/yolo_peer.py --out runs/faces-release/yolo11n \
+        --epochs 85 --state state/faces-release/yolo11n
 """
 
 from __future__ import annotations
@@ -81,27 +84,34 @@ def main() -> None:
     parser.add_argument("--predict-imgsz", dest="predict_imgsz", type=int, nargs="+", default=[640, 1024, 1280],
                         help="prediction sizes tried on val (the photos are 1024 px wide)")
     parser.add_argument("--state", type=Path, help="keep a copy of last.pt here after every epoch (to commit)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="torch threads (ultralytics alone would take the CPU count minus one: one of two cores)")
     args = parser.parse_args()
+    import torch
+    import ultralytics.utils.torch_utils
     from ultralytics import YOLO
 
+    ultralytics.utils.torch_utils.NUM_THREADS = args.threads  # what its select_device passes to torch.set_num_threads
     out = Path(args.out).resolve()
     data = yolo_dataset({"train": args.train, "val": args.val}, out / "dataset")
     weights = out / "train" / "weights" / "last.pt"
-    if not weights.exists() and args.state and (args.state / "last.pt").exists():
-        import torch
-
-        checkpoint = torch.load(args.state / "last.pt", map_location="cpu", weights_only=False)  # our own copy
-        checkpoint["train_args"].update(project=str(out), name="train", save_dir=str(out / "train"), data=str(data))
-        weights.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(checkpoint, weights)  # ultralytics resumes into the run folder its checkpoint names: this one
-        print(f"resuming from the committed state {args.state / 'last.pt'}")
+    committed = args.state / "last.pt" if args.state else None
     if not (out / "train" / "done").exists():
+        source = weights if weights.exists() else committed if committed and committed.exists() else None
+        if source is not None:  # ultralytics resumes into the run folder and to the epoch count its checkpoint names
+            checkpoint = torch.load(source, map_location="cpu", weights_only=False)  # ultralytics' file or our copy
+            checkpoint["train_args"].update(project=str(out), name="train", save_dir=str(out / "train"),
+                                            data=str(data), epochs=args.epochs)
+            weights.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(checkpoint, weights.with_suffix(".tmp"))
+            os.replace(weights.with_suffix(".tmp"), weights)
+            print(f"resuming from {source} after epoch {checkpoint['epoch'] + 1} of {args.epochs}")
         start = time.time()
         model = YOLO(str(weights)) if weights.exists() else YOLO(args.model)
         if args.state:
-            def keep(trainer) -> None:  # the optimizer's moments in bf16 (fp32 range; cast back on load): 16 MB
-                import torch
+            clock = {"wall": time.time(), "cpu": time.process_time()}
 
+            def keep(trainer) -> None:  # the optimizer's moments in bf16 (fp32 range; cast back on load): 16 MB
                 checkpoint = torch.load(trainer.last, map_location="cpu", weights_only=False)  # ultralytics' own file
                 for state in checkpoint["optimizer"]["state"].values():
                     for key, value in state.items():
@@ -110,12 +120,18 @@ def main() -> None:
                 args.state.mkdir(parents=True, exist_ok=True)
                 torch.save(checkpoint, args.state / "last.pt.tmp")
                 os.replace(args.state / "last.pt.tmp", args.state / "last.pt")
+                now = {"wall": time.time(), "cpu": time.process_time()}  # the budget spent, epoch by epoch
+                with open(args.state / "epochs.jsonl", "a") as log:
+                    log.write(json.dumps({"epoch": trainer.epoch + 1, "threads": torch.get_num_threads(),
+                                          "wall_s": round(now["wall"] - clock["wall"], 1),
+                                          "cpu_s": round(now["cpu"] - clock["cpu"], 1)}) + "\n")
+                clock.update(now)
             model.add_callback("on_model_save", keep)
         model.train(data=str(data), epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, workers=0, device="cpu",
                     pretrained=False, plots=False, val=False, seed=args.seed, project=str(out), name="train",
                     exist_ok=True, resume=str(weights) if weights.exists() else False, verbose=False)
         (out / "train" / "done").write_text(json.dumps({"seconds_last_part": round(time.time() - start, 1),
-                                                        "threads": os.environ.get("OMP_NUM_THREADS", "")}))
+                                                        "threads": args.threads}))
     val = json.loads(args.val.read_text())
     model = YOLO(str(weights))
     best = None
