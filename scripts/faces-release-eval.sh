@@ -7,7 +7,8 @@
 #                          (the run's own one a copy of eval_val, scripts/copy_report.py)
 #   eval_x2 / x0.5 / colour the same photos rescaled 2x and 0.5x, and recoloured (`borrowcore shift`)
 #   found_val.json         faces found by size and false detections a photo at the F1-best threshold on val
-#   RUNS/compare-<a>-<b>.json  paired bootstrap over photos of b minus a (full - ssd, full - context)
+#   RUNS/compare-<a>-<b>.json  paired bootstrap over photos of b minus a (full - ssd, full - context, full - peer)
+#   PEERS="yolo11n": peers whose RUNS/<peer>/eval_val.json their own script wrote: found_val and full - peer
 #     bash scripts/faces-release-eval.sh [RUNS]      (NECKS="ssd full context" SHIFTS="x2 x0.5 colour")
 #     NMS_IOU=0.4 ...: every report at that NMS IoU (ship with the same: faces-release-ship.sh)
 #     RECIPE="oversize=shrink zoom_out=[0.5] drop_inside=0.8": every report with these inference-recipe fields
@@ -54,7 +55,14 @@ print('exact' if load_report(sys.argv[1])['model']['config']['key_budget'] == 0 
         evaluate "$weights" $shift data/wider-$shift/instances.json data/wider-$shift/images
     done
 done
-for pair in ssd:full context:full; do
+pairs="ssd:full context:full"
+for peer in ${PEERS-yolo11n}; do  # a peer scored by its own script (scripts/yolo_peer.py) into RUNS/<peer>/
+    pairs="$pairs $peer:full"
+    if [ -f "$RUNS/$peer/eval_val.json" ] && [ ! -f "$RUNS/$peer/found_val.json" ]; then
+        $PY scripts/found_at_threshold.py "$RUNS/$peer/eval_val.json" --f1-best --json "$RUNS/$peer/found_val.json"
+    fi
+done
+for pair in $pairs; do
     a=${pair%:*} b=${pair#*:}
     [ -f "$RUNS/$a/eval_val.json" ] && [ -f "$RUNS/$b/eval_val.json" ] || continue
     [ -f "$RUNS/compare-$a-$b.json" ] || $PY -m borrowcore compare "$RUNS/$a/eval_val.json" "$RUNS/$b/eval_val.json" \
