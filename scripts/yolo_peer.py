@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -59,17 +58,6 @@ def yolo_dataset(coco_files: dict[str, Path], folder: Path) -> Path:
     return data
 
 
-def ap50_from_16(report_path: Path) -> float:
-    """AP50 on faces of 16 px and more (smaller ones ignored): the figure the face models are compared by."""
-    from borrowcore.analysis import report_ground_truth
-    from borrowcore.evaluate import coco_metrics
-    from borrowcore.report import load_detections, load_report
-
-    report = load_report(report_path)
-    results = load_detections(report, report_path)
-    return coco_metrics(report_ground_truth(report), results, ((16, math.inf),))["size_bins"][0]["AP50"]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/faces-release/yolo11n")
@@ -89,6 +77,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
     import ultralytics.utils.torch_utils
+    from faces_release_table import row  # beside this script
     from ultralytics import YOLO
 
     ultralytics.utils.torch_utils.NUM_THREADS = args.threads  # what its select_device passes to torch.set_num_threads
@@ -159,7 +148,7 @@ def main() -> None:
                             "--model-name", "yolo11n", "--coco", str(args.val), "--images", str(WIDER / "images"),
                             "--out", str(report), "--split", "val", "--name", "wider-faces",
                             "--size-bins", "0,16,32,64,128,200"], check=True)
-        ap50 = ap50_from_16(report)
+        ap50 = row(report)["AP50_16+"]  # scripts/faces_release_table.py's figure: AP50 on faces >= 16 px
         print(f"predicted at {imgsz}: AP50 on faces >= 16 px {100 * ap50:.1f}")
         if best is None or ap50 > best[0]:
             best = (ap50, imgsz, report)
