@@ -14,7 +14,7 @@ folder once a session; a fresh clone resumes from it) with ``epochs.jsonl``, eac
 seconds. A finished run or result is reused.
 
     OMP_NUM_THREADS=2 PYTHONPATH=.peer python scripts/yolo_peer.py --out runs/faces-release/yolo11n \
-        --epochs 85 --state state/faces-release/yolo11n
+        --epochs 81 --state state/faces-release/yolo11n
 """
 
 from __future__ import annotations
