@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The release face runs (configs/faces-release.yaml), resumable across sessions and machines.
 #   bash scripts/faces-release.sh train "ssd full"   # one run per neck, side by side, one core each
+#   bash scripts/faces-release.sh train ""           # the data files only (data/wider/*.json)
 #   bash scripts/faces-release.sh save               # copy each run's resume state into state/ (commit it)
 # train: a run resumes from RUNS/<neck>/last.pt, or, on a fresh clone, from the committed
 # state/faces-release/<neck>/ (last.pt: weights, SGD momentum and EMA, about 5 MB; log.jsonl; config.yaml).
@@ -9,7 +10,7 @@
 # The run is the same whichever machine resumes it (tests/test_train.py pins kill-and-resume).
 set -euo pipefail
 cmd=${1:?usage: faces-release.sh train|save [necks]}
-necks=${2:-"ssd full"}
+necks=${2-"ssd full"}  # "" prepares the data only
 RUNS=${RUNS:-runs/faces-release}
 STATE=${STATE:-state/faces-release}
 CONFIG=${CONFIG:-configs/faces-release.yaml}
