@@ -11,7 +11,8 @@ restarts on every resume; on a resume ``--epochs`` replaces the checkpoint's cou
 no validation during training. Resumable across sessions: ultralytics resumes from train/weights/last.pt,
 and ``--state`` keeps a copy of it after every epoch (its optimizer moments in bf16, 16 MB; commit that
 folder once a session; a fresh clone resumes from it) with ``epochs.jsonl``, each epoch's wall and CPU
-seconds. A finished run or result is reused.
+seconds; once finished, ``final.pt`` (the stripped weights, 5 MB) replaces it. A finished run or result is
+reused.
 
     OMP_NUM_THREADS=2 PYTHONPATH=.peer python scripts/yolo_peer.py --out runs/faces-release/yolo11n \
         --epochs 81 --state state/faces-release/yolo11n
@@ -85,6 +86,12 @@ def main() -> None:
     data = yolo_dataset({"train": args.train, "val": args.val}, out / "dataset")
     weights = out / "train" / "weights" / "last.pt"
     committed = args.state / "last.pt" if args.state else None
+    final = args.state / "final.pt" if args.state else None  # a finished run's weights (ultralytics strips them)
+    if not (out / "train" / "done").exists() and final and final.exists():
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(final, weights)
+        (out / "train" / "done").write_text(json.dumps({"from": str(final)}))
+        print(f"finished run: the weights of {final}")
     if not (out / "train" / "done").exists():
         source = weights if weights.exists() else committed if committed and committed.exists() else None
         if source is not None:  # ultralytics resumes into the run folder and to the epoch count its checkpoint names
@@ -121,6 +128,10 @@ def main() -> None:
                     exist_ok=True, resume=str(weights) if weights.exists() else False, verbose=False)
         (out / "train" / "done").write_text(json.dumps({"seconds_last_part": round(time.time() - start, 1),
                                                         "threads": args.threads}))
+        if args.state:  # the finished weights replace the resume state (5 MB, not 16)
+            shutil.copyfile(weights, args.state / "final.pt.tmp")
+            os.replace(args.state / "final.pt.tmp", args.state / "final.pt")
+            (args.state / "last.pt").unlink(missing_ok=True)
     val = json.loads(args.val.read_text())
     model = YOLO(str(weights))
     best = None
