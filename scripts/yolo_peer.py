@@ -2,7 +2,8 @@
 face models (train + extra, 1,401 photos), then scored by borrowcore's own evaluator
 (``borrowcore eval --detections``) on val at each prediction size asked for; ``eval_val.json`` is the size
 that is best for it on val (AP50 on faces >= 16 px, as the face models are compared), every size's report is
-kept as ``eval_val-<imgsz>.json``.
+kept as ``eval_val-<imgsz>.json``; ``--shifts x2 x0.5 colour`` scores the off-distribution copies
+(data/wider-<name>/, made by scripts/faces-release-eval.sh) at that size, as ``eval_<name>.json``.
 
 ultralytics is an optional install for this comparison only (``make peer``), not a requirement of the
 package. Training uses ultralytics' defaults apart from a fixed epoch count (the budget: a time budget
@@ -72,6 +73,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--predict-imgsz", dest="predict_imgsz", type=int, nargs="+", default=[640, 1024, 1280],
                         help="prediction sizes tried on val (the photos are 1024 px wide)")
+    parser.add_argument("--shifts", nargs="*", default=[],
+                        help="off-distribution copies data/wider-<name>/ (x2, x0.5, colour) scored at the best size")
     parser.add_argument("--state", type=Path, help="keep a copy of last.pt here after every epoch (to commit)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="torch threads (ultralytics alone would take the CPU count minus one: one of two cores)")
@@ -132,40 +135,54 @@ def main() -> None:
             shutil.copyfile(weights, args.state / "final.pt.tmp")
             os.replace(args.state / "final.pt.tmp", args.state / "final.pt")
             (args.state / "last.pt").unlink(missing_ok=True)
-    val = json.loads(args.val.read_text())
     model = YOLO(str(weights))
     best = None
     for imgsz in args.predict_imgsz:
         report = out / f"eval_val-{imgsz}.json"
         if not report.exists():
-            results, seconds = [], 0.0
-            for image in val["images"]:
-                begin = time.perf_counter()
-                [prediction] = model.predict(str(WIDER / "images" / image["file_name"]), imgsz=imgsz, conf=0.01,
-                                             iou=0.45, max_det=200, device="cpu", verbose=False)
-                seconds += time.perf_counter() - begin
-                for (x0, y0, x1, y1), score in zip(prediction.boxes.xyxy.tolist(), prediction.boxes.conf.tolist()):
-                    results.append({"image_id": image["id"], "category_id": 1,
-                                    "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
-                                    "score": round(score, 5)})
-            detections = out / f"detections_val-{imgsz}.json"
-            detections.write_text(json.dumps(results))
-            print(f"{detections}: {len(results)} detections, {seconds / len(val['images']):.2f} s a photo")
+            seconds = score(model, args.val, WIDER / "images", imgsz, report, split="val")
             timing = out / "predict_seconds.json"
             times = json.loads(timing.read_text()) if timing.exists() else {}
-            times[str(imgsz)] = round(seconds / len(val["images"]), 3)  # whole-photo seconds a photo, this machine
+            times[str(imgsz)] = round(seconds, 3)  # whole-photo seconds a photo, this machine
             timing.write_text(json.dumps(times, indent=1) + "\n")
-            subprocess.run([sys.executable, "-m", "borrowcore", "eval", "--detections", str(detections),
-                            "--model-name", "yolo11n", "--coco", str(args.val), "--images", str(WIDER / "images"),
-                            "--out", str(report), "--split", "val", "--name", "wider-faces",
-                            "--size-bins", "0,16,32,64,128,200"], check=True)
         ap50 = row(report)["AP50_16+"]  # scripts/faces_release_table.py's figure: AP50 on faces >= 16 px
         print(f"predicted at {imgsz}: AP50 on faces >= 16 px {100 * ap50:.1f}")
         if best is None or ap50 > best[0]:
             best = (ap50, imgsz, report)
     shutil.copyfile(best[2], out / "eval_val.json")  # names its own detections file, beside it
     print(f"best on val: imgsz {best[1]} (AP50 on faces >= 16 px {100 * best[0]:.1f}) -> {out / 'eval_val.json'}")
+    for name in args.shifts:  # off distribution, at the size chosen on val (the longer side resized to it)
+        folder = Path(f"data/wider-{name}")
+        if not (folder / "instances.json").exists():
+            sys.exit(f"{folder}/instances.json is missing: make it with scripts/faces-release-eval.sh (`shifted`)")
+        report = out / f"eval_{name}.json"
+        if not report.exists():
+            score(model, folder / "instances.json", folder / "images", best[1], report, split=name)
+        print(f"{name} at {best[1]}: AP50 on faces >= 16 px {100 * row(report)['AP50_16+']:.1f}")
 
+
+def score(model, coco_file: Path, images: Path, imgsz: int, report: Path, split: str) -> float:
+    """Predict every photo of a COCO file whole at imgsz, write the detections beside the report and score them
+    with ``borrowcore eval --detections``. Returns the mean seconds a photo."""
+    coco = json.loads(coco_file.read_text())
+    results, seconds = [], 0.0
+    for image in coco["images"]:
+        begin = time.perf_counter()
+        [prediction] = model.predict(str(images / image["file_name"]), imgsz=imgsz, conf=0.01, iou=0.45,
+                                     max_det=200, device="cpu", verbose=False)
+        seconds += time.perf_counter() - begin
+        for (x0, y0, x1, y1), conf in zip(prediction.boxes.xyxy.tolist(), prediction.boxes.conf.tolist()):
+            results.append({"image_id": image["id"], "category_id": 1,
+                            "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
+                            "score": round(conf, 5)})
+    detections = report.with_name(report.name.replace("eval_", "detections_", 1))
+    detections.write_text(json.dumps(results))
+    print(f"{detections}: {len(results)} detections, {seconds / len(coco['images']):.2f} s a photo")
+    subprocess.run([sys.executable, "-m", "borrowcore", "eval", "--detections", str(detections),
+                    "--model-name", "yolo11n", "--coco", str(coco_file), "--images", str(images),
+                    "--out", str(report), "--split", split, "--name", "wider-faces",
+                    "--size-bins", "0,16,32,64,128,200"], check=True)
+    return seconds / len(coco["images"])
 
 if __name__ == "__main__":
     main()
