@@ -477,3 +477,12 @@ def test_yolo_peer_labels_by_hand(tmp_path: Path):
     assert (labels / "0--Parade__b.txt").read_text() == ""
     assert (tmp_path / "yolo" / "images" / "train" / "0--Parade__a.jpg").is_symlink()
     assert "train: images/train" in data.read_text()
+
+
+def test_rescale_detections_by_hand():
+    """scripts/rescale_detections.py maps boxes found on a 2x copy back onto the photo: every coordinate
+    halved, image, class and score kept (a wrong factor or a dropped field would score against the wrong
+    faces)."""
+    found = [{"image_id": 7, "category_id": 1, "bbox": [10.0, 21.0, 30.0, 44.0], "score": 0.9, "area": 1320.0}]
+    assert load_script("rescale_detections").rescaled(found, 0.5) == [
+        {"image_id": 7, "category_id": 1, "bbox": [5.0, 10.5, 15.0, 22.0], "score": 0.9}]
