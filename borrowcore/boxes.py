@@ -37,11 +37,15 @@ class BoxCoder:
         return box_convert(torch.cat([centre, size], dim=-1), "cxcywh", "xyxy")
 
 
-def match_anchors(boxes: Tensor, anchors: Tensor, iou_threshold: float = 0.5) -> Tensor:
+def match_anchors(boxes: Tensor, anchors: Tensor, iou_threshold: float = 0.5, min_anchors: int = 0,
+                  min_anchor_iou: float = 0.1) -> Tensor:
     """Index of the box each anchor is matched to, or -1 for background (SPEC §5).
 
     An anchor is positive for its highest-IoU box when IoU >= ``iou_threshold``; each box's best anchor
-    is forced positive for that box.
+    is forced positive for that box. ``min_anchors`` > 0 adds S3FD's scale compensation (Zhang et al. 2017,
+    §3.2): a box with fewer positives than that also takes its best background anchors of IoU above
+    ``min_anchor_iou``, up to ``min_anchors`` in all, so tiny faces between the anchor sizes get as many
+    positives as the others.
 
     boxes (G, 4), anchors (A, 4), xyxy -> (A,) int64.
     """
@@ -52,6 +56,12 @@ def match_anchors(boxes: Tensor, anchors: Tensor, iou_threshold: float = 0.5) ->
     matches[best_iou < iou_threshold] = -1
     best_anchor = iou.argmax(dim=1)  # (G,): each box keeps at least its best anchor
     matches[best_anchor] = torch.arange(boxes.shape[0], device=anchors.device)
+    if min_anchors > 0:
+        counts = torch.bincount(matches[matches >= 0], minlength=boxes.shape[0])  # (G,)
+        for g in (counts < min_anchors).nonzero().squeeze(1).tolist():
+            values, candidates = iou[g].topk(min(min_anchors + int(counts[g]), iou.shape[1]))  # best first
+            free = candidates[(values > min_anchor_iou) & (matches[candidates] == -1)]
+            matches[free[: min_anchors - int(counts[g])]] = g
     return matches
 
 

@@ -37,6 +37,19 @@ def cmd_anchors(args: argparse.Namespace) -> int:
     from borrowcore.anchors import design_aspect_ratios
     from borrowcore.coco import read_coco_boxes
 
+    if args.checkpoint:  # recall of the checkpoint's own anchors, by box size, on the inputs it builds
+        from borrowcore.checkpoint import load_detector
+        from borrowcore.stats import checkpoint_anchor_recall
+
+        recall = checkpoint_anchor_recall(load_detector(args.checkpoint), args.coco, args.iou)
+        if args.json:
+            print(json.dumps(recall, indent=2))
+            return 0
+        print(f"{recall['boxes']} boxes, anchor recall at IoU {args.iou:g}: {recall['recall']:.3f}")
+        for b in recall["bins"]:
+            print(f"  side {b['label']:>8} px: {b['boxes']:6d} boxes, recall {b['recall']:.3f}, "
+                  f"at IoU 0.5 {b['recall_at_0.5']:.3f}, median best IoU {b['median_best_iou']:.2f}")
+        return 0
     boxes = read_coco_boxes(args.coco)
     result = design_aspect_ratios(boxes, iou=args.iou, percentile=args.percentile)
     if args.json:
@@ -88,6 +101,37 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
     stats = dataset_stats(args.coco)
     print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
+    return 0
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    """What a checkpoint's neck learned: tau, how much each fusion reads X, Z and the context, where small
+    instances' matching mass goes (by layer), and the gradient each neck part gets on a training batch."""
+    import torch
+
+    from borrowcore.checkpoint import load_detector
+    from borrowcore.data import CocoDetection, collate_detection
+    from borrowcore.neck_stats import diagnose
+    from borrowcore.presets import build_preset
+    from borrowcore.report import write_json_atomic
+
+    detector = load_detector(args.checkpoint, device=args.device, exact=args.exact or None)
+    val_set = CocoDetection(args.images, args.coco)
+    train_batch = None
+    if args.train_coco:
+        config = detector.config
+        train_set = CocoDetection(args.train_images or args.images, args.train_coco,
+                                  build_preset(args.augmentation, config.input_size, args.scale_range), seed=0,
+                                  ignore_regions=True)
+        images, targets = collate_detection([train_set[i] for i in range(min(args.batch_size, len(train_set)))])
+        device = next(detector.parameters()).device
+        train_batch = ([image.to(device) for image in images] if isinstance(images, list) else images.to(device),
+                       [{"boxes": t["boxes"].as_subclass(torch.Tensor).to(device), "labels": t["labels"].to(device)}
+                        for t in targets])
+    result = {"checkpoint": args.checkpoint, **diagnose(detector, val_set, train_batch, args.contribution_images)}
+    print(json.dumps(result, indent=1))
+    if args.out:
+        write_json_atomic(result, args.out)
     return 0
 
 
@@ -313,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coco", required=True, help="COCO annotation json")
     p.add_argument("--iou", type=float, default=0.5, help="IoU an anchor must reach (0 < IoU <= 2/3)")
     p.add_argument("--percentile", type=float, default=99.0, help="percentile of box ARs taken as mAR_obj")
+    p.add_argument("--checkpoint", help="instead: recall of this checkpoint's anchors by box size, on the inputs "
+                                        "it builds (whole photos at their own size); use --iou 0.35 for face models")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_anchors)
 
@@ -373,6 +419,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--set", nargs="*", metavar="SECTION.FIELD=VALUE", help="more config overrides")
     p.set_defaults(func=cmd_ablate)
+
+    p = commands.add_parser("diagnose", help="what a borrowing neck learned: tau, fusion reads, borrow precision by "
+                                             "layer, gradients")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--coco", required=True, help="val COCO json (borrow precision, fusion contributions)")
+    p.add_argument("--images", required=True, help="its image folder")
+    p.add_argument("--train-coco", dest="train_coco", help="a training COCO json: gradient norms on one batch of it")
+    p.add_argument("--train-images", dest="train_images", help="its image folder (default: --images)")
+    p.add_argument("--augmentation", default="faces", help="the training preset of that batch (default faces)")
+    p.add_argument("--scale-range", dest="scale_range", type=float, nargs=2, default=[0.35, 2.0])
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=16)
+    p.add_argument("--contribution-images", dest="contribution_images", type=int, default=20)
+    p.add_argument("--exact", action="store_true", help="borrow/full: match every deeper cell")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", help="also write the result as json")
+    p.set_defaults(func=cmd_diagnose)
 
     p = commands.add_parser("analyze", help="COCO error analysis by size of an eval report")
     p.add_argument("--report", required=True)

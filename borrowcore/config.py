@@ -42,11 +42,20 @@ class DetectorConfig:
     # deeper map, the paper's full softmax, whose cost grows with the square of the image.
     matching: str = "fast"
     key_budget: int = 0  # keys per deeper map under "fast"; 0 takes DEFAULT_KEY_BUDGET
+    # Levers on the matching, off in the paper's configs (docs/method.md "Levers on the matching"):
+    # top_k > 0 keeps each S_hat row's k largest scores and renormalises (sparse matching); 0: every key
+    matching_top_k: int = 0
+    # > 0: weight of the supervised matching loss L_match (borrow_targets.py): -log of a small instance's
+    # S_hat mass on the deeper cells inside larger instances of its class, from the training boxes; 0: off
+    matching_loss: float = 0.0
     anchor_scale: float = 4.0  # S_k = anchor_scale * stride_k (Table 1: 32, 64, 128, 256)
     aspect_ratios: list[float] = field(default_factory=lambda: [1.5, 3.0])  # each r gives r and 1/r
     # octaves above the coarsest layer's sizes on that layer (S_N 2^i, S'_N 2^i, i = 1..top_octaves; 0: SPEC §3)
     top_octaves: int = 0
     match_iou: float = 0.5  # SPEC §5; S3FD / RetinaFace match tiny faces at 0.35
+    # > 0: S3FD's scale compensation, every box gets at least this many positive anchors (of IoU > 0.1): the
+    # faces under 12 px, which no 16 px anchor reaches at IoU 0.35, train more than their one forced anchor
+    min_anchors_per_box: int = 0
     # > 0: RetinaNet's head init, N(0, 0.01^2) weights and class biases so that every anchor starts with this
     # foreground probability (0.25 is the balance point of 3:1 hard-negative mining); 0: SSD's Xavier init
     prior_prob: float = 0.0
@@ -91,6 +100,8 @@ class DetectorConfig:
             raise ValueError(f"zoom_out_min must be >= 0 px, got {self.zoom_out_min}")
         if not 0 < self.match_iou <= 1:
             raise ValueError(f"match_iou must be in (0, 1], got {self.match_iou}")
+        if self.min_anchors_per_box < 0:
+            raise ValueError(f"min_anchors_per_box must be >= 0 (0: SSD's matching), got {self.min_anchors_per_box}")
         if not 0 <= self.prior_prob < 1:
             raise ValueError(f"prior_prob must be in [0, 1) (0: zero biases), got {self.prior_prob}")
         if self.input_size < 128:
@@ -103,6 +114,10 @@ class DetectorConfig:
             raise ValueError(f"key_budget must be >= 0 (0: the default, {DEFAULT_KEY_BUDGET}), got {self.key_budget}")
         if self.matching == "exact" and self.key_budget:
             raise ValueError(f"key_budget {self.key_budget} applies to matching: fast; matching: exact uses every cell")
+        if self.matching_top_k < 0:
+            raise ValueError(f"matching_top_k must be >= 0 (0: every key), got {self.matching_top_k}")
+        if self.matching_loss < 0:
+            raise ValueError(f"matching_loss is a loss weight >= 0 (0: off), got {self.matching_loss}")
         if self.width <= 0:
             raise ValueError(f"width must be positive, got {self.width}")
         if self.fc6_dilation not in (1, 3):
@@ -122,9 +137,10 @@ class DetectorConfig:
         """Which matching runs, in words (reports, the app)."""
         if self.neck not in ("borrow", "full"):
             return "no matching (this neck does not borrow)"
+        top_k = f", top {self.matching_top_k} keys per cell" if self.matching_top_k else ""
         if self.matching == "exact":
-            return "exact matching (every deeper cell)"
-        return f"fast matching (at most {self.keys_per_map} keys per deeper map)"
+            return f"exact matching (every deeper cell{top_k})"
+        return f"fast matching (at most {self.keys_per_map} keys per deeper map{top_k})"
 
 
 @dataclass
@@ -162,6 +178,7 @@ class TrainConfig:
     channels_last: bool = False
     skip_bad: bool = False
     val_metric: str = "loss"  # best.pt by lowest validation loss, or by highest COCO AP ("AP")
+    val_borrow: bool = False  # at each validation of a borrowing neck, the borrow precision by layer (log.jsonl)
 
     def __post_init__(self) -> None:
         if self.schedule not in ("cosine", "multistep"):

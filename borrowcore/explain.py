@@ -19,16 +19,10 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
-# What a small instance borrows from (paper §1 and §3: small objects borrow features from "larger instances"
-# of their class; SPEC §10: small twins of 24-31 px and their large instance of 97-112 px): another instance
-# with at least this many times its area. A sibling barely larger than it is not a larger instance.
-LARGER_AREA_RATIO = 2.0
-
-
-def is_larger_instance(areas: Tensor | float, area: Tensor | float, ratio: float = LARGER_AREA_RATIO) -> Tensor | bool:
-    """Whether instances of ``areas`` are larger instances than one of ``area``: at least ``ratio`` x its area."""
-    return areas >= ratio * area
-
+from borrowcore.borrow_targets import (  # noqa: F401  (re-exported: the app and tests read them here)
+    LARGER_AREA_RATIO, borrow_targets, cell_centres, cells_in_box, is_larger_instance, points_in_boxes,
+    source_cell_centres,
+)
 from borrowcore.neck import MatchingScores
 
 
@@ -68,37 +62,12 @@ class Explanation:
         return w / self.input_size, h / self.input_size
 
 
-def cell_centres(grid: tuple[int, int], stride: int) -> Tensor:
-    """(h * w, 2) cell centres (x, y) in network-input pixels, row-major (as the anchors)."""
-    h, w = grid
-    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    return torch.stack([(xs.flatten() + 0.5) * stride, (ys.flatten() + 0.5) * stride], dim=1).float()
-
-
 def cell_boxes(grid: tuple[int, int], stride: int, scale: tuple[float, float] = (1.0, 1.0)) -> Tensor:
     """(h * w, 4) xyxy box of each cell, scaled to image pixels by ``scale`` = (sx, sy)."""
     centres = cell_centres(grid, stride)
     half = stride / 2
     boxes = torch.cat([centres - half, centres + half], dim=1)
     return boxes * torch.tensor([scale[0], scale[1], scale[0], scale[1]])
-
-
-def cells_in_box(grid: tuple[int, int], stride: int, box: Tensor) -> Tensor:
-    """Indices of the cells whose centre lies in ``box`` (xyxy, network-input pixels); the cell under
-    the box's centre when none does (a box smaller than a cell)."""
-    centres = cell_centres(grid, stride)
-    inside = ((centres[:, 0] >= box[0]) & (centres[:, 0] <= box[2]) & (centres[:, 1] >= box[1]) & (centres[:, 1] <= box[3]))
-    if inside.any():
-        return inside.nonzero().squeeze(1)
-    cx, cy = float(box[0] + box[2]) / 2, float(box[1] + box[3]) / 2
-    h, w = grid
-    i, j = min(h - 1, max(0, int(cy // stride))), min(w - 1, max(0, int(cx // stride)))
-    return torch.tensor([i * w + j])
-
-
-def source_cell_centres(matching: MatchingScores) -> Tensor:
-    """(d_n, 2) centres of all deeper cells, in S_hat's column order, network-input pixels."""
-    return torch.cat([cell_centres(g, s) for g, s in zip(matching.source_grids, matching.source_strides)])
 
 
 def split_by_source_layer(matching: MatchingScores, values: Tensor) -> list[Tensor]:
@@ -232,19 +201,28 @@ def with_instances(explanation: Explanation, boxes: Tensor, labels: Tensor, clas
 
 @torch.inference_mode()
 def borrow_precision(detector: torch.nn.Module, dataset, device: str | torch.device = "cpu",
-                     small_side: float = 32.0, min_area_ratio: float = LARGER_AREA_RATIO) -> dict[str, float]:
-    """Share of each small ground-truth instance's matching mass on larger same-class instances.
+                     small_side: float = 32.0, min_area_ratio: float = LARGER_AREA_RATIO,
+                     background_queries: int = 256) -> dict:
+    """Where each small ground-truth instance's matching mass goes: on larger same-class instances (the
+    borrow precision), on other instances, or on background; overall and per borrowing layer.
 
-    For each small instance (sqrt(area) < ``small_side``): the S_hat rows of its cells (centres inside
-    its box) on the layer of its best anchor; the mass on deeper cells whose centres lie inside a larger
-    instance of the same class (``is_larger_instance``: at least ``min_area_ratio`` x its area, the same
-    definition as ``borrow_view``'s links); averaged over its cells, then over instances. The chance
-    level is the share of deeper cells those instances cover (what a uniform row would give). Small
-    instances without a larger one of their class are counted in ``skipped``.
+    For each small instance (sqrt(area) < ``small_side`` in the image's own pixels) with a larger instance
+    of its class (``borrow_targets``): the S_hat rows of its query cells on the layer of its best anchor;
+    the mass on its target cells, averaged over its cells, then over instances. ``chance`` is the share
+    of deeper cells the targets cover (what a uniform row would give); ``background`` the mass on cells in
+    no instance (ignore regions count as instances), ``background_chance`` their share. Small instances
+    without a usable larger one are counted in ``skipped``.
+
+    Borrowing can only tell a small instance from background if background cells borrow differently:
+    ``background_queries_on_objects`` is the mass that cells of the shallowest borrowing layer lying in no
+    instance (up to ``background_queries`` of them an image, evenly spaced) put on deeper cells inside
+    instances, against ``objects_chance``; compare it with ``1 - background``, the small instances' own.
     """
     detector.eval().to(device)
     network = detector.network
-    shares, chances, skipped = [], [], 0
+    records = []  # (layer, precision, chance, background, background chance) per small instance
+    skipped = 0
+    background_rows = []  # (mass on objects, objects' share of the deeper cells) per image
     for index in range(len(dataset)):
         image, target = dataset[index]
         h, w = image.shape[-2:]
@@ -256,30 +234,37 @@ def borrow_precision(detector: torch.nn.Module, dataset, device: str | torch.dev
         per_layer = [gh * gw * a for (gh, gw), a in zip(output.grid_sizes, detector.anchors.anchors_per_layer())]
         [(sx, sy)] = detector.input_scales([(h, w)])
         boxes = target["boxes"].as_subclass(Tensor).float() * torch.tensor([sx, sy, sx, sy])
-        labels = target["labels"]
-        areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-        original_areas = areas / (sx * sy)
-        for i in range(len(boxes)):
-            if original_areas[i].sqrt() >= small_side:
-                continue
-            layer = best_anchor_layer(boxes[i], anchors, per_layer)
-            matching = next((m for m in output.matching if m.layer == layer), None)
-            larger = (labels == labels[i]) & is_larger_instance(areas, areas[i], min_area_ratio)
-            larger[i] = False
-            if matching is None or not larger.any():
-                skipped += 1
-                continue
-            rows = cells_in_box(matching.query_grid, matching.query_stride, boxes[i])
-            centres = source_cell_centres(matching)
-            on_twin = torch.zeros(len(centres), dtype=torch.bool)
-            for box in boxes[larger]:
-                on_twin |= ((centres[:, 0] >= box[0]) & (centres[:, 0] <= box[2]) & (centres[:, 1] >= box[1]) & (centres[:, 1] <= box[3]))
-            shares.append(float(matching.rows(rows)[:, on_twin].sum(1).mean()))
-            chances.append(float(on_twin.float().mean()))
-    if not shares:
+        original_sides = (target["boxes"][:, 2:] - target["boxes"][:, :2]).as_subclass(Tensor).float().prod(1).sqrt()
+        small = (original_sides < small_side) & (target["labels"] > 0)
+        found, missed = borrow_targets(boxes, target["labels"], anchors, per_layer, output.matching, small,
+                                       min_area_ratio)
+        skipped += missed
+        by_layer = {m.layer: m for m in output.matching}
+        first = output.matching[0]
+        objects = points_in_boxes(source_cell_centres(first), boxes).any(dim=1)  # (d_1,)
+        empty = ~points_in_boxes(cell_centres(first.query_grid, first.query_stride), boxes).any(dim=1)  # (m_1,)
+        if len(boxes) and empty.any() and objects.any():
+            rows = empty.nonzero().squeeze(1)
+            rows = rows[torch.linspace(0, len(rows) - 1, min(background_queries, len(rows))).long()]
+            background_rows.append((float(first.rows(rows)[:, objects].sum(1).mean()), float(objects.float().mean())))
+        for t in found:
+            rows = by_layer[t.layer].rows(t.rows)  # (r, d_n)
+            records.append((t.layer, float(rows[:, t.targets].sum(1).mean()), float(t.targets.float().mean()),
+                            float(rows[:, ~t.objects].sum(1).mean()), float((~t.objects).float().mean())))
+    if not records:
         return {"borrow_precision": -1.0, "chance": -1.0, "instances": 0, "skipped": skipped}
-    return {"borrow_precision": float(np.mean(shares)), "chance": float(np.mean(chances)),
-            "instances": len(shares), "skipped": skipped}
+
+    def summarise(rows: list[tuple]) -> dict:
+        values = np.array([r[1:] for r in rows])
+        means = values.mean(0)
+        return {"borrow_precision": float(means[0]), "chance": float(means[1]), "background": float(means[2]),
+                "background_chance": float(means[3]), "instances": len(rows)}
+
+    layers = sorted({r[0] for r in records})
+    on_objects, objects_chance = np.mean(background_rows, axis=0) if background_rows else (-1.0, -1.0)
+    return {**summarise(records), "skipped": skipped, "background_queries_on_objects": float(on_objects),
+            "objects_chance": float(objects_chance),
+            "by_layer": {str(layer): summarise([r for r in records if r[0] == layer]) for layer in layers}}
 
 
 # ---- What the app draws for one query, placed on the image (image pixels throughout) ----

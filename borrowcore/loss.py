@@ -18,15 +18,18 @@ class MultiBoxLoss(nn.Module):
         negatives_per_positive: hard negatives kept per positive, ranked by their loss.
         ignore_iof: an anchor with at least this share of its area inside an ignore region (targets'
             boxes labelled < 0, see ``CocoDetection(ignore_regions=True)``) is neither positive nor negative.
+        min_anchors: > 0, S3FD's scale compensation (``match_anchors``): every box gets at least this many
+            positives among the anchors of IoU > 0.1; 0, SSD's matching.
     """
 
     def __init__(self, box_coder: BoxCoder | None = None, iou_threshold: float = 0.5, negatives_per_positive: int = 3,
-                 ignore_iof: float = 0.5) -> None:
+                 ignore_iof: float = 0.5, min_anchors: int = 0) -> None:
         super().__init__()
         self.box_coder = box_coder or BoxCoder()
         self.iou_threshold = iou_threshold
         self.negatives_per_positive = negatives_per_positive
         self.ignore_iof = ignore_iof
+        self.min_anchors = min_anchors
 
     def match(self, targets: list[dict[str, Tensor]], anchors: Tensor) -> list[Tensor]:
         """Per image, the matched box index of each anchor: >= 0 a box, -1 background, -2 ignored.
@@ -36,7 +39,7 @@ class MultiBoxLoss(nn.Module):
         for t in targets:
             labels = t["labels"]
             real = (labels > 0).nonzero().squeeze(1)
-            matches = match_anchors(t["boxes"][real], anchors, self.iou_threshold)
+            matches = match_anchors(t["boxes"][real], anchors, self.iou_threshold, self.min_anchors)
             if real.numel():
                 matches = torch.where(matches >= 0, real[matches.clamp(min=0)], matches)  # back to t's indices
             ignore_boxes = t["boxes"][labels < 0]

@@ -16,6 +16,7 @@ from torchvision.ops import batched_nms, box_area
 
 from borrowcore.anchors import AnchorGenerator
 from borrowcore.backbone import VGGBackbone, scaled_channels
+from borrowcore.borrow_targets import matching_loss
 from borrowcore.boxes import BoxCoder, drop_inside
 from borrowcore.config import DetectorConfig
 from borrowcore.head import SSDHead
@@ -69,18 +70,22 @@ class Detector(nn.Module):
             ``zoom_out_min`` px (the objects beyond the largest anchors); empty: one pass.
         drop_inside: > 0, after NMS drop a box with at least this share of its area inside a better-scoring
             box of its class (``boxes.drop_inside``); 0: NMS alone.
+        matching_loss: > 0, the weight of the supervised matching loss (``borrow_targets.matching_loss``),
+            added to the loss parts as ``loss_match`` when the neck borrows; 0: off (the paper).
     """
 
     def __init__(self, network: BorrowSSD, anchors: AnchorGenerator, loss: MultiBoxLoss, postprocess: PostProcess,
                  input_size: int, class_names: list[str], mean: tuple[float, ...] = IMAGENET_MEAN,
                  std: tuple[float, ...] = IMAGENET_STD, whole_image: bool = False, shrink_above: int = 0,
-                 zoom_out: tuple[float, ...] = (), zoom_out_min: int = 256, drop_inside: float = 0.0) -> None:
+                 zoom_out: tuple[float, ...] = (), zoom_out_min: int = 256, drop_inside: float = 0.0,
+                 matching_loss: float = 0.0) -> None:
         super().__init__()
         self.whole_image = whole_image
         self.shrink_above = shrink_above  # whole-image mode: photos with a longer side above it are scaled to it
         self.zoom_out = tuple(zoom_out)  # whole-image mode: extra passes at these scales, for the largest objects
         self.zoom_out_min = zoom_out_min  # ... keeping their boxes of at least this side (px in the photo)
         self.drop_inside = drop_inside  # > 0: drop boxes with this share of their area inside a better one
+        self.matching_loss = matching_loss
         self.network = network
         self.anchors = anchors
         self.loss = loss
@@ -158,11 +163,15 @@ class Detector(nn.Module):
     def compute_loss(self, images: list[Tensor] | Tensor, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         """The loss parts in either mode (validation loss runs in eval mode)."""
         batch, sizes = self.preprocess(images)
-        output = self.network(batch)
+        output = self.network(batch, return_matching=self.matching_loss > 0)
         anchors = self.anchors(output.grid_sizes, self.anchor_image_size, device=batch.device)
+        targets = self.scale_targets(targets, sizes)
         # fp32 whatever autocast ran the network in: hard-negative ranking and the sums need the precision
-        return self.loss(output.cls_logits.float(), output.box_regression.float(), anchors,
-                         self.scale_targets(targets, sizes))
+        losses = self.loss(output.cls_logits.float(), output.box_regression.float(), anchors, targets)
+        if output.matching:
+            per_layer = [h * w * a for (h, w), a in zip(output.grid_sizes, self.anchors.anchors_per_layer())]
+            losses["loss_match"] = self.matching_loss * matching_loss(output.matching, anchors, per_layer, targets)
+        return losses
 
     def forward(self, images: list[Tensor] | Tensor, targets: list[dict[str, Tensor]] | None = None,
                 return_matching: bool = False) -> dict[str, Tensor] | list[dict]:
@@ -220,16 +229,19 @@ def build_detector(config: DetectorConfig, class_names: list[str] | None = None)
         raise ValueError(f"{len(class_names)} class names for num_classes={config.num_classes}")
     backbone = VGGBackbone(config.width, config.batch_norm, config.fc6_dilation)
     neck = BorrowNeck(backbone.out_channels, backbone.strides, config.neck,
-                      scaled_channels(config.borrow_channels, config.width), config.similarity, config.keys_per_map)
+                      scaled_channels(config.borrow_channels, config.width), config.similarity, config.keys_per_map,
+                      config.matching_top_k)
     anchors = AnchorGenerator(backbone.strides, config.anchor_scale, config.aspect_ratios, config.top_octaves)
     head = SSDHead(backbone.out_channels, anchors.anchors_per_layer(), config.num_classes + 1,
                    config.prior_prob)
     box_coder = BoxCoder()
     postprocess = PostProcess(box_coder, config.score_threshold, config.candidates_per_class,
                               config.nms_iou, config.detections_per_image)
-    detector = Detector(BorrowSSD(backbone, neck, head), anchors, MultiBoxLoss(box_coder, config.match_iou), postprocess,
+    detector = Detector(BorrowSSD(backbone, neck, head), anchors, MultiBoxLoss(box_coder, config.match_iou,
+                                                                              min_anchors=config.min_anchors_per_box), postprocess,
                         config.input_size, class_names, whole_image=config.inference == "whole",
                         shrink_above=config.max_whole_side if config.oversize == "shrink" else 0,
-                        zoom_out=config.zoom_out, zoom_out_min=config.zoom_out_min, drop_inside=config.drop_inside)
+                        zoom_out=config.zoom_out, zoom_out_min=config.zoom_out_min, drop_inside=config.drop_inside,
+                        matching_loss=config.matching_loss)
     detector.config = config  # what a checkpoint records to rebuild it
     return detector

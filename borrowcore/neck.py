@@ -54,6 +54,8 @@ class MatchingScores:
     source_strides: list[int]
     queries: Tensor | None = None
     keys: Tensor | None = None
+    top_k: int = 0  # > 0: each row keeps its k largest scores (sparse matching), renormalised
+
 
     def select(self, image: int) -> MatchingScores:
         """Image ``image`` of the batch, keeping a batch dimension of 1, on the CPU."""
@@ -68,7 +70,7 @@ class MatchingScores:
             scores = self.scores[image] if self.scores.dim() == 3 else self.scores
             return scores[index].float()
         queries, keys = self.queries[image].float(), self.keys[image].float()  # (m_n, e), (d_n, e)
-        return torch.softmax(queries[index.to(queries.device)] @ keys.T, dim=-1).cpu()
+        return torch.softmax(keep_top_k(queries[index.to(queries.device)] @ keys.T, self.top_k), dim=-1).cpu()
 
     @property
     def num_queries(self) -> int:
@@ -112,8 +114,18 @@ def conv1x1_together(x: Tensor, convs: list[nn.Conv2d]) -> list[Tensor]:
     return list(F.conv2d(x, weight, bias).split([conv.out_channels for conv in convs], dim=1))
 
 
-def attend(queries: Tensor, keys: Tensor, values: Tensor, max_scores: int | None = None) -> Tensor:
+def keep_top_k(scores: Tensor, top_k: int) -> Tensor:
+    """Scores (..., d) with all but each row's ``top_k`` largest set to -inf (softmax gives them 0); ties at
+    the k-th score are all kept. ``top_k`` 0, or >= d, keeps every score."""
+    if top_k <= 0 or top_k >= scores.shape[-1]:
+        return scores
+    kth = scores.topk(top_k, dim=-1).values[..., -1:]  # (..., 1)
+    return scores.masked_fill(scores < kth, float("-inf"))
+
+
+def attend(queries: Tensor, keys: Tensor, values: Tensor, max_scores: int | None = None, top_k: int = 0) -> Tensor:
     """softmax(Q K^T) V, one head: queries (B, m, e), keys (B, d, e), values (B, d, c) -> (B, m, c).
+    ``top_k`` > 0 keeps each row's k largest scores (``keep_top_k``): sparse matching.
 
     Q and K already carry the scale. On CPU, SDPA with values narrower than the keys (c < c_n here) takes
     its math path, which keeps the (B, m, d) matrix anyway and adds _safe_softmax's checks: the plain
@@ -121,6 +133,12 @@ def attend(queries: Tensor, keys: Tensor, values: Tensor, max_scores: int | None
     (default: as many as the queries have values, at least ``MIN_BLOCK_SCORES``).
     Elsewhere SDPA's fused kernels keep no m x d matrix (SPEC §4).
     """
+    if top_k and top_k < keys.shape[1]:
+        # sparse rows: the explicit product, in blocks of rows as below (SDPA takes no per-row mask for free)
+        keys_t = keys.transpose(1, 2)  # (B, e, d)
+        block = max(1, (max_scores or max(queries.numel(), MIN_BLOCK_SCORES)) // max(1, keys.shape[0] * keys.shape[1]))
+        return torch.cat([torch.softmax(keep_top_k(q @ keys_t, top_k), dim=-1) @ values
+                          for q in queries.split(block, dim=1)], dim=1)
     if queries.device.type != "cpu":
         return F.scaled_dot_product_attention(  # one attention head: (B, 1, L, E)
             queries.unsqueeze(1), keys.unsqueeze(1), values.unsqueeze(1), scale=1.0
@@ -278,11 +296,12 @@ class BorrowNeck(nn.Module):
         similarity: FMB's matching function.
         key_budget: at most this many cells per deeper map as FMB keys and FRB values (``pool_to_budget``);
             0 matches every cell, as the paper does.
+        top_k: > 0, each S_hat row keeps its k largest scores (sparse matching); 0, every one (the paper).
     """
 
     def __init__(
         self, in_channels: list[int], strides: tuple[int, ...] | list[int], neck: str = "full",
-        borrow_channels: int = 256, similarity: str = "cosine", key_budget: int = 0,
+        borrow_channels: int = 256, similarity: str = "cosine", key_budget: int = 0, top_k: int = 0,
     ) -> None:
         super().__init__()
         if neck not in NECKS:
@@ -291,6 +310,7 @@ class BorrowNeck(nn.Module):
             raise ValueError(f"key_budget must be >= 0 (0: every cell), got {key_budget}")
         self.neck = neck
         self.key_budget = key_budget
+        self.top_k = top_k
         self.strides = list(strides)
         self.borrows = neck in ("borrow", "full")
         self.uses_context = neck in ("context", "full")
@@ -328,7 +348,7 @@ class BorrowNeck(nn.Module):
             if self.borrows:
                 deeper = [pooled for pooled, _ in sources[n + 1:]]  # the original X(n'), not Y(n') (SPEC §4)
                 queries, keys, values = self.embed(n, x, deeper)
-                borrowed = attend(queries, keys, values)  # (B, m_n, c)
+                borrowed = attend(queries, keys, values, top_k=self.top_k)  # (B, m_n, c)
                 borrowed = borrowed.transpose(1, 2).unflatten(2, x.shape[-2:])  # (B, c, h_n, w_n)
                 if return_matching:
                     matching.append(MatchingScores(
@@ -336,7 +356,7 @@ class BorrowNeck(nn.Module):
                         source_layers=list(range(n + 2, len(features) + 1)),
                         source_grids=[(f.shape[-2], f.shape[-1]) for f in deeper],
                         source_strides=[stride * r for stride, (_, r) in zip(self.strides[n + 1:], sources[n + 1:])],
-                        queries=queries, keys=keys,
+                        queries=queries, keys=keys, top_k=self.top_k,
                     ))
             outputs.insert(0, self.fusion[n](x, borrowed, outputs[0]))
         matching.reverse()  # shallow layer first

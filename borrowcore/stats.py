@@ -154,3 +154,49 @@ def dataset_anchor_recall(coco_file: str | Path, input_size: int, anchor_scale: 
                                   anchor_scale, aspect_ratios, iou)
     result["skipped"] = skipped
     return result
+
+
+def checkpoint_anchor_recall(detector, coco_file: str | Path, iou: float = 0.35,
+                             side_bins: tuple[float, ...] = (0, 8, 12, 16, 32, 64, 128)) -> dict:
+    """Anchor recall of a COCO file's non-crowd boxes with a checkpoint's own anchors, on the inputs its
+    detector builds (whole-image checkpoints: each photo at its own, possibly shrunk, size padded to 64):
+    by box side sqrt(w h) in the photo's pixels, the share whose best anchor reaches ``iou`` (default 0.35,
+    the face models' match_iou) and 0.5, and the median best IoU."""
+    import torch
+    from torchvision.ops import box_iou
+
+    from borrowcore.model import PAD_MULTIPLE
+
+    coco = read_coco_json(coco_file)
+    per_image: dict = {}
+    for ann in coco["annotations"]:
+        if not ann.get("iscrowd", 0) and ann["bbox"][2] > 0 and ann["bbox"][3] > 0:
+            per_image.setdefault(ann["image_id"], []).append(ann["bbox"])
+    best, sides = [], []
+    for image in coco["images"]:
+        if image["id"] not in per_image:
+            continue
+        h, w = image["height"], image["width"]
+        [(sx, sy)] = detector.input_scales([(h, w)])
+        if detector.whole_image:
+            new_h, new_w = detector.whole_size(h, w)
+            height, width = -(-new_h // PAD_MULTIPLE) * PAD_MULTIPLE, -(-new_w // PAD_MULTIPLE) * PAD_MULTIPLE
+        else:
+            height = width = detector.input_size
+        grids = [(-(-height // s), -(-width // s)) for s in detector.anchors.strides]
+        anchors = detector.anchors(grids, detector.anchor_image_size).double()  # (A, 4) input pixels
+        boxes = torch.tensor(per_image[image["id"]], dtype=torch.float64)  # (n, 4) xywh, photo pixels
+        sides.append((boxes[:, 2] * boxes[:, 3]).sqrt())
+        xyxy = torch.cat([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], dim=1) * torch.tensor([sx, sy, sx, sy])
+        best.append(box_iou(xyxy, anchors).max(dim=1).values)
+    best, sides = torch.cat(best), torch.cat(sides)
+    edges = list(side_bins) + [math.inf]
+    bins = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (sides >= lo) & (sides < hi)
+        count = int(inside.sum())
+        bins.append({"label": f"{lo:g}+" if math.isinf(hi) else f"{lo:g}-{hi:g}", "boxes": count,
+                     "recall": float((best[inside] >= iou).double().mean()) if count else -1.0,
+                     "recall_at_0.5": float((best[inside] >= 0.5).double().mean()) if count else -1.0,
+                     "median_best_iou": float(best[inside].median()) if count else -1.0})
+    return {"iou": iou, "boxes": len(best), "recall": float((best >= iou).double().mean()), "bins": bins}

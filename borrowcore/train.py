@@ -29,7 +29,9 @@ from borrowcore.config import ExperimentConfig, save_config
 from borrowcore.data import CocoDetection, collate_detection
 from borrowcore.distributed import DistributedContext, barrier, cleanup, init_distributed, reduce_mean, reduce_sum
 from borrowcore.engine import ModelEMA, lr_factor, parameter_groups, to_device, train_step, validation_loss
+from borrowcore.explain import borrow_precision
 from borrowcore.model import build_detector
+from borrowcore.neck_stats import fusion_weight_norms, gradient_norms
 from borrowcore.presets import build_preset
 
 REFERENCE_BATCH = 32  # SPEC §6: lr is given for a global batch of 32 and scaled linearly
@@ -274,6 +276,8 @@ def _train(config: ExperimentConfig, out_dir: Path, resume: bool, context: Distr
                           "images_per_s": round(window_images * context.world_size / seconds, 2)}
                 if t.skip_bad:  # all ranks together, since this run (or its resumption) started
                     record["skipped_images"] = round(reduce_sum(float(skipped_images), context))
+                if detector.network.neck.neck != "ssd":  # this step's gradients, after clipping, by part
+                    record["grad_norms"] = {k: round(v, 5) for k, v in gradient_norms(detector).items()}
                 if context.device.type == "cuda":
                     record["gpu_mem_mb"] = round(torch.cuda.max_memory_allocated(context.device) / 2**20, 1)
                 record.update(account())
@@ -294,6 +298,11 @@ def _train(config: ExperimentConfig, out_dir: Path, resume: bool, context: Distr
             if t.val_metric == "AP":
                 last_val["val_AP"] = validation_ap(evaluated, t, context)
             record.update({k: round(v, 5) for k, v in last_val.items()})
+            if detector.network.neck.neck != "ssd":
+                record["fusion_weight_norms"] = fusion_weight_norms(evaluated.network.neck)
+            if t.val_borrow and evaluated.network.neck.borrows and context.is_main:
+                record["val_borrow"] = borrow_precision(
+                    evaluated, CocoDetection(t.val_images, t.val_annotations, skip_bad=t.skip_bad), context.device)
             # best_val is minimised: the loss, or minus the AP
             current = -last_val["val_AP"] if t.val_metric == "AP" else last_val.get("val_loss", float("inf"))
             if last_val and current < best_val:

@@ -49,6 +49,19 @@ def test_matching_by_hand():
     assert match_anchors(torch.zeros(0, 4), anchors).tolist() == [-1, -1, -1, -1]
 
 
+def test_scale_compensation_by_hand():
+    """S3FD's scale compensation: a 6 px face between the 16 px anchors reaches IoU 0.25 at best; with
+    min_anchors 2 it also takes its next anchor of IoU > 0.1, never one at 0.04 nor one already taken."""
+    anchors = torch.tensor([[0.0, 0, 16, 16], [4, 0, 20, 16], [0, 4, 16, 20], [-2, -2, 10, 10],  # IoU .14 .04 .04 .25
+                            [40, 40, 60, 60], [42, 40, 62, 60], [100, 100, 120, 120]])  # the large face: 1, .82, 0
+    boxes = torch.tensor([[0.0, 0, 6, 6], [40, 40, 60, 60]])
+    assert match_anchors(boxes, anchors, 0.35).tolist() == [-1, -1, -1, 0, 1, 1, -1]  # one forced anchor
+    assert match_anchors(boxes, anchors, 0.35, min_anchors=2).tolist() == [0, -1, -1, 0, 1, 1, -1]
+    assert match_anchors(boxes, anchors, 0.35, min_anchors=5).tolist() == [0, -1, -1, 0, 1, 1, -1]
+    loss = MultiBoxLoss(iou_threshold=0.35, min_anchors=2)
+    assert loss.match([{"boxes": boxes, "labels": torch.tensor([1, 1])}], anchors)[0].tolist() == [0, -1, -1, 0, 1, 1, -1]
+
+
 def test_matching_matches_torchvision_ssd_matcher():
     g = torch.Generator().manual_seed(2)
     anchors = AnchorGenerator((8, 16, 32, 64))(((16, 16), (8, 8), (4, 4), (2, 2)), 128)

@@ -99,3 +99,26 @@ def test_borrow_benchmark_sizes(tmp_path):
     assert stats["by_coco_size"] == {"small": small, "medium": 0, "large": large}
     assert stats["by_side"]["16-32"] == small and stats["by_side"]["96-128"] == large
     assert stats["boxes"] == sum(stats["per_class"].values()) == small + large
+
+
+def test_checkpoint_anchor_recall_on_whole_photos(tmp_path, tiny_config):
+    """A box equal to one of the detector's anchors on a whole 200 x 130 photo (padded to 256 x 192 in
+    the network) is recalled at IoU 1; a 4 px box, a quarter of the smallest anchor's side, is not."""
+    from borrowcore import DetectorConfig
+    from borrowcore.stats import checkpoint_anchor_recall
+    from conftest import make_detector
+
+    detector = make_detector(DetectorConfig(**{**tiny_config.__dict__, "inference": "whole", "anchor_scale": 2.0}))
+    anchors = detector.anchors([(24, 32), (12, 16), (6, 8), (3, 4)], None)  # 192 x 256 at strides 8-64
+    x0, y0, x1, y1 = anchors[len(anchors) // 3].tolist()
+    assert x0 >= 0 and y0 >= 0 and x1 <= 200 and y1 <= 130  # inside the photo, so no clipping differs
+    coco = {"images": [{"id": 1, "file_name": "a.jpg", "height": 130, "width": 200}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [x0, y0, x1 - x0, y1 - y0]},
+                            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [100, 60, 4, 4]}],
+            "categories": [{"id": 1, "name": "face"}]}
+    (tmp_path / "a.json").write_text(json.dumps(coco))
+    recall = checkpoint_anchor_recall(detector, tmp_path / "a.json", iou=0.35, side_bins=(0, 8))
+    tiny, large = recall["bins"]
+    assert (tiny["boxes"], tiny["recall"]) == (1, 0.0) and tiny["median_best_iou"] == pytest.approx(16 / 256)  # inside a 16 px anchor
+    assert (large["boxes"], large["recall"], large["median_best_iou"]) == (1, 1.0, pytest.approx(1.0))
+    assert recall["recall"] == 0.5

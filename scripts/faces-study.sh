@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The lever study on faces (configs/faces-study.yaml, docs/results.md "Learning to borrow"): each arm is a neck
+# and the overrides of one lever, trained resumably and evaluated on the 199 WIDER val photos.
+#   bash scripts/faces-study.sh train [RUNS] "context:0 full-match:0"   (arm:seed pairs, one after another;
+#        on 2 cores run two queues side by side with OMP_NUM_THREADS=1, about an hour a run)
+#   bash scripts/faces-study.sh eval [RUNS]    every finished run: eval_val.json (whole photo, the release
+#        inference recipe, borrow precision by layer), then RUNS/compare-<a>-<b>.json, paired bootstrap of b - a
+#        for each arm against context and against full at the same seed
+#   bash scripts/faces-study.sh save [RUNS]    copy the unfinished runs' resume state to state/faces-study/ (commit
+#        it; `train` resumes from it on another machine)
+set -euo pipefail
+cmd=${1:?train, eval or save}
+RUNS=${2:-runs/faces-study}
+PY=${PYTHON:-.venv/bin/python}
+STATE=state/faces-study
+WIDER=../shared/data/wider-faces
+arm_overrides() {  # the overrides of an arm
+  case $1 in
+    context) echo "model.neck=context" ;;
+    full) echo "" ;;
+    full-match) echo "model.matching_loss=1.0" ;;
+    full-top16) echo "model.matching_top_k=16" ;;
+    full-w025) echo "model.width=0.25" ;;
+    context-w025) echo "model.neck=context model.width=0.25" ;;
+    *) echo "unknown arm $1" >&2; return 1 ;;
+  esac
+}
+case $cmd in
+train)
+  bash scripts/faces-release.sh train ""  # the data: data/wider/{train-extra,val}.json
+  for pair in ${3:?arm:seed pairs}; do
+    arm=${pair%:*}; seed=${pair#*:}; out=$RUNS/$arm/seed$seed
+    [ -f "$out/weights.pt" ] && { echo "$arm seed $seed: finished"; continue; }
+    overrides=$(arm_overrides "$arm")
+    if [ ! -f "$out/last.pt" ] && [ -f "$STATE/$arm/seed$seed/last.pt" ]; then
+      mkdir -p "$out"; cp "$STATE/$arm/seed$seed/"{last.pt,log.jsonl,config.yaml} "$out/"
+    fi
+    $PY -m borrowcore train --config configs/faces-study.yaml --out "$out" --resume \
+        --set train.seed=$seed $overrides
+  done ;;
+eval)
+  # the release inference recipe (scripts/faces-release-eval.sh's RECIPE, NMS IoU 0.4)
+  for weights in "$RUNS"/*/seed*/weights.pt; do
+    [ -f "$weights" ] || continue
+    report=$(dirname "$weights")/eval_val.json
+    [ -f "$report" ] && continue
+    borrowing=()
+    case $weights in */full*) borrowing=(--borrow-precision) ;; esac
+    $PY -m borrowcore eval --checkpoint "$weights" --coco data/wider/val.json --images $WIDER/images \
+        --out "$report" --split val --name wider-faces --size-bins 0,16,32,64,128,200 --nms-iou 0.4 \
+        --recipe oversize=shrink --recipe max_whole_side=1280 --recipe "zoom_out=[0.5]" --recipe drop_inside=0.8 \
+        ${borrowing[@]+"${borrowing[@]}"}
+  done
+  for report in "$RUNS"/*/seed*/eval_val.json; do
+    arm=$(basename "$(dirname "$(dirname "$report")")"); seed=$(basename "$(dirname "$report")")
+    for base in context full; do
+      [ "$arm" = "$base" ] && continue
+      other=$RUNS/$base/$seed/eval_val.json
+      out=$RUNS/compare-$base-$arm-$seed.json
+      [ -f "$other" ] && [ ! -f "$out" ] && $PY -m borrowcore compare "$other" "$report" --out "$out" >/dev/null
+    done
+  done
+  $PY -m borrowcore table --runs "$RUNS" --splits val --fine-bins ;;
+save)
+  for last in "$RUNS"/*/seed*/last.pt; do
+    run=$(dirname "$last"); [ -f "$run/weights.pt" ] && continue
+    dest=$STATE/${run#"$RUNS"/}; mkdir -p "$dest"
+    for f in last.pt log.jsonl config.yaml; do cp "$run/$f" "$dest/$f.tmp" && mv "$dest/$f.tmp" "$dest/$f"; done
+    echo "$dest"
+  done ;;
+*) echo "unknown command $cmd (train | eval | save)"; exit 2 ;;
+esac
