@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
+import numpy as np
 import torch
-from torchvision.io import encode_jpeg
 from torchvision.transforms.v2 import functional as F
 
 from borrowcore.atomic import atomic_write
@@ -34,6 +35,16 @@ def shift_image(image: torch.Tensor, scale: float = 1.0, hue: float = 0.0, satur
     return image
 
 
+def encode_jpeg(image: torch.Tensor, quality: int = 95) -> bytes:
+    """uint8 (3, H, W) RGB -> JPEG bytes, through OpenCV (torchvision.io's encoder is deprecated since 0.29;
+    both wrap libjpeg, and OpenCV's bytes matched torchvision's at quality 95)."""
+    bgr = np.ascontiguousarray(image.permute(1, 2, 0).numpy()[..., ::-1])  # (H, W, 3); OpenCV expects BGR
+    ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError(f"OpenCV could not encode a {tuple(image.shape)} image as JPEG")
+    return data.tobytes()
+
+
 def write_shifted(annotations: str | Path, images: str | Path, out: str | Path, scale: float = 1.0, hue: float = 0.0,
                   saturation: float = 1.0, brightness: float = 1.0, quality: int = 95) -> Path:
     """Write OUT/images/<file_name> (JPEG) and OUT/instances.json: every image of the set shifted, its
@@ -48,7 +59,7 @@ def write_shifted(annotations: str | Path, images: str | Path, out: str | Path, 
             pixels = read_image_rgb(dataset.image_dir / info["file_name"], (info["height"], info["width"]))
             data = encode_jpeg(shift_image(pixels, scale, hue, saturation, brightness), quality=quality)
             target.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(target, lambda f: f.write(data.numpy().tobytes()))
+            atomic_write(target, lambda f: f.write(data))
         info["file_name"] = str(Path(info["file_name"]).with_suffix(".jpg"))
         info["height"], info["width"] = max(1, round(info["height"] * scale)), max(1, round(info["width"] * scale))
     for ann in coco["annotations"]:

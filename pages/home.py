@@ -3,11 +3,11 @@
 import pandas as pd
 import streamlit as st
 
-from borrowcore import CheckpointError, DetectorConfig
+from borrowcore import DetectorConfig
 from borrowcore.summary import describe_detector
 from viewer import assets
 from viewer.loaders import report_from_path
-from viewer.models import checkpoint_info, device_label
+from viewer.models import checkpoints_table, device_label
 
 st.title("BorrowScope")
 st.write(
@@ -47,17 +47,10 @@ if not checkpoints:
     st.write(f"No checkpoints are bundled yet (nothing matches `{root}/checkpoints/*.pt`). "
              "Upload a `.pt` on the Inspect page.")
 else:
-    rows = []
-    for path in checkpoints:
-        try:
-            info = checkpoint_info(path)
-            rows.append({"checkpoint": path.name, "use it for": assets.checkpoint_use(path) or "—",
-                         "neck": info["neck"], "classes": info["classes"],
-                         "input": "whole photo" if info["inference"] == "whole" else info["input_size"],
-                         "width": info["width"], "size (MB)": round(path.stat().st_size / 1e6, 1)})
-        except CheckpointError as error:
-            rows.append({"checkpoint": path.name, "neck": f"unreadable: {error}"})
-    st.dataframe(pd.DataFrame(rows), hide_index=True)
+    st.dataframe(checkpoints_table(checkpoints), hide_index=True)
+    for family, note in assets.BUNDLED_NOTES.items():  # where each bundled family holds, and where not
+        if any(assets.checkpoint_note(path) == note for path in checkpoints):
+            st.caption(f"**{family}-\\***: {note}")
 
 st.subheader("Bundled evaluation reports")
 reports = assets.reports()

@@ -62,6 +62,8 @@ with st.sidebar:
                f"{detector.config.describe_matching()}; running on {device_label()}")
     if use := assets.checkpoint_use(checkpoint_path):
         st.caption(f"For {use}.")
+    if choice != UPLOAD and (note := assets.checkpoint_note(checkpoint_path)):  # bundled: measured as noted
+        st.warning(note, icon=":material/info:")
 
 # ---- images: this session's uploads and bundled samples ----
 twin = assets.default_sample(checkpoint_info(checkpoint_path)["class_names"])

@@ -41,9 +41,31 @@ BUNDLED_USES = {
 DEFAULT_CHECKPOINTS = ("faces-full.pt", "faces-ssd.pt", "aerial-full.pt")
 
 
+# Where a bundled family holds and where it does not, shown wherever one is chosen. Facts from
+# docs/results.md ("Real imagery: small cars from the air", the rescaled copies) and the issue's measurement
+# on other cameras' imagery.
+BUNDLED_NOTES = {
+    "aerial": "Holds for top-down aerial imagery like the KIT aerial car set it was trained on, at that set's "
+              "native resolution: cars of 16-56 px (median side 25 px), run on native-resolution windows. "
+              "It does not hold at other scales or for other cameras: the KIT tiles themselves rescaled 2x or "
+              "0.5x give a car AP of 0.0-0.2 (docs/results.md), and on oblique drone stills and video frames "
+              "it was reported to find almost nothing (not measured here).",
+}
+
+
+def _family(path: Path, table: dict[str, str]) -> str:
+    """``table``'s entry for the bundled family a checkpoint's name starts with (``aerial-full.pt``: aerial)."""
+    return next((text for prefix, text in table.items() if path.name.startswith(prefix + "-")), "")
+
+
 def checkpoint_use(path: Path) -> str:
     """What a bundled checkpoint is for, from its name (empty for unknown names)."""
-    return next((use for prefix, use in BUNDLED_USES.items() if path.name.startswith(prefix + "-")), "")
+    return _family(path, BUNDLED_USES)
+
+
+def checkpoint_note(path: Path) -> str:
+    """Where a bundled checkpoint holds and where it does not, from its name (empty when nothing is noted)."""
+    return _family(path, BUNDLED_NOTES)
 
 
 def default_checkpoint(paths: list[Path]) -> int:

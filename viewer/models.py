@@ -25,6 +25,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import streamlit as st
 import torch
 
@@ -32,6 +33,7 @@ from borrowcore import CheckpointError, Detector, load_detector
 from borrowcore.checkpoint import checkpoint_config, read_checkpoint
 from borrowcore.explain import Explanation, explain
 from borrowcore.images import MAX_PIXELS, decode_upload
+from viewer import assets
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 UPLOADS = Path(tempfile.gettempdir()) / "borrowscope-uploads"
@@ -74,6 +76,28 @@ def _checkpoint_info(path: str, key: str) -> dict:
 def checkpoint_info(path: Path) -> dict:
     """neck, classes, input size, width, class names (and the training step when recorded)."""
     return _checkpoint_info(str(path), file_key(path))
+
+
+def input_label(info: dict) -> str:
+    """What the detector of ``checkpoint_info`` is run on, as text: "whole photo", "256 px tiles", "256 px"."""
+    if info["inference"] == "whole":
+        return "whole photo"
+    return f"{info['input_size']} px tiles" if info["inference"] == "tiles" else f"{info['input_size']} px"
+
+
+def checkpoints_table(paths: list[Path]) -> pd.DataFrame:
+    """One row per checkpoint file (Home's table), one type per column so that Arrow takes it as is; an
+    unreadable file gets its error in ``neck`` and empty cells elsewhere."""
+    rows = []
+    for path in paths:
+        try:
+            info = checkpoint_info(path)
+            rows.append({"checkpoint": path.name, "use it for": assets.checkpoint_use(path) or "—",
+                         "neck": info["neck"], "classes": info["classes"], "input": input_label(info),
+                         "width": info["width"], "size (MB)": round(path.stat().st_size / 1e6, 1)})
+        except CheckpointError as error:
+            rows.append({"checkpoint": path.name, "neck": f"unreadable: {error}"})
+    return pd.DataFrame(rows)
 
 
 def _safe_name(name: str) -> str:
