@@ -6,7 +6,8 @@
 # train: a run resumes from RUNS/<neck>/last.pt, or, on a fresh clone, from the committed
 # state/faces-release/<neck>/ (last.pt: weights, SGD momentum and EMA, about 5 MB; log.jsonl; config.yaml).
 # A finished run holds RUNS/<neck>/weights.pt (the EMA) and is skipped. save copies last.pt, log.jsonl and
-# config.yaml of every run (finished runs also weights.pt) into state/; commit that once a session.
+# config.yaml of every unfinished run into state/; of a finished run only weights.pt, log.jsonl and config.yaml
+# (its resume state is not kept: state/ holds runs in flight); commit that once a session.
 # The run is the same whichever machine resumes it (tests/test_train.py pins kill-and-resume).
 set -euo pipefail
 cmd=${1:?usage: faces-release.sh train|save [necks]}
@@ -21,10 +22,11 @@ if [ "$cmd" = save ]; then
   for run in "$RUNS"/*/; do
     neck=$(basename "$run"); [ -f "$run/last.pt" ] || continue
     mkdir -p "$STATE/$neck"
-    for f in last.pt log.jsonl config.yaml weights.pt best.pt; do
-      [ -f "$run/$f" ] && cp "$run/$f" "$STATE/$neck/$f.tmp" && mv "$STATE/$neck/$f.tmp" "$STATE/$neck/$f"
+    if [ -f "$run/weights.pt" ]; then files="weights.pt log.jsonl config.yaml"; else files="last.pt log.jsonl config.yaml"; fi
+    for f in $files; do
+      cp "$run/$f" "$STATE/$neck/$f.tmp" && mv "$STATE/$neck/$f.tmp" "$STATE/$neck/$f"
     done
-    [ -f "$run/weights.pt" ] || rm -f "$STATE/$neck/best.pt"  # only a finished run's best.pt is kept
+    if [ -f "$run/weights.pt" ]; then rm -f "$STATE/$neck/last.pt" "$STATE/$neck/best.pt"; echo "$neck: finished"; continue; fi
     echo "$neck: $($py -c "import sys; from borrowcore.checkpoint import read_checkpoint; s = read_checkpoint(sys.argv[1])['train_state']; print('step', s['step'], 'of', s['train_config']['max_steps'], '; cpu hours', round(s.get('spent', {}).get('cpu_s', 0) / 3600, 2))" "$STATE/$neck/last.pt")"
   done
   du -sh "$STATE"
@@ -46,6 +48,10 @@ pids=()
 for neck in $necks; do
   out=$RUNS/$neck
   [ -f "$out/weights.pt" ] && { echo "$neck: finished ($out/weights.pt)"; continue; }
+  if [ -f "$STATE/$neck/weights.pt" ]; then  # finished in an earlier session: its weights, log and config
+    mkdir -p "$out"; cp "$STATE/$neck/weights.pt" "$STATE/$neck/log.jsonl" "$STATE/$neck/config.yaml" "$out/"
+    echo "$neck: finished (the committed $STATE/$neck/weights.pt)"; continue
+  fi
   if [ ! -f "$out/last.pt" ] && [ -f "$STATE/$neck/last.pt" ]; then
     mkdir -p "$out"; cp "$STATE/$neck/last.pt" "$STATE/$neck/log.jsonl" "$STATE/$neck/config.yaml" "$out/"
     echo "$neck: resuming from the committed state in $STATE/$neck"
