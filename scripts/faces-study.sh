@@ -21,6 +21,8 @@ arm_overrides() {  # the overrides of an arm
     full-match) echo "model.matching_loss=1.0" ;;
     full-top16) echo "model.matching_top_k=16" ;;
     full-w025) echo "model.width=0.25" ;;
+    full-s3fd) echo "model.min_anchors_per_box=3" ;;
+    context-s3fd) echo "model.neck=context model.min_anchors_per_box=3" ;;
     context-w025) echo "model.neck=context model.width=0.25" ;;
     *) echo "unknown arm $1" >&2; return 1 ;;
   esac
@@ -60,7 +62,8 @@ eval)
       [ -f "$other" ] && [ ! -f "$out" ] && $PY -m borrowcore compare "$other" "$report" --out "$out" >/dev/null
     done
   done
-  $PY -m borrowcore table --runs "$RUNS" --splits val --fine-bins ;;
+  arms=$(for d in "$RUNS"/*/; do basename "$d"; done)
+  $PY -m borrowcore table --runs "$RUNS" --splits val --fine-bins --no-borrow-columns --necks $arms ;;
 save)
   for last in "$RUNS"/*/seed*/last.pt; do
     run=$(dirname "$last"); [ -f "$run/weights.pt" ] && continue
