@@ -178,7 +178,7 @@ def test_inspect_picking_another_detection_or_a_cell_redraws(app):
     assert not at.exception and any("of layer 3 (conv_fc7)" in m.value for m in at.markdown)
 
 
-def test_inspect_says_which_matching_runs_and_exact_is_one_toggle_away(app):
+def test_inspect_says_which_matching_runs_and_exact_is_one_toggle_away(app, assets):
     """A full checkpoint saved with the default (fast) matching runs fast; the toggle reruns it exact, and the
     caption says which one ran each time."""
     at = app("../pages/inspect_image.py")
@@ -186,7 +186,21 @@ def test_inspect_says_which_matching_runs_and_exact_is_one_toggle_away(app):
     assert at.sidebar.toggle(key="inspect_exact").value is False
     at.sidebar.toggle(key="inspect_exact").set_value(True).run()
     assert not at.exception and "exact matching (every deeper cell)" in texts(at)
-    assert "Detections:" in texts(at) or "No detections" in texts(at)
+    # and the detections shown are those of the checkpoint loaded exact, on the sample, at the page's threshold
+    from borrowcore.checkpoint import load_detector
+    from borrowcore.data import read_image_rgb
+
+    [heading] = [s.value for s in at.subheader if s.value.startswith("Detections:")]
+    file_name = heading.rsplit(" in ", 1)[1]
+    threshold = at.sidebar.slider(key="inspect_threshold").value
+    detector = load_detector(assets / "checkpoints" / "tiny-full.pt", exact=True)
+    with torch.no_grad():
+        [found] = detector([read_image_rgb(assets / "synth-tiny" / "images" / file_name)])
+    expected = [f"#{i} {detector.class_names[int(label) - 1]} ({float(score):.2f}, "
+                for i, (label, score) in enumerate(zip(found["labels"], found["scores"])) if score >= threshold]
+    assert expected and heading == f"Detections: {len(expected)} at score ≥ {threshold:.2f} in {file_name}"
+    options = at.selectbox(key="inspect_detection").options  # "#i class (score, size px)", best first
+    assert len(options) == len(expected) and all(o.startswith(e) for o, e in zip(options, expected)), options[:3]
 
 
 def test_inspect_ssd_checkpoint_says_there_is_no_borrowing(app):
@@ -302,10 +316,26 @@ def test_compare_draws_size_bars_twins_orphans_pr_and_classes_from_bundled_repor
                                                           "ablation/ssd/seed0/orphans"}
 
 
-def test_compare_bars_carry_std_over_seeds(app):
-    at = app("../pages/compare.py")
-    full = [t for t in charts(at)[0]["data"] if t["name"] == "full"]
-    assert full and all("array" in t["error_y"] for t in full)
+def test_compare_bars_carry_std_over_seeds(app, assets, tmp_path):
+    """Two seeds of `full` scoring AP 0.1 and 0.4, AP_S 0.2 and 0.3, AP_L 0.5 and 0.5, one seed of `ssd`: each
+    bar is the mean over its seeds, its error bar their sample std (n - 1), zero for a single seed."""
+    source = assets / "reports" / "ablation"
+    runs = [("full", 0, {"AP": 0.1, "AP_S": 0.2, "AP_L": 0.5}), ("full", 1, {"AP": 0.4, "AP_S": 0.3, "AP_L": 0.5}),
+            ("ssd", 0, {"AP": 0.05, "AP_S": 0.0, "AP_L": 0.25})]
+    for neck, seed, metrics in runs:
+        report = json.loads((source / neck / "seed0" / "eval_twins.json").read_text())
+        assert report["metrics"]["AP_M"] == -1  # the tiny twins have no medium box: no bar there
+        report["metrics"].update(metrics)
+        folder = tmp_path / "reports" / "ablation" / neck / f"seed{seed}"
+        folder.mkdir(parents=True)
+        (folder / "eval_twins.json").write_text(json.dumps(report))
+        (folder / report["detections"]).write_bytes((source / neck / "seed0" / report["detections"]).read_bytes())
+    at = app("../pages/compare.py", root=tmp_path)
+    bars = {t["name"]: (list(t["x"]), values(t["y"]), values(t["error_y"]["array"])) for t in charts(at)[0]["data"]}
+    assert bars == {
+        "full": (["all", "small", "large"], pytest.approx([0.25, 0.25, 0.5]),
+                 pytest.approx([0.3 / 2 ** 0.5, 0.1 / 2 ** 0.5, 0.0])),  # |a - b| / sqrt(2): the std of two
+        "ssd": (["all", "small", "large"], pytest.approx([0.05, 0.0, 0.25]), pytest.approx([0.0, 0.0, 0.0]))}
 
 
 def test_compare_malformed_uploads_get_a_message(app):

@@ -124,18 +124,44 @@ def test_training_log_tolerates_a_half_written_last_line():
 
 
 def test_overlay_png_is_a_picture_of_the_image():
-    from PIL import Image
+    """A 256 px image, green in its top-left quadrant, blue in its top-right one, black below: the PNG shows
+    the two quadrants as squares of one side, side by side, upright, and the explained detection's cyan box
+    (#0 at [48, 32, 64, 48]) where that box is on the image, at the same scale."""
     import io
+
+    from PIL import Image
 
     from borrowcore.explain import borrow_view
     from test_explain import hand_explanation
-    from viewer.figures import overlay_png
+    from viewer.figures import QUERY_COLOUR, overlay_png
 
     explanation = hand_explanation(image_size=(256, 256))
     view = borrow_view(explanation, detection=0)
-    png = overlay_png(torch.zeros(3, 256, 256, dtype=torch.uint8), explanation, view, [0, 1, 2])
+    image = torch.zeros(3, 256, 256, dtype=torch.uint8)
+    image[1, :128, :128] = 200
+    image[2, :128, 128:] = 200
+    png = overlay_png(image, explanation, view, [0, 1, 2])
     picture = Image.open(io.BytesIO(png))
     assert picture.format == "PNG" and 600 < picture.width < 1100 and 600 < picture.height < 1100
+    rgb = np.asarray(picture.convert("RGB")).astype(int)
+
+    def extent(colour, least: int = 1000) -> tuple[int, int, int, int]:
+        """x0, y0, x1, y1 of the pixels of exactly this colour (a few levels of rounding allowed)."""
+        ys, xs = np.nonzero((np.abs(rgb - np.array(colour)) <= 3).all(-1))
+        assert len(xs) > least, colour
+        return xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+
+    gx0, gy0, gx1, gy1 = extent((0, 200, 0))
+    bx0, by0, bx1, by1 = extent((0, 0, 200))
+    side = gx1 - gx0
+    assert side > 300 and abs((gy1 - gy0) - side) <= 2  # a square: not stretched
+    assert abs((bx1 - bx0) - side) <= 2 and abs((by1 - by0) - side) <= 2
+    assert abs(bx0 - gx1) <= 1 and abs(by0 - gy0) <= 1  # blue to the right of green, on the same rows
+    scale = side / 128  # PNG pixels per image pixel
+    cyan = tuple(int(QUERY_COLOUR[i:i + 2], 16) for i in (1, 3, 5))
+    cx0, cy0, cx1, _ = extent(cyan, 300)  # the box, its label below it
+    assert abs(cx0 - (gx0 + 48 * scale)) <= 4 and abs(cx1 - (gx0 + 64 * scale)) <= 4
+    assert abs(cy0 - (gy0 + 32 * scale)) <= 4
 
 
 def test_how_it_ran_names_the_matching_of_old_and_new_reports():

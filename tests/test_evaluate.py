@@ -3,6 +3,7 @@ import io
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from pycocotools.coco import COCO
@@ -95,13 +96,24 @@ def test_parse_size_bins_rejects_bad_edges():
         parse_size_bins("32,16")
 
 
-def test_eval_checkpoint_writes_a_valid_report(tmp_path, tiny_config):
-    checkpoint = tmp_path / "model.pt"
-    config = tiny_config.__class__(**{**tiny_config.__dict__, "num_classes": 6})
-    save_checkpoint(checkpoint, make_detector(config))
-    out = tmp_path / "reports" / "twins.json"
+@pytest.fixture(scope="module")
+def twins_report(tmp_path_factory):
+    """An untrained 6-class tiny `full` checkpoint evaluated on the tiny twins: (checkpoint, report, its path)."""
+    from borrowcore import DetectorConfig
+
+    root = tmp_path_factory.mktemp("twins_report")
+    checkpoint = root / "model.pt"
+    save_checkpoint(checkpoint, make_detector(DetectorConfig(neck="full", num_classes=6, input_size=128, width=0.125,
+                                                             batch_norm=True)))
+    out = root / "reports" / "twins.json"
     report = evaluate_checkpoint(checkpoint, TINY / "twins.json", TINY / "images", out, device="cpu",
                                  split="twins", show_progress=False)
+    return checkpoint, report, out
+
+
+def test_eval_checkpoint_writes_a_valid_report(twins_report):
+    """The report's structure and round trip; what its numbers are worth is the painted set's business below."""
+    _, report, out = twins_report
     loaded = load_report(out)
     assert loaded == json.loads(json.dumps(report))
     assert loaded["dataset"]["split"] == "twins" and loaded["dataset"]["num_images"] == 16
@@ -140,16 +152,32 @@ def borrowing_checkpoint(tmp_path, tiny_config, **changes):
     return tmp_path / "model.pt"
 
 
+def same_detections(these: list[dict], those: list[dict], box_tol: float = 0.02, score_tol: float = 2e-5) -> None:
+    """The two lists hold the same detections (image, category, box, score), one for one, in any order."""
+    assert len(these) == len(those)
+    ordered = [sorted(results, key=lambda r: (r["image_id"], r["category_id"], -r["score"], r["bbox"]))
+               for results in (these, those)]
+    for a, b in zip(*ordered):
+        assert (a["image_id"], a["category_id"]) == (b["image_id"], b["category_id"])
+        assert a["bbox"] == pytest.approx(b["bbox"], abs=box_tol)
+        assert a["score"] == pytest.approx(b["score"], abs=score_tol)
+
+
 def test_tiled_eval_matches_whole_image_eval_when_one_tile_covers_the_image(tmp_path, tiny_config):
-    """A 256 px tile over a 256 px image is the same computation as resizing the image to 256."""
+    """A 256 px tile over a 256 px image is the same computation as resizing the image to 256: the same
+    detections, one for one (not only the same AP, which an untrained model keeps near 0 whatever it finds)."""
     checkpoint = borrowing_checkpoint(tmp_path, tiny_config, input_size=256)
-    whole = evaluate_checkpoint(checkpoint, TINY / "orphans.json", TINY / "images", device="cpu", show_progress=False)
-    tiled = evaluate_checkpoint(checkpoint, TINY / "orphans.json", TINY / "images", device="cpu", show_progress=False,
-                                tile=256, overlap=0.2)
+    whole = evaluate_checkpoint(checkpoint, TINY / "orphans.json", TINY / "images", tmp_path / "whole.json",
+                                device="cpu", show_progress=False)
+    tiled = evaluate_checkpoint(checkpoint, TINY / "orphans.json", TINY / "images", tmp_path / "tiled.json",
+                                device="cpu", show_progress=False, tile=256, overlap=0.2)
     fast = "; fast matching (at most 64 keys per deeper map)"  # the report says which matching ran
     assert tiled["extra"]["inference"] == "tiles 256 px, overlap 0.2" + fast
     assert whole["extra"]["inference"] == "resize to 256" + fast
     assert whole["model"]["matching"] == fast[2:]
+    whole_detections = load_detections(whole, tmp_path / "whole.json")
+    assert len(whole_detections) > 16  # many per image: up to detections_per_image, down to score 0.01
+    same_detections(load_detections(tiled, tmp_path / "tiled.json"), whole_detections)
     assert tiled["metrics"] == pytest.approx(whole["metrics"], abs=1e-6)
 
 
@@ -176,7 +204,8 @@ def test_eval_under_torchrun_merges_shards(tmp_path, tiny_config):
     from test_train import ROOT
 
     checkpoint = borrowing_checkpoint(tmp_path, tiny_config)
-    single = evaluate_checkpoint(checkpoint, TINY / "twins.json", TINY / "images", device="cpu", show_progress=False)
+    single = evaluate_checkpoint(checkpoint, TINY / "twins.json", TINY / "images", tmp_path / "single.json",
+                                 device="cpu", show_progress=False)
     out = tmp_path / "ddp.json"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547",
                "-m", "borrowcore", "eval", "--checkpoint", str(checkpoint), "--coco", str(TINY / "twins.json"),
@@ -186,8 +215,10 @@ def test_eval_under_torchrun_merges_shards(tmp_path, tiny_config):
     assert result.returncode == 0, result.stderr[-3000:]
     merged = load_report(out)
     assert merged["dataset"]["num_images"] == 16
-    assert len({d["image_id"] for d in load_detections(merged, out)}) == 16  # both shards are in
-    assert merged["metrics"] == pytest.approx(single["metrics"], abs=1e-4)
+    # both shards are in, once each: the same detections as one process, one for one (scores to the 1e-5 a
+    # different batch composition may move them; the AP of an untrained model is itself about 1e-4)
+    same_detections(load_detections(merged, out), load_detections(single, tmp_path / "single.json"), score_tol=1e-4)
+    assert merged["metrics"] == pytest.approx(single["metrics"], abs=1e-6)
 
 
 # ---- issue 15: small twins and orphans ----
@@ -264,14 +295,10 @@ def test_subset_ap_ignores_the_other_ground_truth():
     assert no_twins["twins"] == {"AP": -1.0, "AP50": -1.0, "instances": 0}
 
 
-def test_reports_carry_subsets_and_old_reports_still_load(tmp_path, tiny_config):
+def test_reports_carry_subsets_and_old_reports_still_load(twins_report):
     from borrowcore.evaluate import format_metrics, instance_subsets, subset_metrics
 
-    checkpoint = tmp_path / "model.pt"
-    config = tiny_config.__class__(**{**tiny_config.__dict__, "num_classes": 6})
-    save_checkpoint(checkpoint, make_detector(config))
-    out = tmp_path / "twins.json"
-    evaluate_checkpoint(checkpoint, TINY / "twins.json", TINY / "images", out, device="cpu", show_progress=False)
+    _, _, out = twins_report
     loaded = load_report(out)
     from borrowcore.data import CocoDetection
 
@@ -285,3 +312,164 @@ def test_reports_carry_subsets_and_old_reports_still_load(tmp_path, tiny_config)
     assert validate_report(old) is old and "twins" not in format_metrics(old)
     with pytest.raises(ReportError, match="report.subsets.orphans: missing"):
         validate_report({**loaded, "subsets": {"twins": loaded["subsets"]["twins"]}})
+
+
+# ---- known answers through the real evaluation path (issue 39) ----
+#
+# A painted set: each object is a rectangle whose channel 0 holds its index in the image (1..99) and channel 1
+# its label; a stand-in detector reads the rectangles back from the pixels. Category ids are not 1..K (COCO's
+# are not either) and listed out of order, and the images are not square, so a swapped x / y, an xyxy box
+# where COCO wants xywh or a label written as a category id all move the numbers away from the known answer.
+
+CATEGORIES = [{"id": 11, "name": "bus"}, {"id": 3, "name": "car"}, {"id": 7, "name": "van"}]
+LABEL_OF = {3: 1, 7: 2, 11: 3}  # by hand: labels 1..K follow the category ids in increasing order
+# every box with x >= w and y >= h, so that the box written as xyxy (x, y, x + w, y + h read as xywh) overlaps
+# its object by w h / ((x + w)(y + h)) <= 1/4; sides: A 100 (large), D 40, E 55.4 (medium), the rest small
+PAINTED = {
+    5: ("a.png", 320, 240, [("A", 3, [110, 110, 100, 100]), ("B", 3, [40, 40, 20, 20]),   # B: twin of A
+                            ("C", 7, [260, 30, 16, 24]), ("D", 11, [250, 150, 40, 40])]),  # C: orphan van
+    9: ("b.png", 200, 300, [("E", 7, [100, 60, 64, 48]), ("F", 7, [30, 200, 12, 12]),     # F: twin of E
+                            ("G", 11, [120, 250, 30, 30]), ("H", 3, [20, 20, 8, 8])]),     # G, H: orphans
+    12: ("c.png", 240, 240, []),                                                          # nothing to find
+}
+
+
+@pytest.fixture(scope="module")
+def painted(tmp_path_factory):
+    """(images folder, annotations file) of the painted set."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("painted")
+    (root / "images").mkdir()
+    images, annotations = [], []
+    for image_id, (file_name, width, height, objects) in PAINTED.items():
+        pixels = np.zeros((height, width, 3), dtype=np.uint8)
+        for index, (_, category_id, (x, y, w, h)) in enumerate(objects, start=1):
+            pixels[y:y + h, x:x + w] = (index, LABEL_OF[category_id], 0)
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category_id,
+                                "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})
+        Image.fromarray(pixels).save(root / "images" / file_name)
+        images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
+    (root / "painted.json").write_text(json.dumps({"images": images, "annotations": annotations,
+                                                   "categories": CATEGORIES}))
+    return root / "images", root / "painted.json"
+
+
+class PaintedDetector(torch.nn.Module):
+    """A stand-in with the Detector's eval-mode output: per image, the box (xyxy, that image's pixels) of each
+    painted rectangle wholly in view (one touching the border of a tile is cut, and left out), score 0.9.
+
+    shift: move every box right by this fraction of its width (IoU 2/3 with the object).
+    relabel: {label: (label given, score)}: answer another class for these, at another score.
+    xyxy_as_xywh: answer (x1, y1, x1 + x2, y1 + y2), which evaluate writes as the object's xyxy in COCO's xywh
+        slots: what an evaluation that forgets the conversion would write."""
+
+    def __init__(self, shift: float = 0.0, relabel: dict[int, tuple[int, float]] | None = None,
+                 xyxy_as_xywh: bool = False) -> None:
+        super().__init__()
+        self.shift, self.relabel, self.xyxy_as_xywh = shift, relabel or {}, xyxy_as_xywh
+        self.class_names = [c["name"] for c in sorted(CATEGORIES, key=lambda c: c["id"])]
+        self.input_size = 128  # what the report's inference description names
+        self.postprocess = torch.nn.Module()
+        self.postprocess.detections_per_image = 100  # what the tiled path keeps
+        self.seen: list[tuple[int, ...]] = []
+
+    def forward(self, images):
+        detections = []
+        for image in images:
+            self.seen.append(tuple(image.shape))
+            boxes, labels, scores = [], [], []
+            height, width = image.shape[-2:]
+            for index in image[0].unique().tolist():
+                if not 1 <= index < 100:  # background 0; the mean-colour padding of a tile is 124
+                    continue
+                ys, xs = torch.nonzero(image[0] == index, as_tuple=True)
+                x1, y1, x2, y2 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+                if x1 == 0 or y1 == 0 or x2 == width or y2 == height:
+                    continue
+                label, score = self.relabel.get(int(image[1, ys[0], xs[0]]), (int(image[1, ys[0], xs[0]]), 0.9))
+                dx = self.shift * (x2 - x1)
+                box = [x1 + dx, y1, x2 + dx, y2]
+                if self.xyxy_as_xywh:
+                    box = [x1, y1, x1 + x2, y1 + y2]
+                boxes.append(box)
+                labels.append(label)
+                scores.append(score)
+            detections.append({"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                               "labels": torch.tensor(labels, dtype=torch.int64), "scores": torch.tensor(scores)})
+        return detections
+
+
+def evaluate_painted(painted, detector, tmp_path, **kwargs) -> tuple[dict, list[dict]]:
+    from borrowcore.evaluate import evaluate_detector
+
+    images, annotations = painted
+    out = tmp_path / "painted_eval.json"
+    evaluate_detector(detector, annotations, images, out, show_progress=False, **kwargs)
+    report = load_report(out)
+    return report, load_detections(report, out)
+
+
+def ground_truth_results(score: float = 0.9) -> list[dict]:
+    return [{"image_id": image_id, "category_id": category_id, "bbox": [float(v) for v in box], "score": score}
+            for image_id, (_, _, _, objects) in PAINTED.items() for _, category_id, box in objects]
+
+
+def key(results: list[dict]) -> list[tuple]:
+    return sorted((r["image_id"], r["category_id"], *r["bbox"], r["score"]) for r in results)
+
+
+def test_a_detector_that_returns_the_ground_truth_scores_one_everywhere(painted, tmp_path):
+    report, detections = evaluate_painted(painted, PaintedDetector(), tmp_path)
+    # the detections file is the ground truth, in COCO's xywh and the set's own category ids
+    assert key(detections) == key(ground_truth_results())
+    m = report["metrics"]
+    for name in ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L", "AR10", "AR100", "AR_S", "AR_M", "AR_L"):
+        assert m[name] == pytest.approx(1.0), name
+    # AR1: one detection per image and class: car 2 of 3 (A or B in image 5, H), van 2 of 3 (C, E or F), bus 2 of 2
+    assert m["AR1"] == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+    rows = {row["label"]: (row["num_gt"], row["AP"]) for row in report["size_bins"]}
+    assert rows == {"0-16": (2, pytest.approx(1.0)), "16-32": (3, pytest.approx(1.0)), "32-64": (2, pytest.approx(1.0)),
+                    "64-96": (0, -1.0), "96-128": (1, pytest.approx(1.0)), "128+": (0, -1.0)}
+    assert {c["name"]: (c["category_id"], c["num_gt"], c["AP"]) for c in report["per_class"]} == {
+        "car": (3, 3, pytest.approx(1.0)), "van": (7, 3, pytest.approx(1.0)), "bus": (11, 2, pytest.approx(1.0))}
+    assert report["subsets"] == {"twins": pytest.approx({"AP": 1.0, "AP50": 1.0, "instances": 2}),      # B, F
+                                 "orphans": pytest.approx({"AP": 1.0, "AP50": 1.0, "instances": 3})}    # C, G, H
+    assert report["extra"]["small_top1"] == {"accuracy": 1.0, "matched": 5, "instances": 5}
+    assert report["extra"]["best_f1"] == pytest.approx({"score": 0.9, "f1": 1.0, "precision": 1.0, "recall": 1.0})
+    assert report["dataset"]["num_images"] == 3 and report["dataset"]["num_boxes"] == 8
+    assert report["model"]["class_names"] == ["car", "van", "bus"]
+
+
+def test_known_drops_shifted_mislabelled_and_xyxy(painted, tmp_path):
+    # every box moved right by a fifth of its width: IoU 0.8 / 1.2 = 2/3, a hit at thresholds 0.50..0.65 (4 of 10)
+    shifted, _ = evaluate_painted(painted, PaintedDetector(shift=0.2), tmp_path)
+    assert shifted["metrics"]["AP"] == pytest.approx(0.4)
+    assert shifted["metrics"]["AP50"] == pytest.approx(1.0) and shifted["metrics"]["AP75"] == 0
+    assert shifted["subsets"]["twins"]["AP"] == pytest.approx(0.4)
+    assert shifted["subsets"]["orphans"]["AP50"] == pytest.approx(1.0)
+    # vans answered as buses, scored below every bus: van AP 0, bus AP still 1 (its false positives rank last)
+    mislabelled, _ = evaluate_painted(painted, PaintedDetector(relabel={2: (3, 0.5)}), tmp_path)
+    assert {c["name"]: c["AP"] for c in mislabelled["per_class"]} == pytest.approx({"car": 1.0, "van": 0.0, "bus": 1.0})
+    assert mislabelled["metrics"]["AP"] == pytest.approx(2 / 3)
+    # twins: car B found, van F not (bus has no twin); orphans: car H, bus G found, van C not. The vans read as
+    # buses are false positives on the bus orphans, ranked after G; the medium van E is outside the small range.
+    assert mislabelled["subsets"]["twins"]["AP"] == pytest.approx(1 / 2)
+    assert mislabelled["subsets"]["orphans"]["AP"] == pytest.approx(2 / 3)
+    # top-1 class of the five small instances: C and F (vans) wrong
+    assert mislabelled["extra"]["small_top1"] == pytest.approx({"accuracy": 3 / 5, "matched": 5, "instances": 5})
+    # the boxes written as xyxy where COCO wants xywh: each overlaps its object by at most 1/4
+    xyxy, detections = evaluate_painted(painted, PaintedDetector(xyxy_as_xywh=True), tmp_path)
+    assert detections[0]["bbox"][2] > detections[0]["bbox"][0]  # x2 in the width slot (every w here is < x)
+    assert xyxy["metrics"]["AP"] == 0 and xyxy["metrics"]["AP50"] == 0 and xyxy["subsets"]["twins"]["AP"] == 0
+
+
+def test_tiled_evaluation_of_the_painted_set_is_exact(painted, tmp_path):
+    """256 px tiles at overlap 0.5 (a 320 px side: windows at 0 and 64; a 300 px side: 0 and 44; 200 and 240 px
+    sides: one window, padded): every object lies whole in some window, C, D and G only in one away from the
+    origin, so the shift back to the image's pixels is in the boxes, and duplicates across windows merge."""
+    detector = PaintedDetector()
+    report, detections = evaluate_painted(painted, detector, tmp_path, tile=256, overlap=0.5)
+    assert set(detector.seen) == {(3, 256, 256)} and len(detector.seen) == 2 + 2 + 1
+    assert key(detections) == key(ground_truth_results())
+    assert report["metrics"]["AP"] == pytest.approx(1.0) and report["extra"]["inference"] == "tiles 256 px, overlap 0.5"

@@ -161,25 +161,31 @@ def test_evaluation_ignores_detections_on_invalid_faces():
 # ---- the scale-jittered crop ----
 
 def test_random_scaled_crop_scales_boxes_and_ignores_tiny_faces():
+    """At 2x, a 128 px crop takes a 64 px window of a 96 x 64 image: left in 0..32 (top 0) wherever the focus
+    falls, so the 24 px face (x 36..60) is always whole in it and comes out 48 px at 2 (36 - left), on its own
+    white pixels; the 2 px face (x 62..64), always in the window too, comes out 4 px: an ignore region."""
     torch.manual_seed(0)
-    image = torch.zeros(3, 200, 300, dtype=torch.uint8)
-    image[:, 50:90, 100:140] = 255  # a 40 px face
-    boxes = torch.tensor([[100.0, 50, 140, 90], [150, 150, 152, 152]])  # and a 2 px one
-    target = {"boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(200, 300)),
+    image = torch.zeros(3, 64, 96, dtype=torch.uint8)
+    image[:, 20:44, 36:60] = 255
+    boxes = torch.tensor([[36.0, 20, 60, 44], [62, 50, 64, 52]])
+    target = {"boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(64, 96)),
               "labels": torch.tensor([1, 1])}
     crop = RandomScaledCrop(128, scale_range=(2.0, 2.0), focus=1.0, min_object=6.0)
-    for _ in range(5):
+    lefts = set()
+    for _ in range(8):
         out_image, out = crop(tv_tensors.Image(image), target)
         assert out_image.shape == (3, 128, 128)
-        face = out["labels"] == 1
-        if face.any():
-            box = out["boxes"].as_subclass(torch.Tensor)[face][0]
-            x0, y0, x1, y1 = box.round().int().tolist()
-            if x1 - x0 == 80 and y1 - y0 == 80:  # whole in the window: twice its size, and the face's pixels
-                assert out_image[:, y0 + 2:y1 - 2, x0 + 2:x1 - 2].float().mean() > 250
-        # the 2 px face, 4 px after scaling, can only be an ignore region
-        sizes = (out["boxes"][:, 2:] - out["boxes"][:, :2]).as_subclass(torch.Tensor)
-        assert not ((sizes.max(dim=1).values < 6) & (out["labels"] > 0)).any()
+        assert out["labels"].tolist() == [1, -1]
+        face, tiny = out["boxes"].as_subclass(torch.Tensor).tolist()
+        left = 36 - face[0] / 2
+        assert left == int(left) and 0 <= left <= 32
+        lefts.add(left)
+        assert face == [2 * (36 - left), 40, 2 * (60 - left), 88]  # twice its size, where the window put it
+        assert tiny == [2 * (62 - left), 100, 2 * (64 - left), 104]
+        x0, y0, x1, y1 = (int(v) for v in face)
+        inside, outside = out_image[:, y0 + 2:y1 - 2, x0 + 2:x1 - 2], out_image[:, y1 + 2:, :]
+        assert inside.float().mean() > 250 and outside.float().max() < 5  # the box is on the face's pixels
+    assert len(lefts) > 2  # the window moves from draw to draw
 
 
 # ---- whole-photo inference ----

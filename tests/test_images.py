@@ -93,4 +93,13 @@ def test_decompression_bomb_is_refused_before_decoding():
 
 
 def test_digest_is_content_only():
-    assert image_digest(b"abc") == image_digest(bytes(b"abc")) != image_digest(b"abd")
+    # SHA-256 of the bytes, nothing else: the FIPS 180-2 test vector for "abc"
+    assert image_digest(b"abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    # every byte counts, the last of a large upload too (a digest of its head would mix up two photos)
+    photo = encode(Image.fromarray(np.random.default_rng(2).integers(0, 256, (300, 400, 3), dtype=np.uint8)), "PNG")
+    assert len(photo) > 300_000
+    changed = bytearray(photo)
+    changed[-5] ^= 1
+    assert image_digest(bytes(changed)) != image_digest(photo)
+    changed[-5] ^= 1
+    assert image_digest(bytes(changed)) == image_digest(photo)  # the same bytes from another buffer

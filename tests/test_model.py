@@ -175,19 +175,48 @@ def test_gradients_reach_every_block_after_one_step(tiny_config):
     assert neck_gradients(detector) == {"fmb": True, "frb": True, "deconv": True, "combine": True}
 
 
+class OneAnchorNetwork(nn.Module):
+    """A stand-in core network for a 128 px input: class ``label`` at anchor ``anchor`` with zero offsets (the
+    anchor itself), background everywhere else."""
+
+    def __init__(self, anchor: int, label: int, num_classes: int = 3) -> None:
+        super().__init__()
+        self.anchor, self.label, self.num_classes = anchor, label, num_classes
+
+    def forward(self, images, return_matching=False):
+        from borrowcore.model import NetworkOutput
+
+        grids = [(images.shape[-2] // s, images.shape[-1] // s) for s in (8, 16, 32, 64)]
+        count = sum(h * w for h, w in grids) * 6  # 6 anchors a cell: ratios 1, 1 (S'_k), 1.5, 1/1.5, 3, 1/3
+        logits = torch.zeros(images.shape[0], count, self.num_classes + 1)
+        logits[:, :, 0] = 10.0
+        logits[:, self.anchor] = 0.0
+        logits[:, self.anchor, self.label] = 10.0
+        return NetworkOutput(logits, torch.zeros(images.shape[0], count, 4), grids, [])
+
+
 def test_eval_api_returns_boxes_in_each_images_pixels(tiny_config):
     detector = make_detector(tiny_config).eval()
     images = [torch.rand(3, 200, 300), torch.randint(0, 255, (3, 90, 60), dtype=torch.uint8)]
     with torch.no_grad():
         out = detector(images)
     assert len(out) == 2
-    for detection, (h, w) in zip(out, [(200, 300), (90, 60)]):
+    for detection in out:
         assert set(detection) == {"boxes", "labels", "scores"}
-        boxes = detection["boxes"]
-        assert boxes.shape[1] == 4 and len(boxes) <= 200
-        assert (boxes[:, 0::2] <= w).all() and (boxes[:, 1::2] <= h).all() and (boxes >= 0).all()
+        assert detection["boxes"].shape[1] == 4 and 0 < len(detection["boxes"]) <= 200
         assert (detection["labels"] >= 1).all() and (detection["labels"] <= 3).all()
         assert (detection["scores"][:-1] >= detection["scores"][1:]).all()  # best first
+    # by hand: at 128 px conv4_3 is 16 x 16; row 5, column 9, first anchor (S_1 = 4 x 8 = 32 px, ratio 1) is
+    # centred on (9.5 x 8, 5.5 x 8) = (76, 44): [60, 28, 92, 60] in the input, scaled back by W / 128, H / 128
+    detector.network = OneAnchorNetwork(anchor=(5 * 16 + 9) * 6, label=2)
+    with torch.no_grad():
+        out = detector(images)
+    expected = [[60 * 300 / 128, 28 * 200 / 128, 92 * 300 / 128, 60 * 200 / 128],  # 200 x 300 (H x W)
+                [60 * 60 / 128, 28 * 90 / 128, 92 * 60 / 128, 60 * 90 / 128]]     # 90 x 60
+    for detection, box in zip(out, expected):
+        assert detection["labels"].tolist() == [2]  # the other anchors score e^0 / (e^10 + 3) < 0.01
+        assert detection["boxes"].tolist() == [pytest.approx(box, abs=1e-4)]
+        assert detection["scores"].tolist() == [pytest.approx(math.exp(10) / (math.exp(10) + 3))]
 
 
 def test_return_matching_per_image(tiny_config):

@@ -175,7 +175,27 @@ def test_class_filter():
         class_filter(["bus"], names)
 
 
-def test_tiled_predict_on_a_large_image(checkpoint, tmp_path):
+def test_tiled_predict_on_a_large_image(checkpoint, tmp_path, monkeypatch):
+    """The detector sees the 10 tiles of 128 px that cover a 200 x 420 image (overlap 0.25: x 0, 96, 192, 288,
+    292; y 0, 72), and the file holds what detect_tiled made of them (conf, classes and edge merging applied):
+    a predict that ignored its tile size would show the detector one image, or tiles of another size."""
+    import borrowcore.predict as predict_module
+    from borrowcore.tiling import tile_windows
+
+    real_detect_tiled, calls = predict_module.detect_tiled, []
+
+    def detect_tiled(detect, image, tile_size, *args, **kwargs):
+        seen = []
+
+        def recording(tiles):
+            seen.extend(tuple(tile.shape) for tile in tiles)
+            return detect(tiles)
+
+        found = real_detect_tiled(recording, image, tile_size, *args, **kwargs)
+        calls.append((tuple(image.shape), seen, found))
+        return found
+
+    monkeypatch.setattr(predict_module, "detect_tiled", detect_tiled)
     large = tmp_path / "large.png"
     rng = np.random.default_rng(1)
     cv2.imwrite(str(large), rng.integers(0, 256, (200, 420, 3), dtype=np.uint8))
@@ -185,7 +205,14 @@ def test_tiled_predict_on_a_large_image(checkpoint, tmp_path):
     data = json.loads((out / "detections.json").read_text())
     assert data["info"]["tile_size"] == 128 and data["info"]["merge_edges"] is True
     assert summary["detections"] == len(data["annotations"]) > 0
-    assert {d["category_id"] for d in data["annotations"]} <= {1, 3}
-    for d in data["annotations"]:
-        x, y, w, h = d["bbox"]
-        assert d["score"] > 0.25 and x >= 0 and y >= 0 and x + w <= 420.01 and y + h <= 200.01
+    assert len(calls) == 1, "predict cut no tiles"
+    [(shape, seen, found)] = calls
+    assert shape == (3, 200, 420) and len(tile_windows(200, 420, 128, 0.25)) == 10
+    assert seen == [(3, 128, 128)] * 10
+    keep = (found["scores"] > 0.25) & ((found["labels"] == 1) | (found["labels"] == 3))
+    assert keep.sum() < len(keep)  # the class filter had something to drop
+    boxes = found["boxes"][keep]
+    expected = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2], found["scores"][keep][:, None]], 1)
+    written = torch.tensor([[*d["bbox"], d["score"]] for d in data["annotations"]])
+    assert written.shape == expected.shape and torch.allclose(written, expected, atol=0.006)
+    assert [d["category_id"] for d in data["annotations"]] == found["labels"][keep].tolist()

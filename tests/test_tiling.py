@@ -122,14 +122,35 @@ def test_merge_cut_boxes_golden():
 
 
 def test_real_detector_on_a_large_image(tiny_config):
+    """A Detector (uint8 tiles, resized to its input) plugs into detect_tiled: every box found is one of that
+    detector's own boxes on one of the 8 windows, moved by where the window lies."""
     from conftest import make_detector
 
+    from borrowcore.tiling import crop_window
+
     detector = make_detector(tiny_config).eval()
-    image = torch.randint(0, 256, (3, 200, 330), dtype=torch.uint8)
-    found = detect_tiled(detector, image, tile_size=128, overlap=0.25, batch_size=4, merge_edges=True)
-    assert found["boxes"].shape[1] == 4 and len(found["boxes"]) > 0
-    assert (found["boxes"][:, 2] <= 330).all() and (found["boxes"][:, 3] <= 200).all() and (found["boxes"] >= 0).all()
-    assert set(found["labels"].tolist()) <= {1, 2, 3}
+    image = torch.randint(0, 256, (3, 200, 330), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    tiles, alone = [], []  # what the detector was shown and what it answered, tile by tile
+
+    def recording(batch):
+        with torch.no_grad():
+            answers = detector(batch)
+        tiles.extend(batch)
+        alone.extend(answers)
+        return answers
+
+    found = detect_tiled(recording, image, tile_size=128, overlap=0.25, batch_size=4)
+    windows = tile_windows(200, 330, 128, 0.25)  # x 0, 96, 192, 202; y 0, 72
+    assert len(windows) == len(tiles) == 8
+    assert all(torch.equal(tile, crop_window(image, w, 128)) for tile, w in zip(tiles, windows))
+    candidates = torch.cat([torch.cat([d["boxes"] + torch.tensor([w.x0, w.y0] * 2), d["scores"][:, None],
+                                       d["labels"][:, None].float()], 1) for w, d in zip(windows, alone)])
+    rows = torch.cat([found["boxes"], found["scores"][:, None], found["labels"][:, None].float()], 1)
+    assert len(rows) > 0 and set(found["labels"].tolist()) <= {1, 2, 3}
+    distance = (rows[:, None] - candidates[None]).abs().amax(-1)  # (found, candidates)
+    assert (distance.min(1).values < 1e-3).all()  # each one a window's detection, shifted to image pixels
+    assert found["scores"][0] == pytest.approx(candidates[:, 4].max().item(), abs=1e-5)  # the best of all windows
+    assert (found["boxes"][:, 0] > 128).any() and (found["boxes"][:, 1] > 72).any()  # from the later windows too
     assert (found["scores"][:-1] >= found["scores"][1:]).all()  # best first
 
 

@@ -84,15 +84,46 @@ def test_train_writes_checkpoints_and_log(tmp_path):
         train(config, tmp_path, show_progress=False)
 
 
-def test_best_checkpoint_by_validation_ap(tmp_path):
-    config = tiny_experiment(max_steps=4, val_metric="AP")
-    config.train.val_images, config.train.val_annotations = str(TINY / "images"), str(TINY / "twins.json")
-    train(config, tmp_path, show_progress=False)
-    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+def first_images(out: Path, count: int) -> Path:
+    """The tiny benchmark cut to its first ``count`` images (epochs of a few steps)."""
+    data = json.loads((TINY / "annotations.json").read_text())
+    images = sorted(data["images"], key=lambda image: image["id"])[:count]
+    ids = {image["id"] for image in images}
+    out.write_text(json.dumps({**data, "images": images,
+                               "annotations": [a for a in data["annotations"] if a["image_id"] in ids]}))
+    return out
+
+
+def test_best_checkpoint_by_validation_ap(tmp_path, monkeypatch):
+    """Three epochs whose validation AP goes 0.2, 0.5, 0.3 (the real AP is computed at the first, then replaced
+    by these): best.pt holds the weights of the second epoch, not the last ones, nor the first ones."""
+    import borrowcore.train as train_module
+
+    subset = first_images(tmp_path / "two.json", 2)
+    config = tiny_experiment(max_steps=3, val_metric="AP", batch_size=2)  # an epoch is one step
+    config.train.train_annotations = config.train.val_annotations = str(subset)
+    config.train.val_images = str(TINY / "images")
+    scripted, weights = [0.2, 0.5, 0.3], []
+    real_validation_ap = train_module.validation_ap
+
+    def validation_ap(detector, t, context):
+        if not weights:
+            assert 0 <= real_validation_ap(detector, t, context) <= 1
+        weights.append({k: v.clone() for k, v in detector.state_dict().items()})
+        return scripted[len(weights) - 1]
+
+    monkeypatch.setattr(train_module, "validation_ap", validation_ap)
+    train(config, tmp_path / "run", show_progress=False)
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     epochs = [r for r in records if r["event"] == "epoch"]
-    assert epochs and all(0 <= r["val_AP"] <= 1 for r in epochs)
-    best = read_checkpoint(tmp_path / "best.pt")["train_state"]
-    assert best["best_val"] == pytest.approx(-max(r["val_AP"] for r in epochs), abs=1e-5)
+    assert [r["val_AP"] for r in epochs] == scripted and [r.get("best", False) for r in epochs] == [True, True, False]
+    best = read_checkpoint(tmp_path / "run" / "best.pt")
+    assert best["train_state"]["epoch"] == 1 and best["train_state"]["best_val"] == pytest.approx(-0.5)
+    for name, value in best["state_dict"].items():
+        torch.testing.assert_close(value, weights[1][name], rtol=0, atol=0, msg=name)
+    key = "network.head.classification.0.weight"
+    assert not torch.equal(weights[1][key], weights[2][key])  # the third epoch did move the weights
+    assert read_checkpoint(tmp_path / "run" / "last.pt")["train_state"]["best_val"] == pytest.approx(-0.5)
 
 
 def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
@@ -151,17 +182,37 @@ def test_nan_loss_stops_with_clear_error(tmp_path, monkeypatch):
     assert all(torch.isfinite(p).all() for p in detector.parameters())
 
 
+# `borrowcore train` as torchrun starts it, each rank's trained parameters saved afterwards to compare them
+RANK_WEIGHTS_CLI = """
+import os, runpy
+import torch
+import borrowcore.train as train_module
+
+built, real_build = [], train_module.build_detector
+train_module.build_detector = lambda *args, **kwargs: built.append(real_build(*args, **kwargs)) or built[-1]
+try:
+    runpy.run_module("borrowcore", run_name="__main__", alter_sys=True)
+finally:
+    torch.save({name: p.detach().clone() for name, p in built[0].named_parameters()},
+               os.path.join(os.environ["RANK_WEIGHTS"], "rank%s.pt" % os.environ["RANK"]))
+"""
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_on_cpu(tmp_path):
+    """Two ranks, each on its own half of every batch: DDP averages their gradients, so after 3 steps both hold
+    the same parameters (ranks that never synchronise would each follow their own data and drift apart)."""
     config_path = tmp_path / "tiny.yaml"
     from borrowcore.config import save_config
 
     config = tiny_experiment(max_steps=3, checkpoint_every=100)
     config.train.log_every = 1
     save_config(config, config_path)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    script = tmp_path / "rank_weights_cli.py"
+    script.write_text(RANK_WEIGHTS_CLI)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "RANK_WEIGHTS": str(tmp_path)}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-               "-m", "borrowcore", "train", "--config", str(config_path), "--out", str(tmp_path / "run"), "--device", "cpu"]
+               str(script), "train", "--config", str(config_path), "--out", str(tmp_path / "run"), "--device", "cpu"]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     out = tmp_path / "run"
@@ -170,7 +221,13 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     start = records[0]
     assert start["world_size"] == 2 and start["global_batch"] == 8
     assert len([r for r in records if r["event"] == "step"]) == 3  # rank 0 alone writes the log
-    assert read_checkpoint(out / "last.pt")["train_state"]["step"] == 3
+    last = read_checkpoint(out / "last.pt")
+    assert last["train_state"]["step"] == 3
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert rank0.keys() == rank1.keys() and len(rank0) > 10
+    for name in rank0:
+        torch.testing.assert_close(rank1[name], rank0[name], rtol=0, atol=0, msg=name)
+        torch.testing.assert_close(last["state_dict"][name], rank0[name], rtol=0, atol=0, msg=name)
 
 
 @pytest.mark.parametrize("override, message", [
@@ -189,11 +246,29 @@ def test_config_values_of_the_wrong_type_name_the_field(override, message):
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
-def test_every_shipped_config_loads_and_builds_its_augmentation(path):
+def test_every_shipped_config_loads_and_builds_its_augmentation(path, tmp_path):
+    """Each config reads, writes back to the same config, and its augmentation turns a 150 x 200 photo with one
+    40 px object into what the trainer batches: a float image (3, S, S) in [0, 1], boxes inside it."""
+    from torchvision import tv_tensors
+
+    from borrowcore.config import save_config
     from borrowcore.presets import build_preset
 
     config = load_config(path)
-    build_preset(config.train.augmentation, config.model.input_size)  # a name the presets know
+    save_config(config, tmp_path / "again.yaml")
+    assert load_config(tmp_path / "again.yaml") == config
+    preset = build_preset(config.train.augmentation, config.model.input_size, config.train.scale_range)
+    size = config.model.input_size
+    torch.manual_seed(0)
+    image = tv_tensors.Image(torch.randint(0, 256, (3, 150, 200), dtype=torch.uint8))
+    target = {"boxes": tv_tensors.BoundingBoxes([[80.0, 55, 120, 95]], format="XYXY", canvas_size=(150, 200)),
+              "labels": torch.tensor([1])}
+    out_image, out = preset(image, target)
+    assert out_image.shape == (3, size, size) and out_image.dtype == torch.float32
+    assert 0 <= out_image.min() and out_image.max() <= 1 and out_image.max() > 0.5
+    boxes = out["boxes"].as_subclass(torch.Tensor)
+    assert out["boxes"].canvas_size == (size, size) and len(boxes) == len(out["labels"]) <= 1
+    assert (boxes >= 0).all() and (boxes <= size).all() and (boxes[:, 2:] > boxes[:, :2]).all()
 
 
 def test_aerial_jitter_is_the_aerial_recipe_with_scale_jitter():
@@ -227,9 +302,29 @@ def test_ema_by_hand():
     assert restored.updates == 1 and restored.current_decay() == pytest.approx(d)
 
 
-def test_cpu_bf16_step_keeps_fp32_weights_and_loss(tmp_path):
+def record_network_dtypes(monkeypatch) -> list[tuple[bool, torch.dtype]]:
+    """(train mode, dtype of the class logits) of every forward pass of the networks ``train`` builds from now
+    on: bfloat16 logits are what CPU bf16 autocast makes of the head's convolutions (fp32 without it)."""
+    import borrowcore.train as train_module
+
+    seen: list[tuple[bool, torch.dtype]] = []
+    real_build = train_module.build_detector
+
+    def build_detector(*args, **kwargs):
+        detector = real_build(*args, **kwargs)
+        detector.network.register_forward_hook(
+            lambda module, inputs, output: seen.append((module.training, output.cls_logits.dtype)))
+        return detector
+
+    monkeypatch.setattr(train_module, "build_detector", build_detector)
+    return seen
+
+
+def test_cpu_bf16_step_keeps_fp32_weights_and_loss(tmp_path, monkeypatch):
     config = tiny_experiment(max_steps=2, cpu_bf16=True, ema_decay=0.99, ema_tau=1.0)
+    forward_passes = record_network_dtypes(monkeypatch)
     train(config, tmp_path, show_progress=False)
+    assert forward_passes == [(True, torch.bfloat16)] * 2  # both steps ran the network under bf16 autocast
     state = read_checkpoint(tmp_path / "last.pt")
     assert all(v.dtype == torch.float32 for k, v in state["state_dict"].items() if v.dtype.is_floating_point)
     steps = [json.loads(l) for l in (tmp_path / "log.jsonl").read_text().splitlines()]
@@ -251,7 +346,9 @@ def test_resume_from_a_copied_state_with_ema_and_bf16(tmp_path, monkeypatch):
     import shutil
 
     config = tiny_experiment(max_steps=9, checkpoint_every=3, cpu_bf16=True, ema_decay=0.9, ema_tau=2.0)
+    forward_passes = record_network_dtypes(monkeypatch)
     train(config, tmp_path / "straight", show_progress=False)
+    assert forward_passes == [(True, torch.bfloat16)] * 9  # every step under bf16 autocast
 
     import borrowcore.train as train_module
 
@@ -273,7 +370,9 @@ def test_resume_from_a_copied_state_with_ema_and_bf16(tmp_path, monkeypatch):
     for name in ("last.pt", "log.jsonl", "config.yaml"):
         shutil.copy(tmp_path / "first-machine" / name, moved / name)
     spent_before = read_checkpoint(moved / "last.pt")["train_state"]["spent"]["cpu_s"]
+    forward_passes.clear()
     train(config, moved, resume=True, show_progress=False)
+    assert forward_passes == [(True, torch.bfloat16)] * 6  # steps 4..9, resumed under bf16 autocast too
 
     for name in ("last.pt", "weights.pt"):
         straight = read_checkpoint(tmp_path / "straight" / name)["state_dict"]
