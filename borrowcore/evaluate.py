@@ -352,17 +352,8 @@ def evaluate_detector(detector: torch.nn.Module, annotations: str | Path, images
         seconds = max(s for s in gather_results([seconds], context))  # wall time of the slowest shard
     if not context.is_main:
         return None
-    config = getattr(detector, "config", None)
-    model = {"config": dataclasses.asdict(config) if config is not None else {},
-             "class_names": list(detector.class_names), "checkpoint": str(checkpoint),
-             "checkpoint_sha256": sha256_file(checkpoint) if checkpoint else "",
-             "ablation": config.neck if config is not None else "",
-             "matching": config.describe_matching() if config is not None else ""}
-    timing = {"images": len(dataset), "seconds": round(seconds, 3),
-              "images_per_s": round(len(dataset) / seconds, 2) if seconds > 0 else 0.0,
-              "device": str(device) if torch.device(device).type != "cuda" else torch.cuda.get_device_name(device)}
-    report = build_report(dataset, results, model, timing, inference_description(detector, tile, overlap),
-                          size_bins, split, dataset_name)
+    report = build_report(dataset, results, model_entry(detector, checkpoint), timing_entry(len(dataset), seconds, device),
+                          inference_description(detector, tile, overlap), size_bins, split, dataset_name)
     if borrow_precision:
         from borrowcore.explain import borrow_precision as measure
         from borrowcore.tiling import TiledDataset
@@ -373,6 +364,23 @@ def evaluate_detector(detector: torch.nn.Module, annotations: str | Path, images
     if out is not None:
         write_report(report, results, out)
     return report
+
+
+def model_entry(detector: torch.nn.Module, checkpoint: str | Path = "") -> dict:
+    """A report's ``model``: the detector's config, classes, checkpoint file and its sha256, neck and matching."""
+    config = getattr(detector, "config", None)
+    return {"config": dataclasses.asdict(config) if config is not None else {},
+            "class_names": list(detector.class_names), "checkpoint": str(checkpoint),
+            "checkpoint_sha256": sha256_file(checkpoint) if checkpoint else "",
+            "ablation": config.neck if config is not None else "",
+            "matching": config.describe_matching() if config is not None else ""}
+
+
+def timing_entry(images: int, seconds: float, device: str | torch.device) -> dict:
+    """A report's ``timing``: images, inference seconds, images/s, and the device (a GPU by its name)."""
+    return {"images": images, "seconds": round(seconds, 3),
+            "images_per_s": round(images / seconds, 2) if seconds > 0 else 0.0,
+            "device": str(device) if torch.device(device).type != "cuda" else torch.cuda.get_device_name(device)}
 
 
 def build_report(dataset: CocoDetection, results: list[dict], model: dict, timing: dict, inference: str,

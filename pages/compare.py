@@ -6,16 +6,20 @@ import streamlit as st
 from borrowcore.compare import (borrow_precision_table, breakdown_rows, coco_size_table, how_it_ran, per_class_table,
                                 pr_curves, size_bin_table, subset_table)
 from viewer import assets, figures
+from viewer.evaluation import session_reports
 from viewer.loaders import error_breakdown, report_from_path, report_from_upload
 
 st.title("Compare: what does borrowing buy, by object size?")
 
-bundled = {assets.report_name(path): path for path in assets.reports()}
+# this session's evaluations (Evaluate) first: Compare opens on them
+bundled = {**session_reports(st.session_state), **{assets.report_name(path): path for path in assets.reports()}}
 left, right = st.columns([3, 2])
 if bundled:
     study = next(iter(bundled)).split("/")[0]  # one study at a time by default (ablation, aerial, ...)
-    picked = left.multiselect("Bundled reports", list(bundled), default=[n for n in bundled if n.split("/")[0] == study],
-                              key="compare_reports", help="Reports are grouped by study: the folder under reports/.")
+    picked = left.multiselect("Reports (bundled, and this session's from Evaluate)", list(bundled),
+                              default=[n for n in bundled if n.split("/")[0] == study], key="compare_reports",
+                              help="Reports are grouped by study: the folder under reports/, or \"this session\" "
+                                   "for those evaluated on the Evaluate page.")
 else:
     picked = []
     left.info(f"No evaluation reports are bundled yet (nothing matches `{assets.assets_root()}/reports/**/*.json`): "

@@ -8,6 +8,7 @@ import streamlit as st
 from borrowcore.compare import (default_pair, pair_report_uploads, report_checkpoint, resolve_report_path,
                                 size_ranges)
 from viewer import assets, figures, queries
+from viewer.evaluation import session_reports
 from viewer.loaders import (checkpoint_sha256, comparison, instance_crop_png, report_from_path,
                             store_report_upload)
 
@@ -21,7 +22,7 @@ st.caption("Two reports on the same ground truth: per size range AP(B) − AP(A)
            "that A misses (fixed), and the reverse (broken).")
 
 # ---- reports: bundled, or uploaded together with their detections ----
-paths = {assets.report_name(path): path for path in assets.reports()}
+paths = {**session_reports(state), **{assets.report_name(path): path for path in assets.reports()}}  # Evaluate's first
 with st.expander("Upload reports", expanded=not paths):
     uploads = st.file_uploader("Report json(s) from `borrowcore eval` with the .detections.json.gz written beside each",
                                type=["json", "gz"], accept_multiple_files=True, key="h2h_uploads")

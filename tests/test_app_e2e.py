@@ -390,3 +390,79 @@ def test_three_sessions_at_once_each_see_their_own_photo(faces_server, tmp_path)
         assert int(shown.group(1)) == expected, (photo.name, shown.group(0), expected)
         others = [p.name for p in photos if p != photo]
         assert f"{photo.name} (uploaded)" in text and not any(f"{o} (uploaded)" in text for o in others)
+
+
+@pytest.mark.slow
+def test_evaluate_an_uploaded_checkpoint_on_an_uploaded_coco_set(server, tmp_path):
+    """Evaluate: upload a checkpoint, a small COCO json and a zip of its images (a zip with a `..` entry first:
+    its message), evaluate, see the AP-by-size chart; the report is then listed on Compare in that session."""
+    import io
+    import zipfile
+
+    twins = json.loads((SAMPLE.parents[1] / "twins.json").read_text())
+    six = twins["images"][:6]
+    subset = {**twins, "images": six,
+              "annotations": [a for a in twins["annotations"] if a["image_id"] in {i["id"] for i in six}]}
+    (tmp_path / "twins-six.json").write_text(json.dumps(subset))
+    with zipfile.ZipFile(tmp_path / "six.zip", "w") as archive:
+        for image in six:
+            archive.write(SAMPLE.parent / image["file_name"], f"six/{image['file_name']}")
+    evil = io.BytesIO()
+    with zipfile.ZipFile(evil, "w") as archive:
+        archive.writestr("../evil.txt", b"pwned")
+    from borrowcore import DetectorConfig, build_detector, save_checkpoint
+
+    names = [c["name"] for c in twins["categories"]]
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "tiny.pt", build_detector(DetectorConfig(
+        neck="full", num_classes=len(names), input_size=128, width=0.05, batch_norm=True), names))
+    assert (tmp_path / "tiny.pt").stat().st_size < 1_000_000  # the server takes uploads up to 1 MB
+
+    def uploader(label: str):
+        return page.get_by_test_id("stFileUploader").filter(has_text=label).locator("input[type='file']")
+
+    def evaluate() -> None:
+        page.get_by_test_id("stButton").filter(has_text="Evaluate").locator("button").click()
+        settle(page)
+
+    with inspect_page(server) as page:
+        page.goto(f"{server}/evaluate")
+        page.get_by_text("Data set").first.wait_for()
+        settle(page)
+        page.get_by_test_id("stSelectbox").filter(has_text="Data set").click()
+        page.get_by_role("option", name="Upload a COCO set…").click()
+        page.get_by_text("Zip of its images").first.wait_for()
+        settle(page)
+        uploader("upload checkpoints").set_input_files([tmp_path / "tiny.pt"])
+        settle(page)
+        uploader("COCO json").set_input_files([tmp_path / "twins-six.json"])
+        settle(page)
+        uploader("Zip of its images").set_input_files([{"name": "evil.zip", "mimeType": "application/zip",
+                                                        "buffer": evil.getvalue()}])
+        settle(page)
+        evaluate()
+        page.get_by_text("Cannot evaluate: evil.zip: entry '../evil.txt' has a '..' component").first.wait_for()
+        uploader("Zip of its images").set_input_files([tmp_path / "six.zip"])
+        settle(page)
+        evaluate()
+        page.get_by_text("This session's reports (1)").first.wait_for()
+        page.locator(".js-plotly-plot").first.wait_for()
+        settle(page)
+        text = page.inner_text("body")
+        assert "tiny on twins-six.json (uploaded)" in text and "Traceback" not in text
+        assert "Cannot evaluate" not in text  # the earlier message is gone with the good upload
+        assert page.locator(".js-plotly-plot .barlayer").count() >= 1  # the AP-by-size bars
+        shoot(page, tmp_path, "evaluate")
+        with page.expect_download() as download:
+            page.get_by_role("button", name="Report (json)").click()
+        download.value.save_as(tmp_path / "report.json")
+        report = json.loads((tmp_path / "report.json").read_text())
+        assert report["dataset"]["num_images"] == 6 and report["model"]["checkpoint"] == "tiny.pt"
+
+        page.get_by_text("Compare them with the bundled reports").click()
+        page.get_by_text("Compare: what does borrowing buy").first.wait_for()
+        page.locator(".js-plotly-plot").first.wait_for()
+        settle(page)
+        text = page.inner_text("body")
+        assert "this session/tiny on twins-six.json (uploaded)" in text and "Traceback" not in text
+        shoot(page, tmp_path, "evaluate-compare")

@@ -17,6 +17,7 @@ st.set_page_config(page_title="BorrowScope", page_icon=":material/image_search:"
 pages = [
     st.Page("../pages/home.py", title="Home", icon=":material/home:", default=True),
     st.Page("../pages/inspect_image.py", title="Inspect", icon=":material/image_search:"),
+    st.Page("../pages/evaluate.py", title="Evaluate", icon=":material/speed:"),
     st.Page("../pages/compare.py", title="Compare", icon=":material/bar_chart:"),
     st.Page("../pages/head_to_head.py", title="Head to head", icon=":material/compare_arrows:"),
     st.Page("../pages/data_anchors.py", title="Data & anchors", icon=":material/straighten:"),

@@ -220,6 +220,27 @@ def store_report_upload(name: str, report: dict, detections: bytes) -> Path:
     return path
 
 
+def store_evaluation(report: dict, detections: bytes, annotations: bytes | None = None) -> Path:
+    """A report evaluated in this session with its detections (gzip json) side by side under their content
+    hash, and an uploaded set's ground truth too (its unpacked folder is gone), which the stored report then
+    names; returns the report's path. Written once: the report last, atomically, so it is there only when all is."""
+    from borrowcore.report import save_report
+    from viewer.models import UPLOADS
+
+    digest = hashlib.sha256(json.dumps(report, sort_keys=True).encode() + detections + (annotations or b""))
+    folder = UPLOADS / "evaluations" / digest.hexdigest()[:32]
+    path = folder / "report.json"
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / Path(report["detections"]).name).write_bytes(detections)
+        if annotations is not None:
+            truth = folder / "ground_truth.json"
+            truth.write_bytes(annotations)
+            report = {**report, "dataset": {**report["dataset"], "annotations": str(truth)}}
+        save_report(report, path)
+    return path
+
+
 @st.cache_data(max_entries=16, show_spinner=False)
 def _comparison(path_a: str, digest_a: str, path_b: str, digest_b: str, annotations: str, bootstrap: int,
                 seed: int, score_threshold: float) -> dict:

@@ -141,7 +141,9 @@ class InferenceQueue:
     ``cache_size`` results by key), the Future of the same key when another session already queued it,
     or a new one; ``position(future)`` is how many requests run or wait before it (0: running now). At most
     ``max_pending`` requests wait; beyond that ``submit`` raises QueueFull rather than letting the wait grow
-    without bound. The worker sets torch's intra-op threads to ``threads`` once, for the machine."""
+    without bound. ``cache=False`` keeps a result out of the cache (the slices of an evaluation, which would
+    push out everyone's explanations). The worker sets torch's intra-op threads to ``threads`` once, for the
+    machine."""
 
     def __init__(self, max_pending: int = 64, cache_size: int = 64, threads: int | None = None) -> None:
         self.threads = threads or machine_threads()
@@ -154,7 +156,7 @@ class InferenceQueue:
         self._worker = threading.Thread(target=self._run, name="borrowscope-inference", daemon=True)
         self._worker.start()
 
-    def submit(self, key: Any, job: Callable[[], Any]) -> Future:
+    def submit(self, key: Any, job: Callable[[], Any], cache: bool = True) -> Future:
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
@@ -167,7 +169,7 @@ class InferenceQueue:
                 raise QueueFull(f"{len(self._order)} images are waiting for the detector; try again in a moment")
             future: Future = Future()
             self._order[key] = future
-        self._jobs.put((key, job, future))
+        self._jobs.put((key, job, future, cache))
         return future
 
     def position(self, future: Future) -> int:
@@ -185,7 +187,7 @@ class InferenceQueue:
     def _run(self) -> None:
         torch.set_num_threads(self.threads)
         while True:
-            key, job, future = self._jobs.get()
+            key, job, future, cache = self._jobs.get()
             try:
                 result = job()
             except BaseException as error:  # noqa: BLE001 - the session that asked shows it
@@ -194,7 +196,8 @@ class InferenceQueue:
                 future.set_exception(error)
                 continue
             with self._lock:
-                self._cache[key] = result
+                if cache:
+                    self._cache[key] = result
                 while len(self._cache) > self.cache_size:
                     self._cache.popitem(last=False)
                 self._order.pop(key, None)
