@@ -202,7 +202,7 @@ def test_matching_scores_are_never_held_whole(monkeypatch, return_matching):
         detector.network.neck(features)
     assert 0 < probe.largest <= 32768
     monkeypatch.setattr(borrowcore.neck, "MAX_SCORES_IN_MEMORY", 2000)
-    monkeypatch.setattr(borrowcore.neck, "attend", lambda q, k, v: attend(q, k, v, max_scores=2000))
+    monkeypatch.setattr(borrowcore.neck, "attend", lambda q, k, v, **kw: attend(q, k, v, max_scores=2000, **kw))
     with torch.no_grad(), LargestSoftmax() as probe:
         outputs, matching = detector.network.neck(features, return_matching=return_matching)
     assert 0 < probe.largest <= 2000  # a (2, 256, 84) S_hat would be 43,008
