@@ -6,8 +6,9 @@
 #   bash scripts/faces-study.sh eval [RUNS]    every finished run: eval_val.json (whole photo, the release
 #        inference recipe, borrow precision by layer), then RUNS/compare-<a>-<b>.json, paired bootstrap of b - a
 #        for each arm against context and against full at the same seed
-#   bash scripts/faces-study.sh save [RUNS]    copy the unfinished runs' resume state to state/faces-study/ (commit
-#        it; `train` resumes from it on another machine)
+#   bash scripts/faces-study.sh save [RUNS]    copy each run to state/faces-study/ to commit: an unfinished run's
+#        resume state (last.pt), a finished one's weights.pt; with log.jsonl and config.yaml. `train` resumes from
+#        it, or takes the finished weights, on another machine
 set -euo pipefail
 cmd=${1:?train, eval or save}
 RUNS=${2:-runs/faces-study}
@@ -33,6 +34,10 @@ train)
   for pair in ${3:?arm:seed pairs}; do
     arm=${pair%:*}; seed=${pair#*:}; out=$RUNS/$arm/seed$seed
     [ -f "$out/weights.pt" ] && { echo "$arm seed $seed: finished"; continue; }
+    if [ -f "$STATE/$arm/seed$seed/weights.pt" ]; then
+      mkdir -p "$out"; cp "$STATE/$arm/seed$seed/"{weights.pt,log.jsonl,config.yaml} "$out/"
+      echo "$arm seed $seed: finished (the committed weights)"; continue
+    fi
     overrides=$(arm_overrides "$arm")
     if [ ! -f "$out/last.pt" ] && [ -f "$STATE/$arm/seed$seed/last.pt" ]; then
       mkdir -p "$out"; cp "$STATE/$arm/seed$seed/"{last.pt,log.jsonl,config.yaml} "$out/"
@@ -66,10 +71,11 @@ eval)
   $PY -m borrowcore table --runs "$RUNS" --splits val --fine-bins --no-borrow-columns --necks $arms ;;
 save)
   for last in "$RUNS"/*/seed*/last.pt; do
-    run=$(dirname "$last"); [ -f "$run/weights.pt" ] && continue
-    dest=$STATE/${run#"$RUNS"/}; mkdir -p "$dest"
-    for f in last.pt log.jsonl config.yaml; do cp "$run/$f" "$dest/$f.tmp" && mv "$dest/$f.tmp" "$dest/$f"; done
-    echo "$dest"
+    run=$(dirname "$last"); dest=$STATE/${run#"$RUNS"/}; mkdir -p "$dest"
+    if [ -f "$run/weights.pt" ]; then files="weights.pt log.jsonl config.yaml"; else files="last.pt log.jsonl config.yaml"; fi
+    for f in $files; do cp "$run/$f" "$dest/$f.tmp" && mv "$dest/$f.tmp" "$dest/$f"; done
+    [ -f "$run/weights.pt" ] && rm -f "$dest/last.pt"
+    echo "$dest: $files"
   done ;;
 *) echo "unknown command $cmd (train | eval | save)"; exit 2 ;;
 esac
