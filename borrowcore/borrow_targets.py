@@ -11,6 +11,14 @@ matching loss (config ``model.matching_loss``) trains it:
 
 i.e. the cross-entropy of the row's softmax against "any target cell". At test time FMB gets no boxes and
 must find the larger instances unaided.
+
+The borrowed map helps a cell only if it differs between an instance and background; with
+``background_weight`` > 0 background rows are supervised too, towards background:
+
+    L_bg = mean over background rows r (cells in no instance, up to ``background_rows`` evenly spaced per
+           image and layer) of  -log sum_{j in B} S_hat(n)[r, j],   B the deeper cells in no instance
+
+and the loss is L_match + background_weight * L_bg.
 """
 
 from __future__ import annotations
@@ -126,17 +134,36 @@ def borrow_targets(boxes: Tensor, labels: Tensor, anchors: Tensor, anchors_per_l
     return found, skipped
 
 
+def background_queries(matching: MatchingScores, boxes: Tensor, count: int) -> tuple[Tensor, Tensor]:
+    """Up to ``count`` query cells of one layer in no box, evenly spaced (rows,), and the deeper cells in no box
+    (d_n,) bool; boxes (G, 4) in network-input pixels, ignore regions included."""
+    boxes = boxes.detach().cpu().float()
+    free = ~points_in_boxes(cell_centres(matching.query_grid, matching.query_stride), boxes).any(dim=1)  # (m_n,)
+    rows = free.nonzero().squeeze(1)
+    if len(rows) > count:
+        rows = rows[torch.linspace(0, len(rows) - 1, count).long()]
+    return rows, ~points_in_boxes(source_cell_centres(matching), boxes).any(dim=1)
+
+
+def log_mass(queries: Tensor, keys: Tensor, rows: Tensor, on: Tensor) -> Tensor:
+    """(R,) -log of the S_hat mass of query rows ``rows`` on the deeper cells ``on`` (R, d_n) or (d_n,) bool;
+    queries (m_n, e) and keys (d_n, e) of one image, scaled (S_hat = softmax(queries keys^T))."""
+    logits = queries[rows] @ keys.T  # (R, d_n): these rows' S_hat logits only
+    return logits.logsumexp(dim=1) - logits.masked_fill(~on, float("-inf")).logsumexp(dim=1)
+
+
 def matching_loss(matching: list[MatchingScores], anchors: Tensor, anchors_per_layer: list[int],
-                  targets: list[dict[str, Tensor]], min_area_ratio: float = LARGER_AREA_RATIO) -> Tensor:
-    """L_match over a batch (module docstring): the mean over instances with a larger same-class instance
-    of -log(S_hat mass on its target cells), averaged over its query rows; 0 (with a graph) when the batch
-    has none. ``matching`` holds the batch's factors (queries (B, m_n, e), keys (B, d_n, e)); ``targets``
-    the boxes in network-input pixels with their labels."""
+                  targets: list[dict[str, Tensor]], min_area_ratio: float = LARGER_AREA_RATIO,
+                  background_weight: float = 0.0, background_rows: int = 64) -> Tensor:
+    """L_match (+ background_weight L_bg) over a batch (module docstring): the mean over instances with a larger
+    same-class instance of -log(S_hat mass on its target cells), averaged over its query rows; 0 (with a graph)
+    when the batch has none. ``matching`` holds the batch's factors (queries (B, m_n, e), keys (B, d_n, e));
+    ``targets`` the boxes in network-input pixels with their labels."""
     # one unbind per layer: indexing the batch per instance would give every instance a batch-sized gradient
     with torch.autocast(anchors.device.type, enabled=False):  # fp32 logits under bf16 training
         queries = {m.layer: m.queries.float().unbind(0) for m in matching}  # B x (m_n, e)
         keys = {m.layer: m.keys.float().unbind(0) for m in matching}  # B x (d_n, e)
-        losses = []
+        losses, background = [], []
         for b, target in enumerate(targets):
             found, _ = borrow_targets(target["boxes"], target["labels"], anchors, anchors_per_layer, matching,
                                       min_area_ratio=min_area_ratio)
@@ -146,10 +173,19 @@ def matching_loss(matching: list[MatchingScores], anchors: Tensor, anchors_per_l
                 rows = torch.cat([t.rows for t in group]).to(device)  # (R,) the group's query cells
                 on_target = torch.cat([t.targets.expand(len(t.rows), -1) for t in group]).to(device)  # (R, d_n)
                 owner = torch.cat([torch.full((len(t.rows),), k) for k, t in enumerate(group)]).to(device)  # (R,)
-                logits = queries[layer][b][rows] @ keys[layer][b].T  # (R, d_n): these rows' S_hat logits only
-                row_loss = logits.logsumexp(dim=1) - logits.masked_fill(~on_target, float("-inf")).logsumexp(dim=1)
+                row_loss = log_mass(queries[layer][b], keys[layer][b], rows, on_target)
                 counts = torch.bincount(owner, minlength=len(group)).float()
                 losses.append(torch.zeros(len(group), device=device).index_add(0, owner, row_loss) / counts)
-    if not losses:
-        return sum(m.queries.sum() for m in matching) * 0.0  # keeps the graph (DDP: every rank has the same params)
-    return torch.cat(losses).mean()
+            if background_weight > 0:
+                for m in matching:
+                    rows, on_background = background_queries(m, target["boxes"], background_rows)
+                    if len(rows) and on_background.any():
+                        device = queries[m.layer][b].device
+                        background.append(log_mass(queries[m.layer][b], keys[m.layer][b], rows.to(device),
+                                                   on_background.to(device)))
+    loss = sum(m.queries.sum() for m in matching) * 0.0  # keeps the graph (DDP: every rank has the same params)
+    if losses:
+        loss = loss + torch.cat(losses).mean()
+    if background:
+        loss = loss + background_weight * torch.cat(background).mean()
+    return loss

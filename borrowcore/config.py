@@ -48,6 +48,9 @@ class DetectorConfig:
     # > 0: weight of the supervised matching loss L_match (borrow_targets.py): -log of a small instance's
     # S_hat mass on the deeper cells inside larger instances of its class, from the training boxes; 0: off
     matching_loss: float = 0.0
+    # > 0 (with matching_loss): also supervise background cells towards background keys, at this weight
+    # relative to L_match (borrow_targets.py, L_bg), so that the borrowed map can tell a face from background
+    matching_loss_background: float = 0.0
     anchor_scale: float = 4.0  # S_k = anchor_scale * stride_k (Table 1: 32, 64, 128, 256)
     aspect_ratios: list[float] = field(default_factory=lambda: [1.5, 3.0])  # each r gives r and 1/r
     # octaves above the coarsest layer's sizes on that layer (S_N 2^i, S'_N 2^i, i = 1..top_octaves; 0: SPEC §3)
@@ -116,6 +119,8 @@ class DetectorConfig:
             raise ValueError(f"key_budget {self.key_budget} applies to matching: fast; matching: exact uses every cell")
         if self.matching_top_k < 0:
             raise ValueError(f"matching_top_k must be >= 0 (0: every key), got {self.matching_top_k}")
+        if self.matching_loss_background < 0:
+            raise ValueError(f"matching_loss_background is a loss weight >= 0 (0: off), got {self.matching_loss_background}")
         if self.matching_loss < 0:
             raise ValueError(f"matching_loss is a loss weight >= 0 (0: off), got {self.matching_loss}")
         if self.width <= 0:

@@ -72,13 +72,14 @@ class Detector(nn.Module):
             box of its class (``boxes.drop_inside``); 0: NMS alone.
         matching_loss: > 0, the weight of the supervised matching loss (``borrow_targets.matching_loss``),
             added to the loss parts as ``loss_match`` when the neck borrows; 0: off (the paper).
+        matching_loss_background: its background term's weight relative to it (``L_bg``); 0: off.
     """
 
     def __init__(self, network: BorrowSSD, anchors: AnchorGenerator, loss: MultiBoxLoss, postprocess: PostProcess,
                  input_size: int, class_names: list[str], mean: tuple[float, ...] = IMAGENET_MEAN,
                  std: tuple[float, ...] = IMAGENET_STD, whole_image: bool = False, shrink_above: int = 0,
                  zoom_out: tuple[float, ...] = (), zoom_out_min: int = 256, drop_inside: float = 0.0,
-                 matching_loss: float = 0.0) -> None:
+                 matching_loss: float = 0.0, matching_loss_background: float = 0.0) -> None:
         super().__init__()
         self.whole_image = whole_image
         self.shrink_above = shrink_above  # whole-image mode: photos with a longer side above it are scaled to it
@@ -86,6 +87,7 @@ class Detector(nn.Module):
         self.zoom_out_min = zoom_out_min  # ... keeping their boxes of at least this side (px in the photo)
         self.drop_inside = drop_inside  # > 0: drop boxes with this share of their area inside a better one
         self.matching_loss = matching_loss
+        self.matching_loss_background = matching_loss_background
         self.network = network
         self.anchors = anchors
         self.loss = loss
@@ -170,7 +172,8 @@ class Detector(nn.Module):
         losses = self.loss(output.cls_logits.float(), output.box_regression.float(), anchors, targets)
         if output.matching:
             per_layer = [h * w * a for (h, w), a in zip(output.grid_sizes, self.anchors.anchors_per_layer())]
-            losses["loss_match"] = self.matching_loss * matching_loss(output.matching, anchors, per_layer, targets)
+            losses["loss_match"] = self.matching_loss * matching_loss(
+                output.matching, anchors, per_layer, targets, background_weight=self.matching_loss_background)
         return losses
 
     def forward(self, images: list[Tensor] | Tensor, targets: list[dict[str, Tensor]] | None = None,
@@ -242,6 +245,7 @@ def build_detector(config: DetectorConfig, class_names: list[str] | None = None)
                         config.input_size, class_names, whole_image=config.inference == "whole",
                         shrink_above=config.max_whole_side if config.oversize == "shrink" else 0,
                         zoom_out=config.zoom_out, zoom_out_min=config.zoom_out_min, drop_inside=config.drop_inside,
-                        matching_loss=config.matching_loss)
+                        matching_loss=config.matching_loss,
+                        matching_loss_background=config.matching_loss_background)
     detector.config = config  # what a checkpoint records to rebuild it
     return detector

@@ -128,3 +128,22 @@ def test_training_logs_what_the_neck_learns(tmp_path):
     borrow = epoch["val_borrow"]
     assert borrow["instances"] > 0 and 0 <= borrow["borrow_precision"] <= 1
     assert sum(layer["instances"] for layer in borrow["by_layer"].values()) == borrow["instances"]
+
+
+def test_background_term_by_hand():
+    """Layer 1's cells in no box are rows 1, 4, 5, 10, 11, 14, 15; its deeper cells in no box are columns 0, 3
+    and 4 (centres (8, 8), (24, 24), (16, 16)). With zero logits a background row puts 3/5 of its mass there."""
+    from borrowcore.borrow_targets import background_queries
+
+    [layer_1] = layer_scores()[:1]
+    rows, on_background = background_queries(layer_1, BOXES, count=64)
+    assert rows.tolist() == [1, 4, 5, 10, 11, 14, 15] and on_background.tolist() == [True, False, False, True, True]
+    assert background_queries(layer_1, BOXES, count=3)[0].tolist() == [1, 10, 15]  # evenly spaced
+    queries = torch.zeros(1, 16, 5)
+    queries[0, 0, 1] = math.log(3.0)  # SMALL's row, as above: log(7/3)
+    scores = layer_scores(queries, torch.eye(5)[None])[:1]
+    targets = [{"boxes": BOXES, "labels": LABELS}]
+    plain = matching_loss(scores, ANCHORS, PER_LAYER, targets)
+    both = matching_loss(scores, ANCHORS, PER_LAYER, targets, background_weight=0.5)
+    assert plain.item() == pytest.approx(math.log(7 / 3), abs=1e-6)
+    assert both.item() == pytest.approx(math.log(7 / 3) + 0.5 * -math.log(3 / 5), abs=1e-6)
