@@ -51,6 +51,9 @@ class DetectorConfig:
     # > 0 (with matching_loss): also supervise background cells towards background keys, at this weight
     # relative to L_match (borrow_targets.py, L_bg), so that the borrowed map can tell a face from background
     matching_loss_background: float = 0.0
+    # true (with matching_loss): the matching loss trains theta and phi only; the backbone maps under them take
+    # no gradient from it, so it cannot pull the detection features towards matching (docs/method.md)
+    matching_loss_detach: bool = False
     anchor_scale: float = 4.0  # S_k = anchor_scale * stride_k (Table 1: 32, 64, 128, 256)
     aspect_ratios: list[float] = field(default_factory=lambda: [1.5, 3.0])  # each r gives r and 1/r
     # octaves above the coarsest layer's sizes on that layer (S_N 2^i, S'_N 2^i, i = 1..top_octaves; 0: SPEC §3)

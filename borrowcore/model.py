@@ -45,9 +45,9 @@ class BorrowSSD(nn.Module):
         self.neck = neck
         self.head = head
 
-    def forward(self, images: Tensor, return_matching: bool = False) -> NetworkOutput:
+    def forward(self, images: Tensor, return_matching: bool = False, detach_matching: bool = False) -> NetworkOutput:
         features = self.backbone(images)  # [X(1)..X(N)], X(n) (B, c_n, h_n, w_n)
-        outputs, matching = self.neck(features, return_matching=return_matching)  # [Y(1)..Y(N)]
+        outputs, matching = self.neck(features, return_matching, detach_matching)  # [Y(1)..Y(N)]
         cls_logits, box_regression = self.head(outputs)
         grid_sizes = [(f.shape[-2], f.shape[-1]) for f in features]
         return NetworkOutput(cls_logits, box_regression, grid_sizes, matching)
@@ -73,13 +73,16 @@ class Detector(nn.Module):
         matching_loss: > 0, the weight of the supervised matching loss (``borrow_targets.matching_loss``),
             added to the loss parts as ``loss_match`` when the neck borrows; 0: off (the paper).
         matching_loss_background: its background term's weight relative to it (``L_bg``); 0: off.
+        matching_loss_detach: the matching loss trains theta and phi only, not the backbone under them
+            (``BorrowNeck.forward``'s ``detach_matching``).
     """
 
     def __init__(self, network: BorrowSSD, anchors: AnchorGenerator, loss: MultiBoxLoss, postprocess: PostProcess,
                  input_size: int, class_names: list[str], mean: tuple[float, ...] = IMAGENET_MEAN,
                  std: tuple[float, ...] = IMAGENET_STD, whole_image: bool = False, shrink_above: int = 0,
                  zoom_out: tuple[float, ...] = (), zoom_out_min: int = 256, drop_inside: float = 0.0,
-                 matching_loss: float = 0.0, matching_loss_background: float = 0.0) -> None:
+                 matching_loss: float = 0.0, matching_loss_background: float = 0.0,
+                 matching_loss_detach: bool = False) -> None:
         super().__init__()
         self.whole_image = whole_image
         self.shrink_above = shrink_above  # whole-image mode: photos with a longer side above it are scaled to it
@@ -88,6 +91,7 @@ class Detector(nn.Module):
         self.drop_inside = drop_inside  # > 0: drop boxes with this share of their area inside a better one
         self.matching_loss = matching_loss
         self.matching_loss_background = matching_loss_background
+        self.matching_loss_detach = matching_loss_detach
         self.network = network
         self.anchors = anchors
         self.loss = loss
@@ -165,7 +169,7 @@ class Detector(nn.Module):
     def compute_loss(self, images: list[Tensor] | Tensor, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         """The loss parts in either mode (validation loss runs in eval mode)."""
         batch, sizes = self.preprocess(images)
-        output = self.network(batch, return_matching=self.matching_loss > 0)
+        output = self.network(batch, return_matching=self.matching_loss > 0, detach_matching=self.matching_loss_detach)
         anchors = self.anchors(output.grid_sizes, self.anchor_image_size, device=batch.device)
         targets = self.scale_targets(targets, sizes)
         # fp32 whatever autocast ran the network in: hard-negative ranking and the sums need the precision
@@ -246,6 +250,7 @@ def build_detector(config: DetectorConfig, class_names: list[str] | None = None)
                         shrink_above=config.max_whole_side if config.oversize == "shrink" else 0,
                         zoom_out=config.zoom_out, zoom_out_min=config.zoom_out_min, drop_inside=config.drop_inside,
                         matching_loss=config.matching_loss,
-                        matching_loss_background=config.matching_loss_background)
+                        matching_loss_background=config.matching_loss_background,
+                        matching_loss_detach=config.matching_loss_detach)
     detector.config = config  # what a checkpoint records to rebuild it
     return detector

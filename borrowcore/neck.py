@@ -332,10 +332,13 @@ class BorrowNeck(nn.Module):
                 context_channels=borrow_channels,
             ))
 
-    def forward(self, features: list[Tensor], return_matching: bool = False) -> tuple[list[Tensor], list[MatchingScores]]:
+    def forward(self, features: list[Tensor], return_matching: bool = False,
+                detach_matching: bool = False) -> tuple[list[Tensor], list[MatchingScores]]:
         """[X(1)..X(N)] -> ([Y(1)..Y(N)], matching scores per borrowing layer when asked, shallow first).
 
-        Returning the matching scores costs no more than not: S_hat is returned as its factors."""
+        Returning the matching scores costs no more than not: S_hat is returned as its factors. With
+        ``detach_matching`` the returned factors are theta and phi of the detached maps X(n), X(n'): the same
+        values, but a loss on them trains theta and phi only, not the backbone (``model.matching_loss_detach``)."""
         if self.neck == "ssd":
             return list(features), []
         # (X(n'), r) for n' = 2..N (0-based 1..N-1): X(1) is never a source
@@ -351,6 +354,8 @@ class BorrowNeck(nn.Module):
                 borrowed = attend(queries, keys, values, top_k=self.top_k)  # (B, m_n, c)
                 borrowed = borrowed.transpose(1, 2).unflatten(2, x.shape[-2:])  # (B, c, h_n, w_n)
                 if return_matching:
+                    if detach_matching:
+                        queries, keys = self.matching[n].embed(x.detach(), [d.detach() for d in deeper])
                     matching.append(MatchingScores(
                         layer=n + 1, scores=None, query_grid=(x.shape[-2], x.shape[-1]), query_stride=self.strides[n],
                         source_layers=list(range(n + 2, len(features) + 1)),

@@ -106,6 +106,30 @@ def test_a_detector_with_the_matching_loss_trains_it(tiny_config):
     assert set(plain([torch.rand(3, 128, 128)], [target])) == {"loss_box", "loss_cls"}
 
 
+def test_a_detached_matching_loss_trains_theta_and_phi_but_not_the_backbone(tiny_config):
+    """matching_loss_detach: the same loss value, its gradient reaches theta and phi and stops at the backbone;
+    without it the backbone takes the loss's gradient too."""
+    from borrowcore import DetectorConfig
+    from borrowcore.model import build_detector
+
+    target = {"boxes": torch.tensor([[0.0, 0, 12, 12], [40, 40, 100, 100]]), "labels": torch.tensor([1, 1])}
+    image = torch.rand(3, 128, 128)
+    values = {}
+    for detach in (False, True):
+        torch.manual_seed(0)
+        detector = build_detector(DetectorConfig(**{**tiny_config.__dict__, "matching_loss": 0.5,
+                                                    "matching_loss_detach": detach})).train()
+        loss = detector([image], [target])["loss_match"]
+        loss.backward()
+        values[detach] = loss.item()
+        fmb = detector.network.neck.matching[0]
+        assert fmb.theta.weight.grad.abs().sum() > 0 and fmb.phi[0].weight.grad.abs().sum() > 0
+        backbone = [p.grad for p in detector.network.backbone.parameters()]
+        reached = any(g is not None and g.abs().sum() > 0 for g in backbone)
+        assert reached is not detach
+    assert values[True] == pytest.approx(values[False], rel=1e-6)
+
+
 def test_training_logs_what_the_neck_learns(tmp_path):
     """A short run of full with the matching loss on the tiny benchmark: loss_match in the step log with the
     gradient norms by part, and each validation the fusion weight norms and the borrow precision by layer."""
