@@ -160,7 +160,7 @@ def load_state(detector: torch.nn.Module, checkpoint: dict[str, Any], path: str 
 
 def load_detector(path: str | Path, device: str | torch.device = "cpu", input_size: int | None = None,
                   key_budget: int | None = None, exact: bool | None = None, nms_iou: float | None = None,
-                  recipe: dict[str, Any] | None = None):
+                  recipe: dict[str, Any] | None = None, precision: str = "auto"):
     """Rebuild the detector a checkpoint was saved from, in eval mode on ``device``.
 
     ``input_size`` runs it at another S x S (the weights do not depend on S; anchors are rebuilt), so
@@ -168,7 +168,9 @@ def load_detector(path: str | Path, device: str | torch.device = "cpu", input_si
     (the paper), False the fast default; ``key_budget`` K > 0 matches fast with K keys per deeper map.
     None keeps what the checkpoint stores (a checkpoint from before ``matching`` existed runs fast).
     ``nms_iou`` replaces the IoU above which NMS drops the lower-scoring of two same-class boxes; ``recipe``
-    any other ``RECIPE_FIELDS`` (``parse_recipe``), such as ``{"oversize": "shrink", "zoom_out": [0.5]}``."""
+    any other ``RECIPE_FIELDS`` (``parse_recipe``), such as ``{"oversize": "shrink", "zoom_out": [0.5]}``.
+    ``precision`` of inference on the CPU (``resolve_precision``): "auto" (bf16 where the CPU computes it
+    natively), "bf16" or "fp32"; on CUDA the predictor's autocast decides."""
     from borrowcore.model import build_detector
 
     if key_budget is not None and key_budget <= 0:
@@ -197,4 +199,18 @@ def load_detector(path: str | Path, device: str | torch.device = "cpu", input_si
                               f"num_classes={config.num_classes}")
     detector = build_detector(config, checkpoint["class_names"])
     load_state(detector, checkpoint, path)
+    detector.precision = resolve_precision(precision)
     return detector.to(device).eval()
+
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def resolve_precision(precision: str) -> str:
+    """"auto" -> "bf16" where the CPU has native bf16 (AVX-512 BF16 or AMX: autocast's convolutions and
+    attention then run about 2x fp32 with the same detections, docs/benchmarks.md), else "fp32"."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    return precision

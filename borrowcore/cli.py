@@ -152,7 +152,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                      workers=args.workers, tile=args.tile, overlap=args.overlap,
                                      input_size=args.input_size, key_budget=args.key_budget,
                                      exact=args.exact or None, nms_iou=args.nms_iou,
-                                     recipe=parse_recipe(args.recipe),
+                                     recipe=parse_recipe(args.recipe), precision=args.precision,
                                      borrow_precision=args.borrow_precision,
                                      skip_bad=args.skip_bad)
     if report is not None:
@@ -208,6 +208,13 @@ def add_matching_arguments(p: argparse.ArgumentParser) -> None:
                             f"average-pooled (time linear in the image; default {DEFAULT_KEY_BUDGET})")
 
 
+def add_precision_argument(p: argparse.ArgumentParser) -> None:
+    """--precision, of inference on the CPU (``checkpoint.resolve_precision``)."""
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="CPU inference: bf16 autocast or fp32; auto (default) takes bf16 where the CPU computes it "
+                        "natively (AVX-512 BF16, AMX)")
+
+
 def add_recipe_argument(p: argparse.ArgumentParser, help: str | None = None) -> None:
     """--recipe KEY=VALUE: an inference-recipe field in place of the checkpoint's (repeatable)."""
     p.add_argument("--recipe", action="append", default=[], metavar="KEY=VALUE",
@@ -241,7 +248,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                             conf=args.conf, batch_size=args.batch, tile_size=args.tile, overlap=args.overlap,
                             merge_edges=args.merge_edges, save_images=args.save_images, classes=args.classes,
                             key_budget=args.key_budget, exact=args.exact or None,
-                            recipe=parse_recipe(args.recipe) or None)
+                            recipe=parse_recipe(args.recipe) or None, precision=args.precision)
     if summary["skipped"]:
         for skipped in json.loads(Path(summary["detections_file"]).read_text())["skipped"]:
             print(f"predict: skipped {skipped['path']}: {skipped['reason']}", file=sys.stderr)
@@ -399,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nms-iou", dest="nms_iou", type=float,
                    help="NMS drops a box above this IoU with a better one of its class (default: the checkpoint's)")
     add_recipe_argument(p)
+    add_precision_argument(p)
     p.add_argument("--borrow-precision", dest="borrow_precision", action="store_true",
                    help="borrow/full only: the share of small instances' matching mass on larger same-class ones")
     p.add_argument("--skip-bad", dest="skip_bad", action="store_true",
@@ -556,6 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", nargs="+", help="class names or labels (1..K) to keep")
     add_matching_arguments(p)
     add_recipe_argument(p)
+    add_precision_argument(p)
     p.set_defaults(func=cmd_predict)
 
     p = commands.add_parser("export", help="export a checkpoint to ONNX (onnxruntime parity checked)")

@@ -7,6 +7,7 @@ in; the loss parts in train mode, one dict of boxes / labels / scores per image 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import torch
@@ -92,6 +93,7 @@ class Detector(nn.Module):
         self.matching_loss = matching_loss
         self.matching_loss_background = matching_loss_background
         self.matching_loss_detach = matching_loss_detach
+        self.precision = "fp32"  # inference on the CPU: "fp32", or "bf16" autocast (load_detector's precision)
         self.network = network
         self.anchors = anchors
         self.loss = loss
@@ -206,11 +208,16 @@ class Detector(nn.Module):
         """One eval pass (the photos scaled by ``zoom`` in whole-image mode): detections in each image's
         own pixels and, when asked, the matching scores of the batch."""
         batch, sizes = self.preprocess(images, zoom)
-        output = self.network(batch, return_matching=return_matching)
+        bf16 = self.precision == "bf16" and batch.device.type == "cpu"
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            output = self.network(batch, return_matching=return_matching)
         anchors = self.anchors(output.grid_sizes, self.anchor_image_size, device=batch.device)
-        detections = self.postprocess(output.cls_logits, output.box_regression, anchors,
+        detections = self.postprocess(output.cls_logits.float(), output.box_regression.float(), anchors,
                                       self.input_scales(sizes, zoom), sizes)
-        return detections, output.matching
+        matching = output.matching
+        if bf16:  # the app's summaries and heatmaps in fp32
+            matching = [dataclasses.replace(m, queries=m.queries.float(), keys=m.keys.float()) for m in matching]
+        return detections, matching
 
     def merge_zoomed_out(self, images: list[Tensor] | Tensor,
                          detections: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:

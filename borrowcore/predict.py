@@ -244,10 +244,10 @@ def predict(detector: Callable[[list[Tensor]], list[dict[str, Tensor]]], class_n
 def predict_files(sources: Sequence[str | Path], out: str | Path, *, checkpoint: str | Path | None = None,
                   onnx: str | Path | None = None, device: str | None = None, amp: bool = True,
                   key_budget: int | None = None, exact: bool | None = None, recipe: dict[str, Any] | None = None,
-                  **kwargs: Any) -> dict[str, Any]:
+                  precision: str = "auto", **kwargs: Any) -> dict[str, Any]:
     """``borrowcore predict`` as a function: a checkpoint (PyTorch; exact matching or ``key_budget`` keys per
-    deeper map, and the ``recipe`` overrides, in place of its own when given) or an exported file
-    (onnxruntime)."""
+    deeper map, and the ``recipe`` overrides, in place of its own when given; CPU inference at ``precision``)
+    or an exported file (onnxruntime)."""
     if (checkpoint is None) == (onnx is None):
         raise ValueError("give either a checkpoint or an ONNX file")
     if onnx is not None and (key_budget is not None or exact is not None or recipe):
@@ -265,10 +265,12 @@ def predict_files(sources: Sequence[str | Path], out: str | Path, *, checkpoint:
     else:
         from borrowcore.checkpoint import load_detector
 
-        model = load_detector(checkpoint, device, key_budget=key_budget, exact=exact, recipe=recipe)
+        model = load_detector(checkpoint, device, key_budget=key_budget, exact=exact, recipe=recipe,
+                              precision=precision)
         detector = EagerDetector(model, device, amp)
         info = {"checkpoint": str(checkpoint), "backend": "pytorch", "ablation": model.config.neck,
                 "matching": model.config.describe_matching(),
-                "input_size": model.input_size, "device": str(device), "amp": detector.amp}
+                "input_size": model.input_size, "device": str(device), "amp": detector.amp,
+                "precision": model.precision}
         nms_iou = detector.nms_iou
     return predict(detector, detector.class_names, sources, out, nms_iou=nms_iou, model_info=info, **kwargs)

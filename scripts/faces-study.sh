@@ -57,7 +57,7 @@ eval)
     case $weights in */full*) borrowing=(--borrow-precision) ;; esac
     $PY -m borrowcore eval --checkpoint "$weights" --coco data/wider/val.json --images $WIDER/images \
         --out "$report" --split val --name wider-faces --size-bins 0,16,32,64,128,200 --nms-iou 0.4 \
-        --recipe oversize=shrink --recipe max_whole_side=1280 --recipe "zoom_out=[0.5]" --recipe drop_inside=0.8 \
+        --recipe oversize=shrink --recipe max_whole_side=1280 --recipe "zoom_out=[0.5]" --recipe drop_inside=0.8 --precision fp32 \
         ${borrowing[@]+"${borrowing[@]}"}
   done
   for report in "$RUNS"/*/seed*/eval_val.json; do

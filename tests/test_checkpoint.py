@@ -193,3 +193,44 @@ def test_nms_iou_can_be_set_at_load_and_on_release(tmp_path, tiny_config):
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError, match="NMS IoU must be in"):
             load_detector(path, nms_iou=bad)
+
+
+class Dtypes(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the dtypes of every convolution's output run under it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket in (torch.ops.aten.conv2d, torch.ops.aten.convolution):
+            self.conv.add(out.dtype)
+        return out
+
+
+def test_cpu_inference_precision(tmp_path, tiny_config, monkeypatch):
+    """bf16 runs the network's convolutions in bf16 and returns fp32 detections close to fp32's; "auto" takes
+    bf16 only where the CPU computes it natively; fp32 runs no bf16 at all."""
+    from borrowcore.checkpoint import resolve_precision
+
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, make_detector(tiny_config, "full"))
+    image = torch.rand(3, 128, 128, generator=torch.Generator().manual_seed(0))
+    detections, dtypes = {}, {}
+    for precision in ("fp32", "bf16"):
+        detector = load_detector(path, precision=precision)
+        assert detector.precision == precision
+        with torch.inference_mode(), Dtypes() as probe:
+            [detections[precision]] = detector([image], return_matching=True)
+        dtypes[precision] = probe.conv
+        assert detections[precision]["scores"].dtype == torch.float32
+        assert all(m.queries.dtype == torch.float32 for m in detections[precision]["matching"])
+    assert dtypes == {"fp32": {torch.float32}, "bf16": {torch.bfloat16}}
+    top = detections["fp32"]["scores"][:20]
+    torch.testing.assert_close(detections["bf16"]["scores"][:20], top, atol=0.02, rtol=0.05)
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda native=native: native)
+        assert resolve_precision("auto") == expected and resolve_precision("fp32") == "fp32"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision("fp16")

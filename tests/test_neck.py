@@ -188,25 +188,34 @@ def test_attention_in_blocks_equals_the_whole_matrix():
     whole = torch.softmax(queries @ keys.transpose(1, 2), dim=-1) @ values
     for max_scores in (2 * 30 * 7, 60, 1):  # 7 rows a block, 1 row, and 1 row even when asked for less
         torch.testing.assert_close(attend(queries, keys, values, max_scores), whole, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # inference: SDPA with the values zero-padded to the keys' width, cut back
+        torch.testing.assert_close(attend(queries, keys, values), whole, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("return_matching", [False, True])
 def test_matching_scores_are_never_held_whole(monkeypatch, return_matching):
-    """Layer 1 at 128 px matches 256 cells against 84: with blocks of at most 2,000 scores the neck computes
-    at most 2,000 at once, returns S_hat as its factors, and still equals SPEC §4 written out. By default a
-    block holds no more scores than the queries have values (2 x 256 x 64 = 32,768, under S_hat's 43,008)."""
+    """Layer 1 at 128 px matches 256 cells against 84. At inference SDPA's fused kernel computes no softmax
+    of its own. In training (gradients on) blocks of at most 2,000 scores compute at most 2,000 at once; by
+    default a block holds no more scores than the queries have values (2 x 256 x 64 = 32,768, under S_hat's
+    43,008). Either way the neck returns S_hat as its factors and equals SPEC §4 written out."""
     detector = randomised_detector("full")
-    features = detector.network.backbone(torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(2)))
-    monkeypatch.setattr(borrowcore.neck, "MIN_BLOCK_SCORES", 1000)  # the floor (65,536) would allow S_hat whole
+    with torch.no_grad():
+        features = detector.network.backbone(torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(2)))
+    expected, expected_scores = reference_neck(detector.network.neck, features)
     with torch.no_grad(), LargestSoftmax() as probe:
+        outputs, _ = detector.network.neck(features)
+    assert probe.largest == 0
+    for y, y_expected in zip(outputs, expected):
+        torch.testing.assert_close(y, y_expected, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(borrowcore.neck, "MIN_BLOCK_SCORES", 1000)  # the floor (65,536) would allow S_hat whole
+    with LargestSoftmax() as probe:
         detector.network.neck(features)
     assert 0 < probe.largest <= 32768
     monkeypatch.setattr(borrowcore.neck, "MAX_SCORES_IN_MEMORY", 2000)
     monkeypatch.setattr(borrowcore.neck, "attend", lambda q, k, v, **kw: attend(q, k, v, max_scores=2000, **kw))
-    with torch.no_grad(), LargestSoftmax() as probe:
+    with LargestSoftmax() as probe:
         outputs, matching = detector.network.neck(features, return_matching=return_matching)
     assert 0 < probe.largest <= 2000  # a (2, 256, 84) S_hat would be 43,008
-    expected, expected_scores = reference_neck(detector.network.neck, features)
     for y, y_expected in zip(outputs, expected):
         torch.testing.assert_close(y, y_expected, rtol=1e-5, atol=1e-5)
     if return_matching:
