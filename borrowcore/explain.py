@@ -43,6 +43,8 @@ class Explanation:
     whole_image: bool = False  # the network saw the image itself, padded (SPEC §1), not an S x S resize
     # whole-image mode: (x, y) factors from image pixels to the network input's (below 1 for a shrunk photo)
     input_scale: tuple[float, float] = (1.0, 1.0)
+    # layer -> layer_view(its matching scores), computed once (explain's ``summaries``), else on demand
+    layer_views: dict[int, dict[str, Tensor]] = field(default_factory=dict)
 
     @property
     def borrows(self) -> bool:
@@ -162,8 +164,10 @@ def row_mass(matching: MatchingScores, rows: Tensor | Sequence[int]) -> Tensor:
 
 
 @torch.inference_mode()
-def explain(detector: torch.nn.Module, image: Tensor) -> Explanation:
-    """Run ``detector`` on one image (3, H, W) with matching scores returned."""
+def explain(detector: torch.nn.Module, image: Tensor, summaries: bool = False) -> Explanation:
+    """Run ``detector`` on one image (3, H, W) with matching scores returned; with ``summaries`` also every
+    borrowing layer's ``layer_view`` (the app computes them with the inference, in its one queue: they cost
+    about what the inference does)."""
     detector.eval()
     device = next(detector.parameters()).device
     [detection] = detector([image.to(device)], return_matching=True)
@@ -177,6 +181,8 @@ def explain(detector: torch.nn.Module, image: Tensor) -> Explanation:
         explanation.anchors = detector.anchors(grids, detector.anchor_image_size, device=torch.device("cpu")).clone()
         explanation.anchors_per_layer = [h * w * a for (h, w), a in zip(grids, detector.anchors.anchors_per_layer())]
         explanation.detection_layers = instance_layers(explanation, explanation.detections["boxes"])
+    if summaries:
+        explanation.layer_views = {m.layer: layer_view(m) for m in matching}
     return explanation
 
 
@@ -432,7 +438,7 @@ def layer_maps(explanation: Explanation, layer: int) -> dict[str, GridMap]:
     """The layer view on the image: for every cell of ``layer``, the deeper layer holding its arg-max
     ("source_layer"), its row's entropy over log(d_n) ("entropy", 0..1) and its largest share ("peak")."""
     matching = explanation.layer(layer)
-    view = layer_view(matching)
+    view = explanation.layer_views.get(layer) or layer_view(matching)
     source_layer = torch.tensor(matching.source_layers)[view["source_layer_index"]]
     scale = explanation.scale()
     place = lambda values: place_grid(layer, values.numpy(), matching.query_stride, scale)  # noqa: E731

@@ -7,6 +7,12 @@ N times one person's, errors, cross-talk (a page showing another person's photo)
 memory (VmHWM). A benchmark, not a test: run it with nothing else on the cores.
 
     python scripts/load_bench.py --people 8            # photos: the WIDER val photos, in file order
+    python scripts/load_bench.py --people 8 --profile reports/bench-load/profile   # py-spy on the server
+
+It ends with PASS or FAIL against the targets: the last of N within 1.3x N times one person's time, server
+peak at most 2 GB, no error, no cross-talk. ``--profile`` samples the server with py-spy while the N upload
+(``pip install py-spy``): the folded stacks, and the share of samples in each of the project's functions
+(inclusive), by thread (the inference worker against the sessions' script threads).
 """
 
 from __future__ import annotations
@@ -109,9 +115,49 @@ def upload_all(pages: list, photos: list[Path]) -> list[dict]:
     return results
 
 
+TARGETS = {"last_over_people_times_alone": 1.3, "server_peak_mb": 2048, "errors": 0, "cross_talk": 0}
+
+
+def start_profile(pid: int, out: Path) -> subprocess.Popen:
+    """py-spy sampling every thread of ``pid`` into folded stacks (one "frames count" line per stack)."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    return subprocess.Popen([py_spy, "record", "--pid", str(pid), "--format", "raw", "--threads", "--idle",
+                             "--rate", "50", "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def profile_summary(folded: Path, top: int = 25) -> list[dict]:
+    """The project's functions (viewer/, pages/, borrowcore/) by their inclusive share of the busy samples of
+    each kind of thread: "inference" (the queue's worker) or "sessions" (Streamlit's script threads)."""
+    busy: dict[str, int] = {}
+    counts: dict[tuple[str, str], int] = {}
+    for line in folded.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        if not frames or not count.isdigit():
+            continue
+        idle = any(f.startswith(("wait (threading", "select (selectors", "_worker (concurrent", "sleep ("))
+                   for f in frames[-2:]) or frames[-1].startswith(("wait (", "sleep ("))
+        if idle:
+            continue
+        kind = "inference" if "borrowscope-inference" in frames[0] or any("_run (viewer/models.py" in f for f in frames) \
+            else "sessions"
+        busy[kind] = busy.get(kind, 0) + int(count)
+        seen = set()
+        for frame in frames:
+            if any(part in frame for part in ("viewer/", "pages/", "borrowcore/")) and frame not in seen:
+                seen.add(frame)
+                counts[(kind, frame)] = counts.get((kind, frame), 0) + int(count)
+    rows = [{"thread": kind, "function": frame, "share": round(n / busy[kind], 3), "samples": n}
+            for (kind, frame), n in counts.items()]
+    rows.sort(key=lambda r: -r["samples"])
+    return [{"thread": kind, "busy_samples": n} for kind, n in busy.items()] + rows[:top]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--people", type=int, default=8)
+    parser.add_argument("--profile", type=Path, help="folder for the py-spy profile of the N uploading together")
+    parser.add_argument("--json", type=Path, help="write the result here too")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -128,21 +174,39 @@ def main() -> None:
                 # warm, on a photo the others do not use
                 [cold] = upload_all(open_pages(browser, url, 1), photos[-2:-1])
                 [alone] = upload_all(open_pages(browser, url, 1), photos[-1:])
-                together = upload_all(open_pages(browser, url, args.people), photos[:args.people])
+                pages = open_pages(browser, url, args.people)
+                profiler = None
+                if args.profile:
+                    args.profile.mkdir(parents=True, exist_ok=True)
+                    profiler = start_profile(server.pid, args.profile / "server.folded")
+                together = upload_all(pages, photos[:args.people])
+                if profiler is not None:
+                    profiler.send_signal(2)  # SIGINT: py-spy writes its output and exits
+                    profiler.wait(timeout=60)
                 browser.close()
             peak = peak_rss_mb(server.pid)
         finally:
             server.terminate()
             server.wait(timeout=30)
     last = max(r["seconds"] for r in together)
-    print(json.dumps({
+    result = {
         "people": args.people, "cores": len(os.sched_getaffinity(0)), "cold_first_s": cold["seconds"],
         "alone_s": alone["seconds"],
         "together_s": sorted(r["seconds"] for r in together), "last_s": last,
         "last_over_people_times_alone": round(last / (args.people * alone["seconds"]), 2),
         "errors": sum(r["error"] for r in together), "cross_talk": sum(bool(r["cross_talk"]) for r in together),
         "server_peak_mb": round(peak), "sessions": together,
-    }, indent=1))
+    }
+    result["pass"] = all(result[key] <= limit for key, limit in TARGETS.items())
+    if args.profile:
+        result["profile"] = profile_summary(args.profile / "server.folded")
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
+    failed = [f"{key} {result[key]} > {limit}" for key, limit in TARGETS.items() if result[key] > limit]
+    print("PASS" if result["pass"] else f"FAIL: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

@@ -203,3 +203,19 @@ def test_explain_places_pooled_keys_with_a_key_budget(tiny_config):
     assert view.maps[0].origin == (16.0, 16.0) and view.maps[0].cell_size == (32.0, 32.0)
     assert sum(m.values.sum() for m in view.maps) == pytest.approx(1.0, abs=1e-5)
     assert view.combined.values.shape == (4, 4) and view.combined.values.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_summaries_computed_with_the_inference_are_the_layer_views(tiny_config, monkeypatch):
+    """explain(summaries=True) holds every borrowing layer's view (the app computes them in its queue);
+    layer_maps then reads them instead of computing them again, and draws the same maps."""
+    import borrowcore.explain as explain_module
+
+    detector = make_detector(tiny_config).eval()
+    image = torch.rand(3, 96, 160, generator=torch.Generator().manual_seed(0))
+    plain, summarised = explain(detector, image), explain(detector, image, summaries=True)
+    assert plain.layer_views == {} and sorted(summarised.layer_views) == [1, 2, 3]
+    expected = {layer: layer_maps(plain, layer) for layer in (1, 2, 3)}
+    monkeypatch.setattr(explain_module, "layer_view", lambda matching: pytest.fail("computed again"))
+    for layer in (1, 2, 3):
+        for name, grid in layer_maps(summarised, layer).items():
+            np.testing.assert_array_equal(grid.values, expected[layer][name].values)

@@ -217,7 +217,7 @@ def explain_image(model: str, digest: str, detector: Detector, image: torch.Tens
     image hash, matching). ``on_wait(position)`` is called while the request waits or runs."""
     key = (model, digest, detector.config.describe_matching() if hasattr(detector, "config") else "")
     work = inference_queue()
-    future = work.submit(key, lambda: explain(detector, image))
+    future = work.submit(key, lambda: explain(detector, image, summaries=True))  # the layer views too
     while on_wait is not None and not future.done():
         on_wait(work.position(future))
         time.sleep(poll_s)
