@@ -61,7 +61,7 @@ bundle: $(STAMP)
 		--set train.workers=0 train.channels_last=true
 	$(PY) -m borrowcore release --runs runs/ablation --assets assets
 
-# Reproduces the shipped aerial checkpoints and reports (docs/results.md, "Real imagery"): trains ssd and full
+# Reproduces the shipped aerial checkpoints and reports (docs/results/aerial-cars.md): trains ssd and full
 # (seeds 0, 1) and context and borrow (seed 0) unless RUNS/<neck>/seed<k> already holds weights, then
 # evaluates them (scripts/aerial-eval.sh), tabulates and releases. The shipped runs trained on an H100
 # (scripts/gpu-session.sh); on 2 CPU cores each run takes hours. Resumable.
@@ -76,7 +76,7 @@ bundle-aerial: $(STAMP)
 	$(PY) -m borrowcore release --runs $(AERIAL_RUNS) --assets assets --name aerial --reports-folder aerial \
 		--best-by tile256 --weights-necks ssd full
 
-# The short-budget face study (docs/results.md "Faces in crowds"; its reports: reports/experiments/faces-short,
+# The short-budget face study (docs/results/faces-short-budget.md; its reports: reports/experiments/faces-short,
 # its models no longer shipped): trains ssd and
 # full (seeds 0-2) and context and borrow (seed 0) on the 401 WIDER train photos unless
 # RUNS/<neck>/seed<k>/weights.pt already exists, evaluates them on the 199 val photos (whole photo, tiles,
@@ -92,7 +92,7 @@ bundle-faces: $(STAMP)
 	bash scripts/faces-eval.sh $(FACES_RUNS)
 	$(PY) -m borrowcore table --runs $(FACES_RUNS) --splits val tiled x0.5 x2 colour
 
-# The release face models (assets/checkpoints/faces-{ssd,full}.pt, docs/results.md "Release face models"):
+# The release face models (assets/checkpoints/faces-{ssd,full}.pt, docs/results/faces-release.md):
 # train (about 5-6 hours of one core a run, resumable from state/faces-release/), evaluate with the shipped
 # inference recipe, ship. The short-budget study above stays in reports/experiments/faces-short.
 FACES_RECIPE ?= oversize=shrink zoom_out=[0.5] drop_inside=0.8

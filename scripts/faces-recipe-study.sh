@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The inference-recipe study behind the release face models' shipped recipe (docs/results.md, "Inference
-# recipe"): one checkpoint under several recipes on val and on the 2x copy (the faces of a close-up photo),
-# then the table (AP50 >= 16 px and by bin, rescored from the reports) and the faces found / false boxes a
-# photo at each report's F1-best threshold.
+# The inference-recipe study behind the release face models' shipped recipe
+# (docs/results/faces-inference-recipe.md): one checkpoint under several recipes on val and on the 2x copy
+# (the faces of a close-up photo), then the table (AP50 >= 16 px and by bin, rescored from the reports) and
+# the faces found / false boxes a photo at each report's F1-best threshold.
 #   bash scripts/faces-recipe-study.sh runs/faces-release/ssd/weights.pt ssd [OUT] (SPLITS="val x2")
 set -eu
 WEIGHTS=${1:?usage: faces-recipe-study.sh WEIGHTS TAG [OUT]}

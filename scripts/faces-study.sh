@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The lever study on faces (configs/faces-study.yaml, docs/results.md "Learning to borrow"): each arm is a neck
+# The lever study on faces (configs/faces-study.yaml, docs/learning-to-borrow.md): each arm is a neck
 # and the overrides of one lever, trained resumably and evaluated on the 199 WIDER val photos.
 #   bash scripts/faces-study.sh train [RUNS] "context:0 full-match:0"   (arm:seed pairs, one after another;
 #        on 2 cores run two queues side by side with OMP_NUM_THREADS=1, about an hour a run)

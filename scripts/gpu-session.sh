@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU session, as run on the device machine (see docs/results.md, "Real imagery", and docs/benchmarks.md):
+# One GPU session, as run on the device machine (see docs/results/aerial-cars.md and docs/benchmarks.md):
 #   1. the GPU benchmark rows (fp32 and AMP latency, peak memory) while the GPU is idle;
 #   2. aerial training: `ssd` and `full`, seeds 0 and 1, four runs side by side on the one GPU;
 #   3. torch.compile against eager, batch 1 then batch 16;

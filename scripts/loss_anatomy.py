@@ -1,5 +1,5 @@
 """Where the classification loss comes from, checkpoint by checkpoint: a diagnosis of the loss rise that
-every face run shows for 100-300 steps around the end of warm-up (docs/results.md, "Faces in crowds").
+every face run shows for 100-300 steps around the end of warm-up (docs/results/faces-recipe-history.md).
 
 Each checkpoint's model sees the same fixed training crops (the run's own augmentation, a fixed seed), in
 train mode as in training (BatchNorm on batch statistics), and the classification loss is split into its

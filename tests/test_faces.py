@@ -433,7 +433,8 @@ def test_bundled_face_model_finds_a_phone_sized_close_up_whole():
     beyond the largest anchors): the bundled faces-full, with its own recipe (shrink to 1,280, the half-size
     pass, boxes inside a better one dropped), shows the face (IoU >= 0.5) at its default threshold, and at
     most two other boxes (shrunk to 2,048 instead it showed seven: an ear, the wall, the shirt, textures
-    magnified; docs/results.md). Cut into 384 px tiles, as oversize "tiles" would, it does not find it.
+    magnified; docs/results/faces-inference-recipe.md). Cut into 384 px tiles, as oversize "tiles" would, it
+    does not find it.
     (The native portrait shows the face alone, which the e2e test pins.)"""
     import json
 

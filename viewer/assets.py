@@ -42,14 +42,14 @@ DEFAULT_CHECKPOINTS = ("faces-full.pt", "faces-ssd.pt", "aerial-full.pt")
 
 
 # Where a bundled family holds and where it does not, shown wherever one is chosen. Facts from
-# docs/results.md ("Real imagery: small cars from the air", the rescaled copies) and the issue's measurement
-# on other cameras' imagery.
+# docs/results/aerial-cars.md, docs/results/shift-robustness.md (the rescaled copies) and the issue's
+# measurement on other cameras' imagery.
 BUNDLED_NOTES = {
     "aerial": "Holds for top-down aerial imagery like the KIT aerial car set it was trained on, at that set's "
               "native resolution: cars of 16-56 px (median side 25 px), run on native-resolution windows. "
               "It does not hold at other scales or for other cameras: the KIT tiles themselves rescaled 2x or "
-              "0.5x give a car AP of 0.0-0.2 (docs/results.md), and on oblique drone stills and video frames "
-              "it was reported to find almost nothing (not measured here).",
+              "0.5x give a car AP of 0.0-0.2 (docs/results/shift-robustness.md), and on oblique drone stills "
+              "and video frames it was reported to find almost nothing (not measured here).",
 }
 
 
