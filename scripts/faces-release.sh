@@ -7,7 +7,8 @@
 # state/faces-release/<neck>/ (last.pt: weights, SGD momentum and EMA, about 5 MB; log.jsonl; config.yaml).
 # A finished run holds RUNS/<neck>/weights.pt (the EMA) and is skipped. save copies last.pt, log.jsonl and
 # config.yaml of every unfinished run into state/; of a finished run only weights.pt, log.jsonl and config.yaml
-# (its resume state is not kept: state/ holds runs in flight); commit that once a session.
+# (its resume state is not kept: state/ holds runs in flight); commit that once a session. A finished run that
+# ships as assets/checkpoints/faces-<neck>.pt keeps only its log and config: train rebuilds weights.pt from it.
 # The run is the same whichever machine resumes it (tests/test_train.py pins kill-and-resume).
 set -euo pipefail
 cmd=${1:?usage: faces-release.sh train|save [necks]}
@@ -51,6 +52,24 @@ for neck in $necks; do
   if [ -f "$STATE/$neck/weights.pt" ]; then  # finished in an earlier session: its weights, log and config
     mkdir -p "$out"; cp "$STATE/$neck/weights.pt" "$STATE/$neck/log.jsonl" "$STATE/$neck/config.yaml" "$out/"
     echo "$neck: finished (the committed $STATE/$neck/weights.pt)"; continue
+  fi
+  shipped=assets/checkpoints/faces-$neck.pt
+  if [ -f "$STATE/$neck/config.yaml" ] && [ ! -f "$STATE/$neck/last.pt" ] && [ -f "$shipped" ]; then
+    # finished and shipped: the shipped file holds the same tensors under the release recipe; weights.pt gets
+    # them back with the run's own recipe (its config.yaml), as training wrote it
+    mkdir -p "$out"; cp "$STATE/$neck/log.jsonl" "$STATE/$neck/config.yaml" "$out/"
+    $py - "$shipped" "$out/config.yaml" "$out/weights.pt" <<'PY'
+import sys, yaml
+from borrowcore.checkpoint import RECIPE_FIELDS, atomic_save, read_checkpoint
+from borrowcore.config import DetectorConfig
+checkpoint = read_checkpoint(sys.argv[1])
+model = yaml.safe_load(open(sys.argv[2]))["model"]
+defaults = DetectorConfig().__dict__
+recipe = [k for k in RECIPE_FIELDS if k not in ("matching", "key_budget")]  # the matching it shipped with stays
+checkpoint["config"].update({k: model.get(k, defaults[k]) for k in recipe})
+atomic_save(checkpoint, sys.argv[3])
+PY
+    echo "$neck: finished (the shipped $shipped, the run's recipe)"; continue
   fi
   if [ ! -f "$out/last.pt" ] && [ -f "$STATE/$neck/last.pt" ]; then
     mkdir -p "$out"; cp "$STATE/$neck/last.pt" "$STATE/$neck/log.jsonl" "$STATE/$neck/config.yaml" "$out/"

@@ -6,14 +6,15 @@
 #   bash scripts/faces-study.sh eval [RUNS]    every finished run: eval_val.json (whole photo, the release
 #        inference recipe, borrow precision by layer), then RUNS/compare-<a>-<b>.json, paired bootstrap of b - a
 #        for each arm against context and against full at the same seed
-#   bash scripts/faces-study.sh save [RUNS]    copy each run to state/faces-study/ to commit: an unfinished run's
-#        resume state (last.pt), a finished one's weights.pt; with log.jsonl and config.yaml. `train` resumes from
-#        it, or takes the finished weights, on another machine
+#   bash scripts/faces-study.sh save [RUNS]    what to commit: a finished, evaluated run's log, config, report and
+#        detections to reports/faces-study/ (not its weights); an unfinished run's resume state (last.pt), or a
+#        finished unevaluated one's weights.pt, to state/faces-study/. `train` takes them up on another machine
 set -euo pipefail
 cmd=${1:?train, eval or save}
 RUNS=${2:-runs/faces-study}
 PY=${PYTHON:-.venv/bin/python}
 STATE=state/faces-study
+REPORTS=reports/faces-study
 WIDER=../shared/data/wider-faces
 arm_overrides() {  # the overrides of an arm
   case $1 in
@@ -36,7 +37,11 @@ train)
   for pair in ${3:?arm:seed pairs}; do
     arm=${pair%:*}; seed=${pair#*:}; out=$RUNS/$arm/seed$seed
     [ -f "$out/weights.pt" ] && { echo "$arm seed $seed: finished"; continue; }
-    if [ -f "$STATE/$arm/seed$seed/weights.pt" ]; then
+    if [ -f "$REPORTS/$arm/seed$seed/eval_val.json" ]; then  # finished and evaluated in an earlier session
+      mkdir -p "$out"; cp "$REPORTS/$arm/seed$seed/"* "$out/"
+      echo "$arm seed $seed: finished (the committed reports)"; continue
+    fi
+    if [ -f "$STATE/$arm/seed$seed/weights.pt" ]; then  # finished, not yet evaluated
       mkdir -p "$out"; cp "$STATE/$arm/seed$seed/"{weights.pt,log.jsonl,config.yaml} "$out/"
       echo "$arm seed $seed: finished (the committed weights)"; continue
     fi
@@ -72,12 +77,19 @@ eval)
   arms=$(for d in "$RUNS"/*/; do basename "$d"; done)
   $PY -m borrowcore table --runs "$RUNS" --splits val --fine-bins --no-borrow-columns --necks $arms ;;
 save)
-  for last in "$RUNS"/*/seed*/last.pt; do
-    run=$(dirname "$last"); dest=$STATE/${run#"$RUNS"/}; mkdir -p "$dest"
-    if [ -f "$run/weights.pt" ]; then files="weights.pt log.jsonl config.yaml"; else files="last.pt log.jsonl config.yaml"; fi
+  for run in "$RUNS"/*/seed*/; do
+    run=${run%/}; name=${run#"$RUNS"/}
+    if [ -f "$run/eval_val.json" ]; then  # finished and evaluated: its figures and detections, not its weights
+      files="log.jsonl config.yaml eval_val.json eval_val.detections.json.gz"; dest=$REPORTS/$name
+    elif [ -f "$run/weights.pt" ]; then files="weights.pt log.jsonl config.yaml"; dest=$STATE/$name
+    elif [ -f "$run/last.pt" ]; then files="last.pt log.jsonl config.yaml"; dest=$STATE/$name
+    else continue; fi
+    mkdir -p "$dest"
     for f in $files; do cp "$run/$f" "$dest/$f.tmp" && mv "$dest/$f.tmp" "$dest/$f"; done
-    [ -f "$run/weights.pt" ] && rm -f "$dest/last.pt"
+    [ "$dest" = "$REPORTS/$name" ] && rm -rf "${STATE:?}/$name"
+    [ -f "$dest/weights.pt" ] && rm -f "$dest/last.pt"
     echo "$dest: $files"
-  done ;;
-*) echo "unknown command $cmd (train | eval | save)"; exit 2 ;;
+  done
+  for compare in "$RUNS"/compare-*.json; do [ -f "$compare" ] && cp "$compare" "$REPORTS/"; done
+  cp "$RUNS/ablation.md" "$REPORTS/" 2>/dev/null || true ;;
 esac
