@@ -24,9 +24,9 @@ peer: $(STAMP)
 	$(PY) -m pip install -q --target .peer --no-deps ultralytics==8.4.190 ultralytics-thop polars polars-runtime-32 \
 		psutil ultralytics-platform httpx httpcore facenet-pytorch==2.6.0
 
-# Every ground-truth file the bundled reports name (under data/, made from ../shared/data; borrowcore/derived.py)
+# Every ground-truth file the bundled reports name (under data/, made from ../shared/data; borrowcore/data/derived.py)
 data: $(STAMP)
-	$(PY) -c "from borrowcore.derived import DERIVED; print('\n'.join(dict.fromkeys(DERIVED.values())))" | \
+	$(PY) -c "from borrowcore.data.derived import DERIVED; print('\n'.join(dict.fromkeys(DERIVED.values())))" | \
 		while read -r command; do out=$$(echo "$$command" | sed 's/.*--out \([^ ]*\).*/\1/'); \
 		[ -e "$$out" ] && { echo "have $$out"; continue; }; echo "$$command"; $(PY) -m $$command || exit 1; done
 

@@ -8,16 +8,17 @@ import os
 import sys
 from pathlib import Path
 
-from borrowcore.config import DEFAULT_KEY_BUDGET
+from borrowcore.models.config import DEFAULT_KEY_BUDGET
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
     """Print a detector's layers, grids, anchors and parameter counts."""
-    from borrowcore.config import DetectorConfig, load_config
-    from borrowcore.summary import detector_summary
+    from borrowcore.engine.config import load_config
+    from borrowcore.models.config import DetectorConfig
+    from borrowcore.models.summary import detector_summary
 
     if args.checkpoint:
-        from borrowcore.checkpoint import load_detector
+        from borrowcore.models.checkpoint import load_detector
 
         detector = load_detector(args.checkpoint)
         config = detector.config
@@ -34,12 +35,12 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 def cmd_anchors(args: argparse.Namespace) -> int:
     """Eq. (1) on a COCO file: 99th-percentile box AR, mAR_anchor and the aspect-ratio set."""
-    from borrowcore.anchors import design_aspect_ratios
-    from borrowcore.coco import read_coco_boxes
+    from borrowcore.data.coco import read_coco_boxes
+    from borrowcore.models.anchors import design_aspect_ratios
 
     if args.checkpoint:  # recall of the checkpoint's own anchors, by box size, on the inputs it builds
-        from borrowcore.checkpoint import load_detector
-        from borrowcore.stats import checkpoint_anchor_recall
+        from borrowcore.evaluation.stats import checkpoint_anchor_recall
+        from borrowcore.models.checkpoint import load_detector
 
         recall = checkpoint_anchor_recall(load_detector(args.checkpoint), args.coco, args.iou)
         if args.json:
@@ -65,8 +66,8 @@ def cmd_anchors(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a detector from an experiment config (also under torchrun)."""
-    from borrowcore.config import apply_overrides, load_config
-    from borrowcore.train import train
+    from borrowcore.engine.config import apply_overrides, load_config
+    from borrowcore.engine.train import train
 
     config = apply_overrides(load_config(args.config), args.set or [])
     if args.skip_bad:
@@ -87,7 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_synth(args: argparse.Namespace) -> int:
     """Generate the borrow benchmark: images plus COCO json (twins, orphans, shuffled)."""
-    from borrowcore.synth import generate
+    from borrowcore.data.synth import generate
 
     summary = generate(args.out, args.images, seed=args.seed, image_size=args.image_size,
                        twins_fraction=args.twins_fraction)
@@ -97,7 +98,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     """Box counts by size, aspect-ratio histogram and per-class counts of a COCO file."""
-    from borrowcore.stats import dataset_stats, format_stats
+    from borrowcore.evaluation.stats import dataset_stats, format_stats
 
     stats = dataset_stats(args.coco)
     print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
@@ -109,11 +110,11 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     instances' matching mass goes (by layer), and the gradient each neck part gets on a training batch."""
     import torch
 
-    from borrowcore.checkpoint import load_detector
-    from borrowcore.data import CocoDetection, collate_detection
-    from borrowcore.neck_stats import diagnose
-    from borrowcore.presets import build_preset
-    from borrowcore.report import write_json_atomic
+    from borrowcore.data.dataset import CocoDetection, collate_detection
+    from borrowcore.data.presets import build_preset
+    from borrowcore.evaluation.neck_stats import diagnose
+    from borrowcore.models.checkpoint import load_detector
+    from borrowcore.utils.atomic import write_json_atomic
 
     detector = load_detector(args.checkpoint, device=args.device, exact=args.exact or None)
     val_set = CocoDetection(args.images, args.coco)
@@ -138,7 +139,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     """COCO evaluation by object size of a checkpoint (or of another detector's results file); writes the
     report and its detections."""
-    from borrowcore.evaluate import evaluate_checkpoint, evaluate_results, format_metrics, parse_size_bins
+    from borrowcore.evaluation.evaluate import evaluate_checkpoint, evaluate_results, format_metrics, parse_size_bins
 
     source = args.checkpoint or args.detections
     out = args.out or str(Path(source).with_name(f"eval_{Path(args.coco).stem}.json"))
@@ -163,7 +164,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_ablate(args: argparse.Namespace) -> int:
     """Train and evaluate the four ablations over seeds; write the mean/std table."""
-    from borrowcore.ablation import format_table, run_ablation
+    from borrowcore.engine.ablation import format_table, run_ablation
 
     overrides = list(args.set or [])
     for field, value in (("model.width", args.width), ("model.input_size", args.input),
@@ -179,7 +180,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     """COCO error breakdown (C75, C50, Loc, Sim, Oth, BG, FN) per size range, stored in the report."""
-    from borrowcore.analysis import analyze_report, format_analysis
+    from borrowcore.evaluation.analysis import analyze_report, format_analysis
 
     print(format_analysis(analyze_report(args.report, args.coco, write=not args.no_write)))
     return 0
@@ -187,8 +188,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Head to head: per-size AP difference with a paired bootstrap interval, fixed and broken instances."""
-    from borrowcore.analysis import compare_reports, format_comparison
-    from borrowcore.report import write_json_atomic
+    from borrowcore.evaluation.analysis import compare_reports, format_comparison
+    from borrowcore.utils.atomic import write_json_atomic
 
     comparison = compare_reports(args.a, args.b, args.coco, args.bootstrap, args.seed, args.score_threshold)
     print(format_comparison(comparison))
@@ -223,15 +224,15 @@ def add_recipe_argument(p: argparse.ArgumentParser, help: str | None = None) -> 
 
 
 def parse_recipe(items: list[str]) -> dict:
-    """--recipe's KEY=VALUE items as overrides (borrowcore.checkpoint.parse_recipe)."""
-    from borrowcore.checkpoint import parse_recipe as parse
+    """--recipe's KEY=VALUE items as overrides (borrowcore.models.checkpoint.parse_recipe)."""
+    from borrowcore.models.checkpoint import parse_recipe as parse
 
     return parse(items)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Latency, memory, FLOPs, training and evaluation speed of the ablations, side by side."""
-    from borrowcore.bench import format_markdown, run_benchmark
+    from borrowcore.deploy.bench import format_markdown, run_benchmark
 
     results = run_benchmark(args.out, args.repeats, args.warmup, tuple(args.batches), args.input, args.width,
                             args.num_classes, args.threads, args.device, tuple(args.sections), args.eval_images,
@@ -242,7 +243,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Detections on images, folders or path lists, from a checkpoint or an exported ONNX file."""
-    from borrowcore.predict import predict_files
+    from borrowcore.deploy.predict import predict_files
 
     summary = predict_files(args.source, args.out, checkpoint=args.checkpoint, onnx=args.onnx, device=args.device,
                             conf=args.conf, batch_size=args.batch, tile_size=args.tile, overlap=args.overlap,
@@ -261,8 +262,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Export a checkpoint to ONNX and check onnxruntime against PyTorch."""
     import torch
 
-    from borrowcore.checkpoint import load_detector
-    from borrowcore.export import export_onnx, verify_export
+    from borrowcore.deploy.export import export_onnx, verify_export
+    from borrowcore.models.checkpoint import load_detector
 
     detector = load_detector(args.checkpoint, "cpu")
     metadata = export_onnx(detector, args.out, input_size=args.input_size, with_nms=args.with_nms,
@@ -279,8 +280,8 @@ def cmd_export(args: argparse.Namespace) -> int:
               f"drop_inside {detector.config.drop_inside} run in PyTorch only (predict/eval --checkpoint)")
     if not args.no_verify:
         if args.verify_images:
-            from borrowcore.data import read_image_rgb
-            from borrowcore.predict import collect_sources
+            from borrowcore.data.dataset import read_image_rgb
+            from borrowcore.deploy.predict import collect_sources
 
             images = [read_image_rgb(s.path) for s in collect_sources(args.verify_images)[0]]
         else:
@@ -292,8 +293,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     """YOLO txt, Pascal VOC xml or WIDER FACE labels -> one COCO json."""
-    from borrowcore.formats import read_names, read_voc, read_wider, read_yolo
-    from borrowcore.report import write_json_atomic
+    from borrowcore.data.formats import read_names, read_voc, read_wider, read_yolo
+    from borrowcore.utils.atomic import write_json_atomic
 
     if args.source == "yolo":
         if not args.names:
@@ -311,7 +312,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_shift(args: argparse.Namespace) -> int:
     """An off-distribution copy of a COCO set: its images rescaled and/or recoloured, boxes moved."""
-    from borrowcore.shift import write_shifted
+    from borrowcore.data.shift import write_shifted
 
     path = write_shifted(args.coco, args.images, args.out, args.scale, args.hue, args.saturation, args.brightness)
     print(f"{path}: images in {Path(args.out) / 'images'}")
@@ -320,7 +321,7 @@ def cmd_shift(args: argparse.Namespace) -> int:
 
 def cmd_release(args: argparse.Namespace) -> int:
     """Copy an ablation's checkpoints (without training state), reports and logs into assets/."""
-    from borrowcore.ablation import release_ablation
+    from borrowcore.engine.ablation import release_ablation
 
     for path in release_ablation(args.runs, args.assets, args.necks, args.name, args.reports_folder, args.best_by,
                                  args.weights_necks, args.matching, args.nms_iou, parse_recipe(args.recipe)):
@@ -330,7 +331,7 @@ def cmd_release(args: argparse.Namespace) -> int:
 
 def cmd_table(args: argparse.Namespace) -> int:
     """Mean/std table of the reports already under a runs folder (<neck>/seed<k>/eval_<split>.json)."""
-    from borrowcore.ablation import add_subsets, format_table, summarize_ablation, write_tables
+    from borrowcore.engine.ablation import add_subsets, format_table, summarize_ablation, write_tables
 
     if args.add_subsets:  # reports written before issue 15: twins / orphans AP from their detections
         for neck in args.necks:

@@ -3,8 +3,8 @@
 import pandas as pd
 import streamlit as st
 
-from borrowcore.compare import (borrow_precision_table, breakdown_rows, coco_size_table, how_it_ran, per_class_table,
-                                pr_curves, size_bin_table, subset_table)
+from borrowcore.evaluation.compare import (borrow_precision_table, breakdown_rows, coco_size_table, how_it_ran,
+                                           per_class_table, pr_curves, size_bin_table, subset_table)
 from viewer import assets, figures
 from viewer.evaluation import session_reports
 from viewer.loaders import error_breakdown, report_from_path, report_from_upload

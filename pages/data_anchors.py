@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from borrowcore.stats import SIDE_BINS
+from borrowcore.evaluation.stats import SIDE_BINS
 from viewer import assets, figures
 from viewer.loaders import coco_analysis
 

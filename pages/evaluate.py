@@ -6,8 +6,8 @@ import pandas as pd
 import streamlit as st
 
 from borrowcore import CheckpointError
-from borrowcore.compare import coco_size_table
-from borrowcore.evaluate_upload import UploadLimits
+from borrowcore.evaluation.compare import coco_size_table
+from borrowcore.evaluation.evaluate_upload import UploadLimits
 from viewer import assets, figures
 from viewer.evaluation import (ERROR, REPORTS, RUN, Run, UploadedSet, advance, bundled_sets, file_stem,
                                set_class_names)

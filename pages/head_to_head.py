@@ -5,8 +5,8 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from borrowcore.compare import (default_pair, pair_report_uploads, report_checkpoint, resolve_report_path,
-                                size_ranges)
+from borrowcore.evaluation.compare import (default_pair, pair_report_uploads, report_checkpoint, resolve_report_path,
+                                           size_ranges)
 from viewer import assets, figures, queries
 from viewer.evaluation import session_reports
 from viewer.loaders import (checkpoint_sha256, comparison, instance_crop_png, report_from_path,

@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from borrowcore import DetectorConfig
-from borrowcore.summary import describe_detector
+from borrowcore.models.summary import describe_detector
 from viewer import assets
 from viewer.loaders import report_from_path
 from viewer.models import checkpoints_table, device_label

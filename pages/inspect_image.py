@@ -7,8 +7,8 @@ import streamlit as st
 import torch
 
 from borrowcore import CheckpointError
-from borrowcore.explain import borrow_view, detections_to_coco, layer_maps, with_instances
-from borrowcore.images import MAX_PIXELS, image_digest
+from borrowcore.data.images import MAX_PIXELS, image_digest
+from borrowcore.evaluation.explain import borrow_view, detections_to_coco, layer_maps, with_instances
 from viewer import assets, figures, queries
 from viewer.loaders import ground_truth
 from viewer.models import (QueueFull, checkpoint_info, device_label, explain_image, file_key, load_model,

@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from borrowcore.traininglog import STEP_FIELDS
+from borrowcore.engine.traininglog import STEP_FIELDS
 from viewer import assets, figures
 from viewer.loaders import training_logs
 

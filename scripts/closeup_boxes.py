@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import box_iou
 
-from borrowcore.checkpoint import load_detector
-from borrowcore.images import read_image_rgb
+from borrowcore.data.images import read_image_rgb
+from borrowcore.models.checkpoint import load_detector
 
 ROOT = Path(__file__).resolve().parents[1]
 

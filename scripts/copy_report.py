@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from borrowcore.evaluate import write_report
-from borrowcore.report import load_detections, load_report
+from borrowcore.evaluation.evaluate import write_report
+from borrowcore.evaluation.report import load_detections, load_report
 
 
 def copy_report(source: Path, target: Path) -> None:

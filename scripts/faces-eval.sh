@@ -35,7 +35,7 @@ for weights in "$RUNS"/{ssd,full,context,borrow}/seed*/weights.pt; do
 done
 seeds() {  # neck spec: the seeds a spec names ("best": the neck's seed with the highest val AP)
     [ "$2" = best ] || { echo "$2"; return; }
-    $PY -c "import sys; from pathlib import Path; from borrowcore.ablation import best_seed
+    $PY -c "import sys; from pathlib import Path; from borrowcore.engine.ablation import best_seed
 seed = best_seed(Path(sys.argv[1]), sys.argv[2], 'val'); print('' if seed is None else seed)" "$RUNS" "$1"
 }
 for neck in ssd full; do

@@ -38,7 +38,7 @@ for neck in $NECKS; do
     case $neck in borrow|full) borrowing=(--borrow-precision) ;; esac
     evaluate "$weights" val data/wider/val.json $WIDER/images ${borrowing[@]+"${borrowing[@]}"}
     case $neck in borrow|full)  # both matchings: eval_val is the run's own (the release config: exact), copied
-        own=$($PY -c "import sys; from borrowcore.report import load_report; \
+        own=$($PY -c "import sys; from borrowcore.evaluation.report import load_report; \
 print('exact' if load_report(sys.argv[1])['model']['config']['key_budget'] == 0 else 'fast')" "$RUNS/$neck/eval_val.json")
         [ -f "$RUNS/$neck/eval_val-$own.json" ] || $PY scripts/copy_report.py "$RUNS/$neck/eval_val.json" \
             "$RUNS/$neck/eval_val-$own.json"

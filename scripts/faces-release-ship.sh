@@ -32,7 +32,7 @@ if [ -d assets/reports/faces/full/seed1 ] && [ ! -d reports/experiments/faces-sh
   done
   $PY - <<'EOF'
 from pathlib import Path
-from borrowcore.report import load_report, save_report
+from borrowcore.evaluation.report import load_report, save_report
 for path in sorted(Path("reports/experiments/faces-short").rglob("eval_*.json")):
     report = load_report(path)
     if report["model"].get("checkpoint"):

@@ -28,7 +28,7 @@ if [ "$cmd" = save ]; then
       cp "$run/$f" "$STATE/$neck/$f.tmp" && mv "$STATE/$neck/$f.tmp" "$STATE/$neck/$f"
     done
     if [ -f "$run/weights.pt" ]; then rm -f "$STATE/$neck/last.pt" "$STATE/$neck/best.pt"; echo "$neck: finished"; continue; fi
-    echo "$neck: $($py -c "import sys; from borrowcore.checkpoint import read_checkpoint; s = read_checkpoint(sys.argv[1])['train_state']; print('step', s['step'], 'of', s['train_config']['max_steps'], '; cpu hours', round(s.get('spent', {}).get('cpu_s', 0) / 3600, 2))" "$STATE/$neck/last.pt")"
+    echo "$neck: $($py -c "import sys; from borrowcore.models.checkpoint import read_checkpoint; s = read_checkpoint(sys.argv[1])['train_state']; print('step', s['step'], 'of', s['train_config']['max_steps'], '; cpu hours', round(s.get('spent', {}).get('cpu_s', 0) / 3600, 2))" "$STATE/$neck/last.pt")"
   done
   du -sh "$STATE"
   exit 0
@@ -60,8 +60,8 @@ for neck in $necks; do
     mkdir -p "$out"; cp "$STATE/$neck/log.jsonl" "$STATE/$neck/config.yaml" "$out/"
     $py - "$shipped" "$out/config.yaml" "$out/weights.pt" <<'PY'
 import sys, yaml
-from borrowcore.checkpoint import RECIPE_FIELDS, atomic_save, read_checkpoint
-from borrowcore.config import DetectorConfig
+from borrowcore.models.checkpoint import RECIPE_FIELDS, atomic_save, read_checkpoint
+from borrowcore.models.config import DetectorConfig
 checkpoint = read_checkpoint(sys.argv[1])
 model = yaml.safe_load(open(sys.argv[2]))["model"]
 defaults = DetectorConfig().__dict__

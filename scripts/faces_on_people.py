@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from borrowcore import load_detector
-from borrowcore.images import read_image_rgb
+from borrowcore.data.images import read_image_rgb
 
 PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "photos"
 PERSON = 1  # COCO's category id

@@ -18,9 +18,9 @@ import json
 import math
 from pathlib import Path
 
-from borrowcore.analysis import report_ground_truth
-from borrowcore.evaluate import coco_metrics
-from borrowcore.report import load_detections, load_report
+from borrowcore.evaluation.analysis import report_ground_truth
+from borrowcore.evaluation.evaluate import coco_metrics
+from borrowcore.evaluation.report import load_detections, load_report
 
 BINS = ((0, 16), (16, 32), (32, 64), (64, 128), (128, 200), (200, math.inf))
 SPLITS = ("val", "val-exact", "x2", "x0.5", "colour")

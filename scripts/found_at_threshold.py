@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from torchvision.ops import box_convert, box_iou
 
-from borrowcore.ablation import release_threshold
-from borrowcore.analysis import report_ground_truth
-from borrowcore.report import load_detections, read_json
+from borrowcore.engine.ablation import release_threshold
+from borrowcore.evaluation.analysis import report_ground_truth
+from borrowcore.evaluation.report import load_detections, read_json
 
 EDGES = (0, 16, 32, 64, 128, 200, math.inf)
 

@@ -70,8 +70,8 @@ if [ -n "${PACK:-}" ]; then
 import sys
 from pathlib import Path
 
-from borrowcore.checkpoint import checkpoint_config, load_state, read_checkpoint, save_checkpoint
-from borrowcore.model import build_detector
+from borrowcore.models.checkpoint import checkpoint_config, load_state, read_checkpoint, save_checkpoint
+from borrowcore.models.detector import build_detector
 
 out, pack = Path(sys.argv[1]), Path(sys.argv[2])
 for run in sorted(out.glob("aerial-*")):

@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import box_area
 
-from borrowcore.checkpoint import checkpoint_config, load_state, read_checkpoint
-from borrowcore.config import apply_overrides, load_config
-from borrowcore.data import CocoDetection, collate_detection
-from borrowcore.model import build_detector
-from borrowcore.presets import build_preset
+from borrowcore.data.dataset import CocoDetection, collate_detection
+from borrowcore.data.presets import build_preset
+from borrowcore.engine.config import apply_overrides, load_config
+from borrowcore.models.checkpoint import checkpoint_config, load_state, read_checkpoint
+from borrowcore.models.detector import build_detector
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from borrowcore import load_detector
-from borrowcore.images import read_image_rgb
+from borrowcore.data.images import read_image_rgb
 
 VAL = Path("data/wider/val.json")
 IMAGES = Path("../shared/data/wider-faces/images")

@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from borrowcore.report import load_detections, load_report
+from borrowcore.evaluation.report import load_detections, load_report
 
 
 def rescaled(detections: list[dict], factor: float) -> list[dict]:

@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from borrowcore.config import DetectorConfig
-from borrowcore.model import build_detector
+from borrowcore.models.config import DetectorConfig
+from borrowcore.models.detector import build_detector
 
 
 def random_targets(batch: int, size: int, generator: torch.Generator) -> list[dict]:

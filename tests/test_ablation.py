@@ -3,8 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from borrowcore.ablation import format_table, mean_std, run_ablation
 from borrowcore.cli import main
+from borrowcore.engine.ablation import format_table, run_ablation
+from borrowcore.evaluation.compare import mean_std
 
 from test_train import ROOT, TINY
 
@@ -60,8 +61,8 @@ def test_ablate_end_to_end_and_resumable(tmp_path, capsys):
     assert (out / "ablation.md").read_text() == table
     # release: weights without training state, reports re-pointed at them, logs and tables
     from borrowcore import load_detector
-    from borrowcore.checkpoint import read_checkpoint
-    from borrowcore.report import load_report, sha256_file
+    from borrowcore.evaluation.report import load_report, sha256_file
+    from borrowcore.models.checkpoint import read_checkpoint
 
     assets = tmp_path / "assets"
     assert main(["release", "--runs", str(out), "--assets", str(assets), "--necks", "ssd", "full"]) == 0
@@ -107,8 +108,8 @@ def test_ablate_end_to_end_and_resumable(tmp_path, capsys):
 
 def test_table_shows_twins_and_orphans_when_reports_have_them(tmp_path, capsys):
     """`borrowcore table` on old reports (no subsets): no such columns; with --add-subsets: mean ± std by hand."""
-    from borrowcore.ablation import add_subsets
-    from borrowcore.report import load_report
+    from borrowcore.engine.ablation import add_subsets
+    from borrowcore.evaluation.report import load_report
 
     from test_analysis import crowd_pair, write_report
 
@@ -135,7 +136,7 @@ def test_table_shows_twins_and_orphans_when_reports_have_them(tmp_path, capsys):
 
 
 def test_overrides_are_parsed_next_to_the_config():
-    from borrowcore.config import apply_overrides, load_config
+    from borrowcore.engine.config import apply_overrides, load_config
 
     config = load_config(ROOT / "configs" / "full.yaml")
     changed = apply_overrides(config, ["train.max_steps=50", "model.width=0.25", "train.milestones=[0.5, 0.9]"])
@@ -149,8 +150,9 @@ def test_overrides_are_parsed_next_to_the_config():
 
 def test_added_subsets_leave_out_the_images_eval_could_not_read(tmp_path):
     """A report from `eval --skip-bad` that lost image 4: its twins and orphans are counted on images 1-3."""
-    from borrowcore.ablation import add_subsets
-    from borrowcore.report import load_report, save_report, write_json_atomic
+    from borrowcore.engine.ablation import add_subsets
+    from borrowcore.evaluation.report import load_report, save_report
+    from borrowcore.utils.atomic import write_json_atomic
 
     from test_analysis import crowd_pair
 

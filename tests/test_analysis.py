@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 from pycocotools.coco import COCO
 
-from borrowcore.analysis import compare_reports, detected_instances, error_analysis, report_ground_truth
-from borrowcore.evaluate import coco_metrics
-from borrowcore.report import SCHEMA, SCHEMA_VERSION, save_report, write_json_atomic
+from borrowcore.evaluation.analysis import compare_reports, detected_instances, error_analysis, report_ground_truth
+from borrowcore.evaluation.evaluate import coco_metrics
+from borrowcore.evaluation.report import SCHEMA, SCHEMA_VERSION, save_report
+from borrowcore.utils.atomic import write_json_atomic
 
 CATEGORIES = [{"id": 1, "name": "circle-dots", "supercategory": "circle"},
               {"id": 2, "name": "circle-stripes", "supercategory": "circle"},
@@ -147,9 +148,9 @@ def test_bootstrap_drops_draws_without_ground_truth_in_a_range(tmp_path):
 
 
 def test_resampled_ap_equals_cocoeval_on_those_images(tmp_path):
-    from borrowcore.analysis import _ap_on_sample, _bootstrap_evaluator, _prepare_bootstrap, _ranges
-    from borrowcore.evaluate import DEFAULT_SIZE_BINS
-    from borrowcore.report import load_detections, load_report
+    from borrowcore.evaluation.analysis import _ap_on_sample, _bootstrap_evaluator, _prepare_bootstrap, _ranges
+    from borrowcore.evaluation.evaluate import DEFAULT_SIZE_BINS
+    from borrowcore.evaluation.report import load_detections, load_report
     import numpy as np
 
     path_a, _ = hand_pair(tmp_path)
@@ -188,8 +189,8 @@ def crowd_pair(tmp_path):
 
 
 def test_compare_twins_and_orphans_with_the_same_resamples(tmp_path):
-    from borrowcore.analysis import format_comparison
-    from borrowcore.evaluate import subset_metrics
+    from borrowcore.evaluation.analysis import format_comparison
+    from borrowcore.evaluation.evaluate import subset_metrics
 
     path_a, path_b, coco, results_b = crowd_pair(tmp_path)
     comparison = compare_reports(path_a, path_b, bootstrap=50, seed=0)
@@ -208,7 +209,7 @@ def test_compare_twins_and_orphans_with_the_same_resamples(tmp_path):
 
 
 def test_compare_old_reports_without_small_instances(tmp_path):
-    from borrowcore.analysis import format_comparison
+    from borrowcore.evaluation.analysis import format_comparison
 
     path_a, path_b = hand_pair(tmp_path)  # 40 px boxes only: no twins, no orphans
     comparison = compare_reports(path_a, path_b, bootstrap=10, seed=0)
@@ -221,11 +222,11 @@ def test_compare_old_reports_without_small_instances(tmp_path):
 
 def test_every_bundled_report_names_ground_truth_that_ships_or_a_command_that_makes_it():
     """A fresh clone has ../shared/data and assets/, not data/: every bundled eval report's ground truth is in
-    one of those or is made by a known command (borrowcore.derived), and analysing one says which."""
+    one of those or is made by a known command (borrowcore.data.derived), and analysing one says which."""
     import glob
 
-    from borrowcore.data import BadAnnotationError
-    from borrowcore.derived import derived_command
+    from borrowcore.data.dataset import BadAnnotationError
+    from borrowcore.data.derived import derived_command
 
     root = Path(__file__).resolve().parents[1]
     reports = [json.loads(Path(p).read_text()) for p in glob.glob(str(root / "assets/reports/**/eval_*.json"), recursive=True)]

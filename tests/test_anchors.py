@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from borrowcore.anchors import AnchorGenerator, aspect_ratio_set, design_aspect_ratios, max_anchor_aspect_ratio
 from borrowcore.cli import main
+from borrowcore.models.anchors import AnchorGenerator, aspect_ratio_set, design_aspect_ratios, max_anchor_aspect_ratio
 
 
 def test_anchor_count_and_grids_at_300():
@@ -118,8 +118,8 @@ def test_top_octaves_extend_the_last_layer_only():
 
 
 def test_top_octaves_detector_heads_and_outputs_agree():
-    from borrowcore.config import DetectorConfig
-    from borrowcore.model import build_detector
+    from borrowcore.models.config import DetectorConfig
+    from borrowcore.models.detector import build_detector
 
     config = DetectorConfig(neck="full", num_classes=1, input_size=128, width=0.0625, anchor_scale=2.0,
                             aspect_ratios=[1.2], top_octaves=2, inference="whole", prior_prob=0.25)

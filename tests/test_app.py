@@ -19,11 +19,11 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from borrowcore import DetectorConfig, build_detector, save_checkpoint
-from borrowcore.checkpoint import read_checkpoint
-from borrowcore.data import CocoDetection
-from borrowcore.evaluate import evaluate_detector
-from borrowcore.explain import borrow_precision
-from borrowcore.report import save_report
+from borrowcore.data.dataset import CocoDetection
+from borrowcore.evaluation.evaluate import evaluate_detector
+from borrowcore.evaluation.explain import borrow_precision
+from borrowcore.evaluation.report import save_report
+from borrowcore.models.checkpoint import read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 HOME = str(ROOT / "viewer" / "Home.py")
@@ -187,8 +187,8 @@ def test_inspect_says_which_matching_runs_and_exact_is_one_toggle_away(app, asse
     at.sidebar.toggle(key="inspect_exact").set_value(True).run()
     assert not at.exception and "exact matching (every deeper cell)" in texts(at)
     # and the detections shown are those of the checkpoint loaded exact, on the sample, at the page's threshold
-    from borrowcore.checkpoint import load_detector
-    from borrowcore.data import read_image_rgb
+    from borrowcore.data.dataset import read_image_rgb
+    from borrowcore.models.checkpoint import load_detector
 
     [heading] = [s.value for s in at.subheader if s.value.startswith("Detections:")]
     file_name = heading.rsplit(" in ", 1)[1]
@@ -529,7 +529,7 @@ def test_inspect_large_aerial_image_runs_on_a_native_resolution_window(app, asse
     assert not at.exception and at.sidebar.radio(key="inspect_region").value == "a native-resolution window"
     # centred: (1764 - 128) / 2 = 818 and (430 - 128) / 2 = 151, on the slider's 16 px steps
     assert "The 128 x 128 window at (816, 144) of the 1764 x 430 image" in texts(at)
-    from borrowcore.images import image_digest
+    from borrowcore.data.images import image_digest
     from viewer.queries import window_key
 
     digest = image_digest((ROOT / "assets" / "aerial" / "images" / "MOS175.jpg").read_bytes())

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from borrowcore.anchors import AnchorGenerator, anchor_recall, feature_grid_sizes
-from borrowcore.stats import dataset_anchor_recall
-from borrowcore.backbone import STRIDES
-from borrowcore.compare import coco_size_table, how_it_ran, parse_report, per_class_table, pr_curves, size_bin_table
-from borrowcore.report import ReportError
-from borrowcore.traininglog import parse_training_log, step_series
+from borrowcore.engine.traininglog import parse_training_log, step_series
+from borrowcore.evaluation.compare import coco_size_table, how_it_ran, parse_report, per_class_table, pr_curves, size_bin_table
+from borrowcore.evaluation.report import ReportError
+from borrowcore.evaluation.stats import dataset_anchor_recall
+from borrowcore.models.anchors import AnchorGenerator, anchor_recall, feature_grid_sizes
+from borrowcore.models.backbone import STRIDES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,7 +84,7 @@ def test_compare_means_and_stds_over_seeds_by_hand():
 
 
 def test_twins_and_orphans_means_over_seeds_and_old_reports_by_hand():
-    from borrowcore.compare import subset_table
+    from borrowcore.evaluation.compare import subset_table
 
     def with_subsets(r: dict, twins: float, orphans: float) -> dict:
         return {**r, "subsets": {"twins": {"AP": twins, "AP50": twins, "instances": 4},
@@ -131,7 +131,7 @@ def test_overlay_png_is_a_picture_of_the_image():
 
     from PIL import Image
 
-    from borrowcore.explain import borrow_view
+    from borrowcore.evaluation.explain import borrow_view
     from test_explain import hand_explanation
     from viewer.figures import QUERY_COLOUR, overlay_png
 

@@ -300,7 +300,7 @@ def test_inspect_finds_every_large_face_of_a_portrait_and_a_group_photo(faces_se
     from torchvision.ops import box_area, box_iou
 
     from borrowcore import load_detector
-    from borrowcore.images import read_image_rgb
+    from borrowcore.data.images import read_image_rgb
 
     coco = json.loads(FACES.read_text())
     with inspect_page(faces_server) as page:
@@ -342,7 +342,7 @@ def test_three_sessions_at_once_each_see_their_own_photo(faces_server, tmp_path)
     moment: no error, and each shows its own photo with the detections the checkpoint gives that photo
     (counted here without the app), not another session's."""
     from borrowcore import load_detector
-    from borrowcore.images import read_image_rgb
+    from borrowcore.data.images import read_image_rgb
 
     chromium = shutil.which("chromium")
     if chromium is None:

@@ -14,9 +14,9 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from borrowcore import load_detector, save_checkpoint
-from borrowcore.evaluate import evaluate_detector
-from borrowcore.evaluate_upload import (SlicedEvaluation, UploadError, UploadLimits, check_zip_entries, extract_zip,
-                                        open_coco_upload, seconds_left, unpacked_coco_set)
+from borrowcore.evaluation.evaluate import evaluate_detector
+from borrowcore.evaluation.evaluate_upload import (SlicedEvaluation, UploadError, UploadLimits, check_zip_entries,
+                                                   extract_zip, open_coco_upload, seconds_left, unpacked_coco_set)
 from test_app import HOME, TIMEOUT, TINY, charts, texts, tiny_detector
 from viewer.models import InferenceQueue
 
@@ -211,7 +211,7 @@ def reference(checkpoint: Path, annotations: Path, images: Path) -> dict:
 def test_sliced_evaluation_gives_the_numbers_of_evaluate_detector(checkpoint, annotations, slice_size):
     """Known answer: `borrowcore eval`'s own evaluate_detector on the same set. Batched detectors run a batch per
     slice, whole-photo ones an image per slice; either way the report's numbers are the same."""
-    from borrowcore.data import CocoDetection
+    from borrowcore.data.dataset import CocoDetection
 
     expected = reference(checkpoint, annotations, annotations.parent / "images")
     detector = load_detector(checkpoint)
@@ -326,7 +326,7 @@ def test_inspect_requests_run_between_slices_not_after_the_whole_set():
 # ---- the page ----
 
 def test_wider_val_is_offered_when_its_json_is_made_and_else_named_with_the_command(tmp_path, monkeypatch):
-    from borrowcore.derived import WIDER
+    from borrowcore.data.derived import WIDER
     from viewer import evaluation
 
     monkeypatch.setenv("BORROWSCOPE_ASSETS", str(tmp_path / "assets"))

@@ -9,9 +9,10 @@ from pycocotools.coco import COCO
 from streamlit.testing.v1 import AppTest
 
 from borrowcore import save_checkpoint
-from borrowcore.analysis import error_analysis, load_coco
-from borrowcore.evaluate import coco_metrics
-from borrowcore.report import SCHEMA, SCHEMA_VERSION, save_report, sha256_file, write_json_atomic
+from borrowcore.evaluation.analysis import error_analysis, load_coco
+from borrowcore.evaluation.evaluate import coco_metrics
+from borrowcore.evaluation.report import SCHEMA, SCHEMA_VERSION, save_report, sha256_file
+from borrowcore.utils.atomic import write_json_atomic
 from test_app import HOME, TIMEOUT, TINY, charts, texts, tiny_detector
 
 GT = TINY / "twins.json"

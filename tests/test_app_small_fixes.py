@@ -88,7 +88,7 @@ def test_home_table_needs_no_arrow_fixes_and_notes_the_aerial_family(bundled, mo
 # ---- 2. shift's JPEGs: OpenCV's encoder, RGB kept, no deprecation warning ----
 
 def test_write_shifted_jpeg_round_trips_keeps_rgb_and_warns_nothing(tmp_path):
-    from borrowcore.shift import write_shifted
+    from borrowcore.data.shift import write_shifted
 
     image = np.zeros((48, 64, 3), np.uint8)
     image[:, :32] = (255, 0, 0)  # pure red on the left: swapped channels would make it blue
@@ -114,7 +114,7 @@ def test_write_shifted_jpeg_round_trips_keeps_rgb_and_warns_nothing(tmp_path):
 
 def test_encode_jpeg_matches_torchvisions_bytes():
     """The same libjpeg settings as the deprecated encoder it replaces: byte for byte, while that one exists."""
-    from borrowcore.shift import encode_jpeg
+    from borrowcore.data.shift import encode_jpeg
 
     legacy = pytest.importorskip("torchvision.io").encode_jpeg
     image = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 40, 56), dtype=np.uint8))
@@ -126,7 +126,7 @@ def test_encode_jpeg_matches_torchvisions_bytes():
 
 
 def test_encode_jpeg_quality_is_passed_on():
-    from borrowcore.shift import encode_jpeg
+    from borrowcore.data.shift import encode_jpeg
 
     noise = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (3, 64, 64), dtype=np.uint8))
     assert len(encode_jpeg(noise, quality=30)) < len(encode_jpeg(noise, quality=95)) / 2

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from borrowcore import save_checkpoint
-from borrowcore.analysis import analyze_report
 from borrowcore.cli import main
-from borrowcore.data import BadDataWarning, BadImageError, CocoDetection
-from borrowcore.report import load_report
-from borrowcore.train import train
+from borrowcore.data.dataset import BadDataWarning, BadImageError, CocoDetection
+from borrowcore.engine.train import train
+from borrowcore.evaluation.analysis import analyze_report
+from borrowcore.evaluation.report import load_report
 
 from conftest import make_detector, png_header_bomb
 from test_train import TINY, tiny_experiment
@@ -39,7 +39,7 @@ def coco_with_bomb(tmp_path):
 
 
 def test_the_pixel_limit_is_checked_on_the_header(tmp_path, monkeypatch):
-    import borrowcore.images as images
+    import borrowcore.data.images as images
 
     path = tmp_path / "bomb.png"
     path.write_bytes(png_header_bomb(40000, 40000))
@@ -58,7 +58,7 @@ def test_the_pixel_limit_is_checked_on_the_header(tmp_path, monkeypatch):
 
 
 def test_the_pixel_limit_from_the_environment(monkeypatch):
-    import borrowcore.images as images
+    import borrowcore.data.images as images
 
     monkeypatch.setenv("BORROWCORE_MAX_PIXELS", "1e6")
     assert images._pixel_limit_from_env() == 1_000_000
@@ -96,8 +96,8 @@ def test_eval_stops_naming_the_bomb_or_skips_and_counts_it(coco_with_bomb, check
     without["images"] = [i for i in without["images"] if i["id"] != BOMB_ID]
     without["annotations"] = [a for a in without["annotations"] if a["image_id"] != BOMB_ID]
     (tmp_path / "without.json").write_text(json.dumps(without))
-    from borrowcore.evaluate import coco_metrics
-    from borrowcore.report import load_detections
+    from borrowcore.evaluation.evaluate import coco_metrics
+    from borrowcore.evaluation.report import load_detections
 
     expected = coco_metrics(CocoDetection(images, tmp_path / "without.json").coco, load_detections(report, out))
     assert report["metrics"] == pytest.approx(expected["metrics"])

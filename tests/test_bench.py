@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from borrowcore.bench import compile_rows, cpu_peak_memory_mb, flop_rows, format_markdown, targets
+from borrowcore.deploy.bench import compile_rows, cpu_peak_memory_mb, flop_rows, format_markdown, targets
 
 
 def test_fmb_frb_flops_match_the_analytic_count():
@@ -47,7 +47,7 @@ def test_compiled_network_matches_eager_and_is_reported():
 def test_scale_section_rows_targets_and_plot(tmp_path):
     """Two small inputs at width 0.0625: every model has a row per input with its ratios to ssd, the
     targets judge them, and the plot and the table are written."""
-    from borrowcore.bench import plot_scale, scale_rows, scale_targets
+    from borrowcore.deploy.bench import plot_scale, scale_rows, scale_targets
 
     rows = scale_rows(sizes=(128, 192), widths=(0.0625,), key_budget=4, repeats=1, warmup=0)
     assert [(r["model"], r["input"]) for r in rows] == [(m, s) for s in (128, 192) for m in ("ssd", "full", "full+exact")]

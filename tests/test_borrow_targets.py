@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from borrowcore.borrow_targets import best_anchor_layers, borrow_targets, matching_loss
-from borrowcore.neck import MatchingScores, attend, keep_top_k
+from borrowcore.models.borrow_targets import best_anchor_layers, borrow_targets, matching_loss
+from borrowcore.models.neck import MatchingScores, attend, keep_top_k
 
 # A 32 x 32 input with three layers: layer 1 4 x 4 cells of stride 8, layer 2 2 x 2 of 16, layer 3 1 x 1 of 32.
 # One anchor per cell, the cell itself, so a box's best anchor is the cell it fills.
@@ -94,7 +94,7 @@ def test_top_k_attention_agrees_with_the_rows_the_app_reads():
 def test_a_detector_with_the_matching_loss_trains_it(tiny_config):
     """loss_match appears among the loss parts and its gradient reaches FMB's theta."""
     from borrowcore import DetectorConfig
-    from borrowcore.model import build_detector
+    from borrowcore.models.detector import build_detector
 
     detector = build_detector(DetectorConfig(**{**tiny_config.__dict__, "matching_loss": 0.5})).train()
     target = {"boxes": torch.tensor([[0.0, 0, 12, 12], [40, 40, 100, 100]]), "labels": torch.tensor([1, 1])}
@@ -110,7 +110,7 @@ def test_a_detached_matching_loss_trains_theta_and_phi_but_not_the_backbone(tiny
     """matching_loss_detach: the same loss value, its gradient reaches theta and phi and stops at the backbone;
     without it the backbone takes the loss's gradient too."""
     from borrowcore import DetectorConfig
-    from borrowcore.model import build_detector
+    from borrowcore.models.detector import build_detector
 
     target = {"boxes": torch.tensor([[0.0, 0, 12, 12], [40, 40, 100, 100]]), "labels": torch.tensor([1, 1])}
     image = torch.rand(3, 128, 128)
@@ -137,7 +137,7 @@ def test_training_logs_what_the_neck_learns(tmp_path):
 
     from test_train import TINY, tiny_experiment
 
-    from borrowcore.train import train
+    from borrowcore.engine.train import train
 
     config = tiny_experiment(max_steps=4, val_images=str(TINY / "images"), val_annotations=str(TINY / "twins.json"),
                              val_borrow=True, repeats=1)
@@ -157,7 +157,7 @@ def test_training_logs_what_the_neck_learns(tmp_path):
 def test_background_term_by_hand():
     """Layer 1's cells in no box are rows 1, 4, 5, 10, 11, 14, 15; its deeper cells in no box are columns 0, 3
     and 4 (centres (8, 8), (24, 24), (16, 16)). With zero logits a background row puts 3/5 of its mass there."""
-    from borrowcore.borrow_targets import background_queries
+    from borrowcore.models.borrow_targets import background_queries
 
     [layer_1] = layer_scores()[:1]
     rows, on_background = background_queries(layer_1, BOXES, count=64)

@@ -1,4 +1,4 @@
-"""Box utilities beyond torchvision.ops (borrowcore.boxes)."""
+"""Box utilities beyond torchvision.ops (borrowcore.models.boxes)."""
 
 import torch
 
@@ -8,7 +8,7 @@ def test_drop_inside_drops_boxes_held_by_a_kept_better_box_of_their_class():
     speck [22, 30] (0.4); the neighbour [80, 180] (0.8) has 20% of its area inside: kept; the other class's
     box (0.95) holds the eye but is not its class. Greedy like NMS: B (y 10-120, 0.7) is 82% inside the face
     and dropped, so C (y 100-120, 0.6), wholly inside B but not inside the face, stays."""
-    from borrowcore.boxes import drop_inside
+    from borrowcore.models.boxes import drop_inside
 
     boxes = torch.tensor([[20, 20, 40, 40], [0, 0, 100, 100], [80, 0, 180, 100], [22, 22, 30, 30],
                           [10, 10, 50, 50], [0, 10, 100, 120], [0, 100, 100, 120]], dtype=torch.float32)

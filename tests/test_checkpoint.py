@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from borrowcore import CheckpointError, DetectorConfig, load_detector, save_checkpoint
-from borrowcore.checkpoint import load_state, read_checkpoint
+from borrowcore.models.checkpoint import load_state, read_checkpoint
 
 from conftest import make_detector
 
@@ -127,7 +127,7 @@ def test_load_at_another_input_size_keeps_the_weights(tmp_path, tiny_config):
 def test_matching_is_stored_and_can_be_set_at_load(tmp_path, tiny_config):
     """A checkpoint keeps its matching (fast with its key budget, or exact); --exact or --key-budget replace it
     at load; a checkpoint from before the field existed runs fast with the default budget."""
-    from borrowcore.config import DEFAULT_KEY_BUDGET
+    from borrowcore.models.config import DEFAULT_KEY_BUDGET
 
     path = tmp_path / "budget.pt"
     save_checkpoint(path, make_detector(DetectorConfig(**{**tiny_config.__dict__, "key_budget": 16})))
@@ -212,7 +212,7 @@ class Dtypes(torch.utils._python_dispatch.TorchDispatchMode):
 def test_cpu_inference_precision(tmp_path, tiny_config, monkeypatch):
     """bf16 runs the network's convolutions in bf16 and returns fp32 detections close to fp32's; "auto" takes
     bf16 only where the CPU computes it natively; fp32 runs no bf16 at all."""
-    from borrowcore.checkpoint import resolve_precision
+    from borrowcore.models.checkpoint import resolve_precision
 
     path = tmp_path / "model.pt"
     save_checkpoint(path, make_detector(tiny_config, "full"))

@@ -1,4 +1,4 @@
-"""borrowcore.compare's head-to-head helpers: crops with context, matching boxes, breakdown rows, a report's
+"""borrowcore.evaluation.compare's head-to-head helpers: crops with context, matching boxes, breakdown rows, a report's
 files and checkpoint, uploads paired with their detections."""
 
 import json
@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from borrowcore.compare import (breakdown_rows, crop_with_context, default_pair, matching_instance,
-                                pair_report_uploads, report_checkpoint, resolve_report_path, size_ranges)
+from borrowcore.evaluation.compare import (breakdown_rows, crop_with_context, default_pair, matching_instance,
+                                           pair_report_uploads, report_checkpoint, resolve_report_path, size_ranges)
 
 
 def test_crop_with_context_by_hand():

@@ -13,7 +13,7 @@ import torch
 from PIL import Image as PILImage
 from torchvision import tv_tensors
 
-from borrowcore.data import (
+from borrowcore.data.dataset import (
     BadAnnotationError,
     BadDataWarning,
     BadImageError,
@@ -21,7 +21,7 @@ from borrowcore.data import (
     augmentation_seed,
     collate_detection,
 )
-from borrowcore.presets import build_preset, eval_preset, flip_train_preset, ssd_train_preset
+from borrowcore.data.presets import build_preset, eval_preset, flip_train_preset, ssd_train_preset
 
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos"
 
@@ -114,7 +114,7 @@ def test_grayscale_and_rgba_become_rgb(tmp_path):
     gray, _ = dataset[dataset.ids.index(2)]
     assert gray.shape == (3, 50, 60) and bool((gray == GRAY_VALUE).all())
     rgba, _ = dataset[dataset.ids.index(5)]
-    # half transparent: composited on white, as the app (the same decoder, borrowcore.images) shows it
+    # half transparent: composited on white, as the app (the same decoder, borrowcore.data.images) shows it
     on_white = (rgb.float() * 128 + 255 * 127) / 255
     assert rgba.shape == (3, 30, 40) and (rgba.float() - on_white).abs().max() <= 1
     jpeg, _ = dataset[0]
@@ -354,7 +354,7 @@ def test_augmentation_is_a_function_of_seed_epoch_index(tmp_path):
 
 def test_repeats_visit_every_image_that_often_with_different_tiles():
     aerial = PHOTOS.parent / "aerial-cars"
-    from borrowcore.presets import tiles_train_preset
+    from borrowcore.data.presets import tiles_train_preset
 
     once = CocoDetection(aerial / "images", aerial / "val.json")
     thrice = CocoDetection(aerial / "images", aerial / "val.json", transforms=tiles_train_preset(128), repeats=3)

@@ -9,8 +9,8 @@ import torch
 from pycocotools.coco import COCO
 
 from borrowcore import save_checkpoint
-from borrowcore.evaluate import coco_metrics, evaluate_checkpoint, parse_size_bins
-from borrowcore.report import ReportError, load_detections, load_report, validate_report
+from borrowcore.evaluation.evaluate import coco_metrics, evaluate_checkpoint, parse_size_bins
+from borrowcore.evaluation.report import ReportError, load_detections, load_report, validate_report
 
 from conftest import make_detector
 from test_train import TINY
@@ -121,7 +121,7 @@ def test_eval_checkpoint_writes_a_valid_report(twins_report):
     detections = load_detections(loaded, out)
     assert {d["image_id"] for d in detections} <= {img["id"] for img in json.loads((TINY / "twins.json").read_text())["images"]}
     # recomputing from the stored detections gives the stored numbers
-    from borrowcore.data import CocoDetection
+    from borrowcore.data.dataset import CocoDetection
 
     again = coco_metrics(CocoDetection(TINY / "images", TINY / "twins.json").coco, detections)
     assert again["metrics"] == pytest.approx(loaded["metrics"])
@@ -182,7 +182,7 @@ def test_tiled_eval_matches_whole_image_eval_when_one_tile_covers_the_image(tmp_
 
 
 def test_small_instance_top1_accuracy_by_hand():
-    from borrowcore.evaluate import small_instance_accuracy
+    from borrowcore.evaluation.evaluate import small_instance_accuracy
 
     coco = make_coco({1: [[10, 10, 20, 20], [100, 100, 20, 20], [200, 200, 20, 20], [250, 250, 100, 100]]})
     results = [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "score": 0.9},    # right, best
@@ -253,7 +253,7 @@ def hit(ann_id: int, score: float = 0.9, bbox=None) -> dict:
 
 
 def test_twins_and_orphans_by_hand():
-    from borrowcore.evaluate import instance_subsets
+    from borrowcore.evaluation.evaluate import instance_subsets
 
     coco = crowd_coco(CROWD)
     assert instance_subsets(coco) == {"twins": {1}, "orphans": {3, 4, 5}}
@@ -265,7 +265,7 @@ def test_twins_and_orphans_by_hand():
 
 
 def test_subset_ap_ignores_the_other_ground_truth():
-    from borrowcore.evaluate import subset_metrics
+    from borrowcore.evaluation.evaluate import subset_metrics
 
     coco = crowd_coco(CROWD)
     perfect = subset_metrics(coco, [hit(i) for i in (1, 3, 4, 5)])
@@ -296,11 +296,11 @@ def test_subset_ap_ignores_the_other_ground_truth():
 
 
 def test_reports_carry_subsets_and_old_reports_still_load(twins_report):
-    from borrowcore.evaluate import format_metrics, instance_subsets, subset_metrics
+    from borrowcore.evaluation.evaluate import format_metrics, instance_subsets, subset_metrics
 
     _, _, out = twins_report
     loaded = load_report(out)
-    from borrowcore.data import CocoDetection
+    from borrowcore.data.dataset import CocoDetection
 
     coco = CocoDetection(TINY / "images", TINY / "twins.json").coco
     # the borrow benchmark's twins split holds twins only, by the generic rule too
@@ -401,7 +401,7 @@ class PaintedDetector(torch.nn.Module):
 
 
 def evaluate_painted(painted, detector, tmp_path, **kwargs) -> tuple[dict, list[dict]]:
-    from borrowcore.evaluate import evaluate_detector
+    from borrowcore.evaluation.evaluate import evaluate_detector
 
     images, annotations = painted
     out = tmp_path / "painted_eval.json"

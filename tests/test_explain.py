@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from borrowcore.explain import (
+from borrowcore.evaluation.explain import (
     Explanation,
     borrow_view,
     borrowed_from,
@@ -20,7 +20,7 @@ from borrowcore.explain import (
     place_grid,
     with_instances,
 )
-from borrowcore.neck import MatchingScores
+from borrowcore.models.neck import MatchingScores
 
 from conftest import make_detector
 
@@ -158,7 +158,7 @@ def hand_dataset(with_large: bool = True) -> list:
 
 
 def test_borrow_precision_by_hand(tiny_config):
-    from borrowcore.explain import borrow_precision
+    from borrowcore.evaluation.explain import borrow_precision
 
     detector = make_detector(tiny_config).eval()
     with torch.no_grad():
@@ -177,7 +177,7 @@ def test_borrow_precision_by_hand(tiny_config):
 
 
 def test_borrow_view_links_use_the_same_larger_instance_rule():
-    from borrowcore.explain import LARGER_AREA_RATIO, is_larger_instance
+    from borrowcore.evaluation.explain import LARGER_AREA_RATIO, is_larger_instance
 
     explanation = hand_explanation()
     side = 8 * math.sqrt(LARGER_AREA_RATIO)  # detection 0 is 8 x 8: a box of exactly twice its area
@@ -208,7 +208,7 @@ def test_explain_places_pooled_keys_with_a_key_budget(tiny_config):
 def test_summaries_computed_with_the_inference_are_the_layer_views(tiny_config, monkeypatch):
     """explain(summaries=True) holds every borrowing layer's view (the app computes them in its queue);
     layer_maps then reads them instead of computing them again, and draws the same maps."""
-    import borrowcore.explain as explain_module
+    import borrowcore.evaluation.explain as explain_module
 
     detector = make_detector(tiny_config).eval()
     image = torch.rand(3, 96, 160, generator=torch.Generator().manual_seed(0))

@@ -1,4 +1,4 @@
-"""ONNX export (borrowcore.export): onnxruntime against PyTorch eager, metadata, the NMS graph, predict --onnx.
+"""ONNX export (borrowcore.deploy.export): onnxruntime against PyTorch eager, metadata, the NMS graph, predict --onnx.
 
 Detectors are tiny (width 0.125, input 128) with C_n perturbed, so that FMB / FRB and D_n change the
 outputs: with zero-initialised C_n every ablation would compute ssd's outputs and the test would not see
@@ -17,13 +17,10 @@ from torchvision.ops import batched_nms
 
 from borrowcore import CheckpointError, DetectorConfig, save_checkpoint
 from borrowcore.cli import main
-from borrowcore.data import read_image_rgb
-from borrowcore.export import (
-    OnnxDetector, export_checkpoint, export_onnx, exportable, letterbox_to_canvas, read_metadata, resize_to_input,
-    select_detections,
-    verify_export,
-)
-from borrowcore.model import IMAGENET_MEAN, IMAGENET_STD
+from borrowcore.data.dataset import read_image_rgb
+from borrowcore.deploy.export import (OnnxDetector, export_checkpoint, export_onnx, exportable, letterbox_to_canvas,
+                                      read_metadata, resize_to_input, select_detections, verify_export)
+from borrowcore.models.detector import IMAGENET_MEAN, IMAGENET_STD
 
 from conftest import make_detector
 
@@ -212,7 +209,7 @@ def test_nms_graph_with_no_detection(tmp_path):
 
 
 def test_auto_falls_back_to_torchscript(tmp_path, monkeypatch):
-    import borrowcore.export as export
+    import borrowcore.deploy.export as export
 
     def broken(*args, **kwargs):
         raise RuntimeError("torch.export could not trace this\nsecond line")
@@ -280,7 +277,7 @@ def test_other_ablations_export_with_parity(neck, tmp_path):
 
 def test_nms_in_graph_equals_batched_nms_per_class():
     # the custom op's eager implementation keeps what torchvision's class-wise NMS keeps
-    from borrowcore.export import multiclass_nms
+    from borrowcore.deploy.export import multiclass_nms
 
     generator = torch.Generator().manual_seed(0)
     corners = torch.rand(2, 50, 2, generator=generator) * 100

@@ -12,16 +12,16 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 
-from borrowcore.boxes import ignored_anchors
-from borrowcore.checkpoint import load_detector, save_checkpoint
-from borrowcore.config import DetectorConfig
-from borrowcore.data import IGNORE_LABEL, CocoDetection
-from borrowcore.evaluate import coco_metrics
-from borrowcore.formats import LabelError, read_wider
-from borrowcore.loss import MultiBoxLoss
-from borrowcore.model import BorrowSSD, NetworkOutput, build_detector
-from borrowcore.presets import RandomScaledCrop
-from borrowcore.tiling import recipe_tile_size
+from borrowcore.data.dataset import IGNORE_LABEL, CocoDetection
+from borrowcore.data.formats import LabelError, read_wider
+from borrowcore.data.presets import RandomScaledCrop
+from borrowcore.data.tiling import recipe_tile_size
+from borrowcore.evaluation.evaluate import coco_metrics
+from borrowcore.models.boxes import ignored_anchors
+from borrowcore.models.checkpoint import load_detector, save_checkpoint
+from borrowcore.models.config import DetectorConfig
+from borrowcore.models.detector import BorrowSSD, NetworkOutput, build_detector
+from borrowcore.models.loss import MultiBoxLoss
 
 WIDER = Path(__file__).resolve().parents[2] / "shared" / "data" / "wider-faces"
 
@@ -253,7 +253,7 @@ def test_inference_recipe_round_trips_through_the_checkpoint(tmp_path: Path):
 def test_shift_rescales_images_and_boxes(tmp_path: Path):
     import json
 
-    from borrowcore.shift import write_shifted
+    from borrowcore.data.shift import write_shifted
 
     image = torch.zeros(3, 40, 60, dtype=torch.uint8)
     image[:, 10:20, 30:50] = 200
@@ -276,7 +276,7 @@ def test_shift_rescales_images_and_boxes(tmp_path: Path):
 def test_eval_of_another_detectors_results(tmp_path: Path):
     import json
 
-    from borrowcore.evaluate import evaluate_results
+    from borrowcore.evaluation.evaluate import evaluate_results
 
     Image.new("RGB", (100, 100)).save(tmp_path / "a.png")
     coco = {"images": [{"id": 7, "file_name": "a.png", "width": 100, "height": 100}],
@@ -297,7 +297,7 @@ def test_eval_of_another_detectors_results(tmp_path: Path):
 
 
 def test_best_f1_threshold_by_hand():
-    from borrowcore.evaluate import best_f1_threshold
+    from borrowcore.evaluation.evaluate import best_f1_threshold
 
     coco = face_ground_truth([[10, 10, 40, 40], [100, 100, 40, 40]], size=200)
     results = [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 40, 40], "score": 0.9},  # TP
@@ -311,7 +311,7 @@ def test_best_f1_threshold_by_hand():
 
 
 def test_export_keeps_a_whole_image_models_anchors():
-    from borrowcore.export import exportable
+    from borrowcore.deploy.export import exportable
 
     config = DetectorConfig(neck="ssd", num_classes=1, input_size=256, width=0.125, anchor_scale=2.0,
                             aspect_ratios=[1.1538], inference="whole")
@@ -377,7 +377,7 @@ def test_found_at_threshold_by_hand(tmp_path: Path):
     (scored 0.3) is not, a detection on an ignore region is neither found nor false, one elsewhere is false."""
     import json
 
-    from borrowcore.evaluate import evaluate_results
+    from borrowcore.evaluation.evaluate import evaluate_results
 
     Image.new("RGB", (800, 600)).save(tmp_path / "a.jpg")
     gt = {"images": [{"id": 1, "file_name": "a.jpg", "width": 800, "height": 600}],
@@ -404,8 +404,8 @@ def test_copy_report_keeps_its_own_detections(tmp_path: Path):
     detections, and still loads after the original report and its detections are gone."""
     import json
 
-    from borrowcore.evaluate import evaluate_results
-    from borrowcore.report import load_detections, load_report
+    from borrowcore.evaluation.evaluate import evaluate_results
+    from borrowcore.evaluation.report import load_detections, load_report
 
     Image.new("RGB", (200, 100)).save(tmp_path / "a.jpg")
     gt = {"images": [{"id": 1, "file_name": "a.jpg", "width": 200, "height": 100}],
@@ -441,8 +441,8 @@ def test_bundled_face_model_finds_a_phone_sized_close_up_whole():
     import torch.nn.functional as F
     from torchvision.ops import box_iou
 
-    from borrowcore.images import read_image_rgb
-    from borrowcore.tiling import detect_tiled
+    from borrowcore.data.images import read_image_rgb
+    from borrowcore.data.tiling import detect_tiled
 
     root = Path(__file__).resolve().parents[1]
     name = "13_Interview_Interview_On_Location_13_542.jpg"

@@ -6,9 +6,9 @@ import torch
 from PIL import Image
 
 from borrowcore.cli import main
-from borrowcore.data import CocoDetection
-from borrowcore.formats import LabelError, read_names, read_voc, read_yolo
-from borrowcore.presets import RandomTileCrop, crop_boxes
+from borrowcore.data.dataset import CocoDetection
+from borrowcore.data.formats import LabelError, read_names, read_voc, read_yolo
+from borrowcore.data.presets import RandomTileCrop, crop_boxes
 
 
 @pytest.fixture

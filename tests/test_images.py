@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from borrowcore.data import BadImageError
-from borrowcore.images import decode_upload, image_digest
+from borrowcore.data.dataset import BadImageError
+from borrowcore.data.images import decode_upload, image_digest
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:

@@ -5,10 +5,10 @@ from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.ssd import SSD
 from torchvision.ops import box_iou
 
-from borrowcore.anchors import AnchorGenerator
-from borrowcore.boxes import BoxCoder, match_anchors
-from borrowcore.loss import MultiBoxLoss
-from borrowcore.postprocess import PostProcess
+from borrowcore.models.anchors import AnchorGenerator
+from borrowcore.models.boxes import BoxCoder, match_anchors
+from borrowcore.models.loss import MultiBoxLoss
+from borrowcore.models.postprocess import PostProcess
 
 from conftest import make_detector
 

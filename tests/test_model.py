@@ -5,9 +5,9 @@ import torch
 from torch import nn
 
 from borrowcore import DetectorConfig, build_detector
-from borrowcore.backbone import VGGBackbone, receptive_fields, scaled_channels
-from borrowcore.head import SSDHead
-from borrowcore.neck import BorrowNeck, FeatureMatchingBlock, FeatureRepresentingBlock
+from borrowcore.models.backbone import VGGBackbone, receptive_fields, scaled_channels
+from borrowcore.models.head import SSDHead
+from borrowcore.models.neck import BorrowNeck, FeatureMatchingBlock, FeatureRepresentingBlock
 
 from conftest import make_detector
 
@@ -184,7 +184,7 @@ class OneAnchorNetwork(nn.Module):
         self.anchor, self.label, self.num_classes = anchor, label, num_classes
 
     def forward(self, images, return_matching=False):
-        from borrowcore.model import NetworkOutput
+        from borrowcore.models.detector import NetworkOutput
 
         grids = [(images.shape[-2] // s, images.shape[-1] // s) for s in (8, 16, 32, 64)]
         count = sum(h * w for h, w in grids) * 6  # 6 anchors a cell: ratios 1, 1 (S'_k), 1.5, 1/1.5, 3, 1/3
@@ -386,10 +386,10 @@ def test_whole_image_shrink_maps_a_large_photo_back_to_its_pixels():
     and its detections are those of the shrunk photo, times 2; the explanation draws in the photo's pixels."""
     import torch.nn.functional as F
 
-    from borrowcore.config import DetectorConfig
-    from borrowcore.explain import explain
-    from borrowcore.model import build_detector
-    from borrowcore.tiling import recipe_tile_size
+    from borrowcore.data.tiling import recipe_tile_size
+    from borrowcore.evaluation.explain import explain
+    from borrowcore.models.config import DetectorConfig
+    from borrowcore.models.detector import build_detector
 
     config = DetectorConfig(neck="full", num_classes=1, input_size=128, width=0.0625, anchor_scale=2.0,
                             aspect_ratios=[1.2], inference="whole", max_whole_side=250, oversize="shrink",
@@ -422,8 +422,8 @@ def test_zoom_out_adds_the_half_scale_pass_large_boxes_in_the_photo_pixels():
     import torch.nn.functional as F
     from torchvision.ops import batched_nms, box_area
 
-    from borrowcore.config import DetectorConfig
-    from borrowcore.model import build_detector
+    from borrowcore.models.config import DetectorConfig
+    from borrowcore.models.detector import build_detector
 
     config = DetectorConfig(neck="full", num_classes=2, input_size=128, width=0.0625, anchor_scale=2.0,
                             aspect_ratios=[1.2], inference="whole", prior_prob=0.25, score_threshold=0.2,
@@ -458,9 +458,9 @@ def test_zoom_out_adds_the_half_scale_pass_large_boxes_in_the_photo_pixels():
 def test_recipe_overrides_load_with_the_weights_and_refuse_other_fields(tmp_path):
     """load_detector(recipe=...) runs a checkpoint with another inference recipe (the weights unchanged);
     a field that shapes the weights, or a malformed --recipe item, is refused by name."""
-    from borrowcore.checkpoint import load_detector, parse_recipe, save_checkpoint
-    from borrowcore.config import DetectorConfig
-    from borrowcore.model import build_detector
+    from borrowcore.models.checkpoint import load_detector, parse_recipe, save_checkpoint
+    from borrowcore.models.config import DetectorConfig
+    from borrowcore.models.detector import build_detector
 
     detector = build_detector(DetectorConfig(num_classes=1, input_size=128, width=0.0625, inference="whole"))
     save_checkpoint(tmp_path / "m.pt", detector)

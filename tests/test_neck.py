@@ -8,10 +8,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import borrowcore.neck
+import borrowcore.models.neck
 from borrowcore import DetectorConfig, build_detector
-from borrowcore.config import NECKS
-from borrowcore.neck import attend, pool_to_budget
+from borrowcore.models.config import NECKS
+from borrowcore.models.neck import attend, pool_to_budget
 
 # the full neck's parameters at width 0.125 (c_n = 64, 64, 128, 64; c = 32), as shipped checkpoints hold them
 FULL_NECK_STATE = {
@@ -207,12 +207,12 @@ def test_matching_scores_are_never_held_whole(monkeypatch, return_matching):
     assert probe.largest == 0
     for y, y_expected in zip(outputs, expected):
         torch.testing.assert_close(y, y_expected, rtol=1e-5, atol=1e-5)
-    monkeypatch.setattr(borrowcore.neck, "MIN_BLOCK_SCORES", 1000)  # the floor (65,536) would allow S_hat whole
+    monkeypatch.setattr(borrowcore.models.neck, "MIN_BLOCK_SCORES", 1000)  # the floor (65,536) would allow S_hat whole
     with LargestSoftmax() as probe:
         detector.network.neck(features)
     assert 0 < probe.largest <= 32768
-    monkeypatch.setattr(borrowcore.neck, "MAX_SCORES_IN_MEMORY", 2000)
-    monkeypatch.setattr(borrowcore.neck, "attend", lambda q, k, v, **kw: attend(q, k, v, max_scores=2000, **kw))
+    monkeypatch.setattr(borrowcore.models.neck, "MAX_SCORES_IN_MEMORY", 2000)
+    monkeypatch.setattr(borrowcore.models.neck, "attend", lambda q, k, v, **kw: attend(q, k, v, max_scores=2000, **kw))
     with LargestSoftmax() as probe:
         outputs, matching = detector.network.neck(features, return_matching=return_matching)
     assert 0 < probe.largest <= 2000  # a (2, 256, 84) S_hat would be 43,008

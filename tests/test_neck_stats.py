@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import make_detector
 
-from borrowcore.neck_stats import fusion_contributions, fusion_slices, fusion_weight_norms, gradient_norms
+from borrowcore.evaluation.neck_stats import fusion_contributions, fusion_slices, fusion_weight_norms, gradient_norms
 
 
 def test_fusion_slices_follow_the_concatenation(tiny_config):

@@ -1,4 +1,4 @@
-"""``borrowcore predict`` (borrowcore.predict): sources, bad files, detections.json, tiles, drawn images."""
+"""``borrowcore predict`` (borrowcore.deploy.predict): sources, bad files, detections.json, tiles, drawn images."""
 
 import io
 import json
@@ -13,8 +13,8 @@ from pycocotools.coco import COCO
 
 from borrowcore import save_checkpoint
 from borrowcore.cli import main
-from borrowcore.data import read_image_rgb
-from borrowcore.predict import EagerDetector, class_filter, collect_sources, predict, predict_files
+from borrowcore.data.dataset import read_image_rgb
+from borrowcore.deploy.predict import EagerDetector, class_filter, collect_sources, predict, predict_files
 
 from conftest import make_detector, png_header_bomb
 
@@ -107,7 +107,7 @@ def test_folder_with_good_and_bad_files(checkpoint, folder, tmp_path):
 
 def test_detections_are_the_detectors(checkpoint, folder, tmp_path):
     # batching mixed sizes changes nothing: each image's detections are those of the detector alone
-    from borrowcore.checkpoint import load_detector
+    from borrowcore.models.checkpoint import load_detector
 
     detector = load_detector(checkpoint)
     summary = predict(EagerDetector(detector), detector.class_names, [folder], tmp_path, conf=0.2, batch_size=3,
@@ -179,8 +179,8 @@ def test_tiled_predict_on_a_large_image(checkpoint, tmp_path, monkeypatch):
     """The detector sees the 10 tiles of 128 px that cover a 200 x 420 image (overlap 0.25: x 0, 96, 192, 288,
     292; y 0, 72), and the file holds what detect_tiled made of them (conf, classes and edge merging applied):
     a predict that ignored its tile size would show the detector one image, or tiles of another size."""
-    import borrowcore.predict as predict_module
-    from borrowcore.tiling import tile_windows
+    import borrowcore.deploy.predict as predict_module
+    from borrowcore.data.tiling import tile_windows
 
     real_detect_tiled, calls = predict_module.detect_tiled, []
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from borrowcore.stats import dataset_stats, format_stats
-from borrowcore.synth import generate
+from borrowcore.data.synth import generate
+from borrowcore.evaluation.stats import dataset_stats, format_stats
 
 # (bbox, extra fields) -> sqrt(area), COCO size, aspect ratio, worked out by hand
 HAND_MADE = {
@@ -105,7 +105,7 @@ def test_checkpoint_anchor_recall_on_whole_photos(tmp_path, tiny_config):
     """A box equal to one of the detector's anchors on a whole 200 x 130 photo (padded to 256 x 192 in
     the network) is recalled at IoU 1; a 4 px box, a quarter of the smallest anchor's side, is not."""
     from borrowcore import DetectorConfig
-    from borrowcore.stats import checkpoint_anchor_recall
+    from borrowcore.evaluation.stats import checkpoint_anchor_recall
     from conftest import make_detector
 
     detector = make_detector(DetectorConfig(**{**tiny_config.__dict__, "inference": "whole", "anchor_scale": 2.0}))

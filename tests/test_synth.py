@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from borrowcore import synth
+from borrowcore.data import synth
 
 ASSET = Path(__file__).resolve().parents[1] / "assets" / "synth-tiny"
 

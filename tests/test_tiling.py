@@ -1,4 +1,4 @@
-"""Sliced inference (borrowcore.tiling): windows, the shift back to image pixels, merging across tiles.
+"""Sliced inference (borrowcore.data.tiling): windows, the shift back to image pixels, merging across tiles.
 
 A stand-in detector makes the arithmetic exact: objects are painted as rectangles whose channel 0 holds an
 object id (1..99) and channel 1 its label, and it returns, per tile, the bounding box of each id's
@@ -8,7 +8,7 @@ visible pixels, clipped by the tile as a real detector's box of a truncated obje
 import pytest
 import torch
 
-from borrowcore.tiling import Window, detect_tiled, merge_cut_boxes, tile_windows
+from borrowcore.data.tiling import Window, detect_tiled, merge_cut_boxes, tile_windows
 
 SCORE = 0.9
 
@@ -126,7 +126,7 @@ def test_real_detector_on_a_large_image(tiny_config):
     detector's own boxes on one of the 8 windows, moved by where the window lies."""
     from conftest import make_detector
 
-    from borrowcore.tiling import crop_window
+    from borrowcore.data.tiling import crop_window
 
     detector = make_detector(tiny_config).eval()
     image = torch.randint(0, 256, (3, 200, 330), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
@@ -162,8 +162,8 @@ def test_tiled_dataset_windows_and_their_ground_truth_by_hand(tmp_path):
 
     from PIL import Image as PILImage
 
-    from borrowcore.data import CocoDetection
-    from borrowcore.tiling import TiledDataset
+    from borrowcore.data.dataset import CocoDetection
+    from borrowcore.data.tiling import TiledDataset
 
     pixels = torch.randint(0, 255, (150, 300, 3), dtype=torch.uint8)
     (tmp_path / "images").mkdir()
@@ -191,8 +191,8 @@ def test_eval_measures_borrow_precision_on_the_tiles_it_detected_on(tiny_config,
 
     from conftest import make_detector
 
-    from borrowcore.evaluate import evaluate_detector
-    from borrowcore.report import load_report
+    from borrowcore.evaluation.evaluate import evaluate_detector
+    from borrowcore.evaluation.report import load_report
 
     aerial = Path(__file__).resolve().parents[1] / "assets" / "aerial"
     detector = make_detector(tiny_config).eval()
@@ -203,8 +203,8 @@ def test_eval_measures_borrow_precision_on_the_tiles_it_detected_on(tiny_config,
     assert measured["inputs"] == "tiles 128 px" and measured["instances"] > 10
     assert 0 < measured["chance"] < 0.5 and 0 <= measured["borrow_precision"] <= 1
     # every small instance of every window is measured or skipped: counted here on the windows themselves
-    from borrowcore.data import CocoDetection
-    from borrowcore.tiling import TiledDataset
+    from borrowcore.data.dataset import CocoDetection
+    from borrowcore.data.tiling import TiledDataset
 
     windows = TiledDataset(CocoDetection(aerial / "images", aerial / "instances.json"), 128, 0.2)
     small = 0

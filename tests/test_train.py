@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from borrowcore import ExperimentConfig, load_config, load_detector
-from borrowcore.checkpoint import read_checkpoint
-from borrowcore.engine import TrainingDiverged, lr_factor, train_step
-from borrowcore.loss import MultiBoxLoss
-from borrowcore.train import train
+from borrowcore.engine.steps import TrainingDiverged, lr_factor, train_step
+from borrowcore.engine.train import train
+from borrowcore.models.checkpoint import read_checkpoint
+from borrowcore.models.loss import MultiBoxLoss
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "assets" / "synth-tiny"
@@ -97,7 +97,7 @@ def first_images(out: Path, count: int) -> Path:
 def test_best_checkpoint_by_validation_ap(tmp_path, monkeypatch):
     """Three epochs whose validation AP goes 0.2, 0.5, 0.3 (the real AP is computed at the first, then replaced
     by these): best.pt holds the weights of the second epoch, not the last ones, nor the first ones."""
-    import borrowcore.train as train_module
+    import borrowcore.engine.train as train_module
 
     subset = first_images(tmp_path / "two.json", 2)
     config = tiny_experiment(max_steps=3, val_metric="AP", batch_size=2)  # an epoch is one step
@@ -131,7 +131,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
     config = tiny_experiment(max_steps=14, checkpoint_every=5)
     train(config, tmp_path / "straight", show_progress=False)
 
-    import borrowcore.train as train_module
+    import borrowcore.engine.train as train_module
 
     real_step = train_module.train_step
     calls = {"n": 0}
@@ -186,7 +186,7 @@ def test_nan_loss_stops_with_clear_error(tmp_path, monkeypatch):
 RANK_WEIGHTS_CLI = """
 import os, runpy
 import torch
-import borrowcore.train as train_module
+import borrowcore.engine.train as train_module
 
 built, real_build = [], train_module.build_detector
 train_module.build_detector = lambda *args, **kwargs: built.append(real_build(*args, **kwargs)) or built[-1]
@@ -203,7 +203,7 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     """Two ranks, each on its own half of every batch: DDP averages their gradients, so after 3 steps both hold
     the same parameters (ranks that never synchronise would each follow their own data and drift apart)."""
     config_path = tmp_path / "tiny.yaml"
-    from borrowcore.config import save_config
+    from borrowcore.engine.config import save_config
 
     config = tiny_experiment(max_steps=3, checkpoint_every=100)
     config.train.log_every = 1
@@ -237,7 +237,7 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     ("model.aspect_ratios=[2, x]", "DetectorConfig.aspect_ratios must be a list of numbers"),
 ])
 def test_config_values_of_the_wrong_type_name_the_field(override, message):
-    from borrowcore.config import apply_overrides
+    from borrowcore.engine.config import apply_overrides
 
     config = load_config(ROOT / "configs" / "faces-full.yaml")
     with pytest.raises(ValueError, match=message.replace("[", r"\[")):
@@ -251,8 +251,8 @@ def test_every_shipped_config_loads_and_builds_its_augmentation(path, tmp_path):
     40 px object into what the trainer batches: a float image (3, S, S) in [0, 1], boxes inside it."""
     from torchvision import tv_tensors
 
-    from borrowcore.config import save_config
-    from borrowcore.presets import build_preset
+    from borrowcore.data.presets import build_preset
+    from borrowcore.engine.config import save_config
 
     config = load_config(path)
     save_config(config, tmp_path / "again.yaml")
@@ -281,7 +281,7 @@ def test_aerial_jitter_is_the_aerial_recipe_with_scale_jitter():
 
 
 def test_ema_by_hand():
-    from borrowcore.engine import ModelEMA
+    from borrowcore.engine.steps import ModelEMA
 
     model = torch.nn.BatchNorm1d(1)
     with torch.no_grad():
@@ -305,7 +305,7 @@ def test_ema_by_hand():
 def record_network_dtypes(monkeypatch) -> list[tuple[bool, torch.dtype]]:
     """(train mode, dtype of the class logits) of every forward pass of the networks ``train`` builds from now
     on: bfloat16 logits are what CPU bf16 autocast makes of the head's convolutions (fp32 without it)."""
-    import borrowcore.train as train_module
+    import borrowcore.engine.train as train_module
 
     seen: list[tuple[bool, torch.dtype]] = []
     real_build = train_module.build_detector
@@ -350,7 +350,7 @@ def test_resume_from_a_copied_state_with_ema_and_bf16(tmp_path, monkeypatch):
     train(config, tmp_path / "straight", show_progress=False)
     assert forward_passes == [(True, torch.bfloat16)] * 9  # every step under bf16 autocast
 
-    import borrowcore.train as train_module
+    import borrowcore.engine.train as train_module
 
     real_step = train_module.train_step
     calls = {"n": 0}
@@ -385,7 +385,7 @@ def test_resume_from_a_copied_state_with_ema_and_bf16(tmp_path, monkeypatch):
 
 
 def test_log_of_a_resumed_run_keeps_the_redone_steps_once():
-    from borrowcore.traininglog import parse_training_log
+    from borrowcore.engine.traininglog import parse_training_log
 
     lines = [json.dumps(r) for r in (
         {"event": "start"}, {"event": "step", "step": 10, "loss": 5.0}, {"event": "step", "step": 20, "loss": 4.0},

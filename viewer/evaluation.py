@@ -2,11 +2,11 @@
 
 - A run (``Run``) is what a session asked to evaluate: checkpoints on one set. It lives in the session, so a
   rerun (a click anywhere, leaving the page and coming back) carries it on from the last finished slice.
-- ``advance`` runs its slices (``borrowcore.evaluate_upload.SlicedEvaluation``) one at a time through the
+- ``advance`` runs its slices (``borrowcore.evaluation.evaluate_upload.SlicedEvaluation``) one at a time through the
   server's one inference queue: a slice is submitted only when the one before it is done, so requests that
   other sessions (Inspect) queue meanwhile run between two slices; slices stay out of the result cache.
 - An uploaded set is unpacked anew by each script run into a temporary folder that is removed when the run
-  ends (``borrowcore.evaluate_upload.unpacked_coco_set``); the uploaded bytes stay in the session meanwhile.
+  ends (``borrowcore.evaluation.evaluate_upload.unpacked_coco_set``); the uploaded bytes stay in the session meanwhile.
 - Finished reports go to the session (``REPORTS``: the report, its detections, an uploaded set's json);
   Compare and Head to head list them (``session_reports``) beside the bundled ones.
 """
@@ -26,11 +26,11 @@ from pathlib import Path
 import streamlit as st
 
 from borrowcore import Detector
-from borrowcore.coco import read_coco_json
-from borrowcore.data import CocoDetection
-from borrowcore.derived import ROOT as DATA_ROOT
-from borrowcore.derived import WIDER, missing_ground_truth
-from borrowcore.evaluate_upload import SlicedEvaluation, check_classes, seconds_left, unpacked_coco_set
+from borrowcore.data.coco import read_coco_json
+from borrowcore.data.dataset import CocoDetection
+from borrowcore.data.derived import ROOT as DATA_ROOT
+from borrowcore.data.derived import WIDER, missing_ground_truth
+from borrowcore.evaluation.evaluate_upload import SlicedEvaluation, check_classes, seconds_left, unpacked_coco_set
 from viewer import assets
 from viewer.models import DEVICE, InferenceQueue, QueueFull, file_key
 

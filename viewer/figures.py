@@ -1,6 +1,6 @@
 """Figures: plotly for the pages, matplotlib for the downloadable overlay PNG.
 
-Everything arrives already computed and placed in image pixels (``borrowcore.explain.BorrowView``,
+Everything arrives already computed and placed in image pixels (``borrowcore.evaluation.explain.BorrowView``,
 ``GridMap``); this module only draws. Image y runs downwards, as in the image.
 """
 
@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from plotly.subplots import make_subplots
 
-from borrowcore.explain import BorrowView, Explanation, GridMap
+from borrowcore.evaluation.explain import BorrowView, Explanation, GridMap
 
 PALETTE = px.colors.qualitative.Set1 + px.colors.qualitative.Dark2
 QUERY_COLOUR = "#00e5ff"  # the small detection or cell being explained
@@ -139,7 +139,7 @@ def link_text(link: dict, explanation: Explanation) -> str:
             f"mass, {link['lift']:.1f}× what a uniform row would put there ({link['chance']:.0%})")
 
 
-LIFT = 1.25  # borrowcore.explain.borrow_view's min_lift: heat starts where links count as borrowed
+LIFT = 1.25  # borrowcore.evaluation.explain.borrow_view's min_lift: heat starts where links count as borrowed
 
 
 def _heat_range(uniform: float, values: np.ndarray) -> tuple[float, float]:
@@ -432,7 +432,7 @@ CONDITION_NAMES = {"C75": "C75: right at IoU .75", "C50": "C50: at IoU .5", "Loc
 
 
 def breakdown_bars(rows: pd.DataFrame, title: str) -> go.Figure:
-    """Stacked bars per report of each condition's band (rows of ``borrowcore.compare.breakdown_rows``),
+    """Stacked bars per report of each condition's band (rows of ``borrowcore.evaluation.compare.breakdown_rows``),
     one panel per size range: every bar stacks to 1, its C75..BG tops are the APs under each condition."""
     conditions = list(dict.fromkeys(rows["condition"]))
     figure = px.bar(rows, x="report", y="band", color="condition", facet_col="range", barmode="stack",
@@ -491,11 +491,11 @@ def difference_figure(ranges: dict[str, dict], title: str) -> go.Figure:
 
 def instance_crop(image: np.ndarray, bbox: Sequence[float], colour: str = QUERY_COLOUR, context: float = 1.0,
                   min_side: int = 64, display_side: int = 160) -> Image.Image:
-    """An instance with its context (``borrowcore.compare.crop_with_context``), its box drawn, upscaled with
+    """An instance with its context (``borrowcore.evaluation.compare.crop_with_context``), its box drawn, upscaled with
     nearest pixels to ``display_side`` so small instances stay legible. image (H, W, 3) uint8; bbox xywh."""
     from PIL import ImageDraw
 
-    from borrowcore.compare import crop_with_context
+    from borrowcore.evaluation.compare import crop_with_context
 
     crop, (x, y, w, h) = crop_with_context(image, bbox, context, min_side)
     picture = Image.fromarray(np.ascontiguousarray(crop))

@@ -16,15 +16,15 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import streamlit as st
 
-from borrowcore.anchors import design_aspect_ratios
-from borrowcore.coco import read_coco_boxes, read_coco_json
-from borrowcore.stats import dataset_anchor_recall
-from borrowcore.analysis import analyze_report, compare_reports
-from borrowcore.compare import parse_report, resolve_report_path
-from borrowcore.images import BadImageError, decode_upload
-from borrowcore.report import ReportError, load_report, report_detections_path, sha256_file
-from borrowcore.stats import dataset_stats
-from borrowcore.traininglog import TrainingLog, parse_training_log, read_training_log
+from borrowcore.data.coco import read_coco_boxes, read_coco_json
+from borrowcore.data.images import BadImageError, decode_upload
+from borrowcore.engine.traininglog import TrainingLog, parse_training_log, read_training_log
+from borrowcore.evaluation.analysis import analyze_report, compare_reports
+from borrowcore.evaluation.compare import parse_report, resolve_report_path
+from borrowcore.evaluation.report import ReportError, load_report, report_detections_path, sha256_file
+from borrowcore.evaluation.stats import dataset_anchor_recall
+from borrowcore.evaluation.stats import dataset_stats
+from borrowcore.models.anchors import design_aspect_ratios
 
 Result = tuple[Any, str | None]
 
@@ -224,7 +224,7 @@ def store_evaluation(report: dict, detections: bytes, annotations: bytes | None 
     """A report evaluated in this session with its detections (gzip json) side by side under their content
     hash, and an uploaded set's ground truth too (its unpacked folder is gone), which the stored report then
     names; returns the report's path. Written once: the report last, atomically, so it is there only when all is."""
-    from borrowcore.report import save_report
+    from borrowcore.evaluation.report import save_report
     from viewer.models import UPLOADS
 
     digest = hashlib.sha256(json.dumps(report, sort_keys=True).encode() + detections + (annotations or b""))
@@ -249,7 +249,7 @@ def _comparison(path_a: str, digest_a: str, path_b: str, digest_b: str, annotati
 
 
 def comparison(path_a: Path, path_b: Path, bootstrap: int, seed: int, score_threshold: float) -> Result:
-    """``borrowcore.analysis.compare_reports`` of two report files, cached by their content."""
+    """``borrowcore.evaluation.analysis.compare_reports`` of two report files, cached by their content."""
     report_a, error = report_from_path(path_a)
     if error:
         return None, error

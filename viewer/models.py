@@ -30,9 +30,9 @@ import streamlit as st
 import torch
 
 from borrowcore import CheckpointError, Detector, load_detector
-from borrowcore.checkpoint import checkpoint_config, read_checkpoint
-from borrowcore.explain import Explanation, explain
-from borrowcore.images import MAX_PIXELS, decode_upload
+from borrowcore.data.images import MAX_PIXELS, decode_upload
+from borrowcore.evaluation.explain import Explanation, explain
+from borrowcore.models.checkpoint import checkpoint_config, read_checkpoint
 from viewer import assets
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

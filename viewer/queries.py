@@ -14,9 +14,9 @@ from typing import Any
 import pandas as pd
 import torch
 
-from borrowcore.data import BadImageError
-from borrowcore.explain import BorrowView, Explanation, default_query
-from borrowcore.images import image_digest
+from borrowcore.data.dataset import BadImageError
+from borrowcore.data.images import image_digest
+from borrowcore.evaluation.explain import BorrowView, Explanation, default_query
 from viewer.figures import LIFT, detection_label, layer_name, link_text
 from viewer.models import decode_image
 
@@ -171,7 +171,7 @@ def open_request(state: MutableMapping, request: dict, samples: dict[str, Path],
 def request_query(state: MutableMapping, explanation: Explanation, keep: Sequence[int], bbox: Sequence[float],
                   min_iou: float = 0.1) -> int | None:
     """Make the instance of ``keep`` that overlaps ``bbox`` (xywh) most the query; None when none overlaps."""
-    from borrowcore.compare import matching_instance
+    from borrowcore.evaluation.compare import matching_instance
 
     found = matching_instance(explanation.detections["boxes"][list(keep)], bbox, min_iou) if keep else None
     if found is None:
@@ -203,7 +203,7 @@ def window_start(center: float, length: int, size: int) -> int:
 
 def crop_to_window(image: torch.Tensor, left: int, top: int, size: int) -> torch.Tensor:
     """The S x S window at (left, top) of a (3, H, W) image, padded with the mean colour past its edges."""
-    from borrowcore.tiling import Window, crop_window
+    from borrowcore.data.tiling import Window, crop_window
 
     height, width = image.shape[-2:]
     return crop_window(image, Window(left, top, min(left + size, width), min(top + size, height)), size)
@@ -212,7 +212,7 @@ def crop_to_window(image: torch.Tensor, left: int, top: int, size: int) -> torch
 def truth_in_window(truth: dict | None, left: int, top: int, size: int, min_visibility: float = 0.5) -> dict | None:
     """Ground truth moved into a window's pixels: boxes with at least ``min_visibility`` of their area
     inside it, clipped (the training crop's rule); None when none is."""
-    from borrowcore.presets import crop_boxes
+    from borrowcore.data.presets import crop_boxes
 
     if truth is None:
         return None

@@ -1,0 +1,1 @@
+"""Deployment: predictions on image files, ONNX export and its runtime, what the detector costs."""

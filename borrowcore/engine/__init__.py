@@ -1,0 +1,1 @@
+"""Training: the trainer and its steps, the experiment config, the training log, the ablation study."""
