@@ -19,7 +19,7 @@ import math
 from pathlib import Path
 
 from borrowcore.evaluation.analysis import report_ground_truth
-from borrowcore.evaluation.evaluate import coco_metrics
+from borrowcore.evaluation.coco_eval import coco_metrics
 from borrowcore.evaluation.report import load_detections, load_report
 
 BINS = ((0, 16), (16, 32), (32, 64), (64, 128), (128, 200), (200, math.inf))

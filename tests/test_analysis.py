@@ -7,7 +7,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from borrowcore.evaluation.analysis import compare_reports, detected_instances, error_analysis, report_ground_truth
-from borrowcore.evaluation.evaluate import coco_metrics
+from borrowcore.evaluation.coco_eval import coco_metrics
 from borrowcore.evaluation.report import SCHEMA, SCHEMA_VERSION, save_report
 from borrowcore.utils.atomic import write_json_atomic
 
@@ -149,7 +149,7 @@ def test_bootstrap_drops_draws_without_ground_truth_in_a_range(tmp_path):
 
 def test_resampled_ap_equals_cocoeval_on_those_images(tmp_path):
     from borrowcore.evaluation.analysis import _ap_on_sample, _bootstrap_evaluator, _prepare_bootstrap, _ranges
-    from borrowcore.evaluation.evaluate import DEFAULT_SIZE_BINS
+    from borrowcore.evaluation.coco_eval import DEFAULT_SIZE_BINS
     from borrowcore.evaluation.report import load_detections, load_report
     import numpy as np
 
@@ -190,7 +190,7 @@ def crowd_pair(tmp_path):
 
 def test_compare_twins_and_orphans_with_the_same_resamples(tmp_path):
     from borrowcore.evaluation.analysis import format_comparison
-    from borrowcore.evaluation.evaluate import subset_metrics
+    from borrowcore.evaluation.coco_eval import subset_metrics
 
     path_a, path_b, coco, results_b = crowd_pair(tmp_path)
     comparison = compare_reports(path_a, path_b, bootstrap=50, seed=0)

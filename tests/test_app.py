@@ -300,7 +300,7 @@ def test_compare_draws_size_bars_twins_orphans_pr_and_classes_from_bundled_repor
     assert list(full["x"]) == ["all", "small", "large"]  # the tiny set has no medium boxes: no bar there
     assert {t["name"] for t in twins["data"]} == {"twins", "orphans"}
     assert "Twins against orphans" in texts(at) and "Borrow precision" in texts(at)
-    # instance-level twins / orphans (evaluate.instance_subsets): the twins split holds only twins, the orphans
+    # instance-level twins / orphans (coco_eval.instance_subsets): the twins split holds only twins, the orphans
     # split only orphans, so each panel has one bar per group
     assert {t["name"] for t in subsets["data"]} == {"full", "ssd"} and "Small twins and orphans" in texts(at)
     assert {x for t in subsets["data"] for x in t["x"]} == {"twins", "orphans"}

@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 from borrowcore import save_checkpoint
 from borrowcore.evaluation.analysis import error_analysis, load_coco
-from borrowcore.evaluation.evaluate import coco_metrics
+from borrowcore.evaluation.coco_eval import coco_metrics
 from borrowcore.evaluation.report import SCHEMA, SCHEMA_VERSION, save_report, sha256_file
 from borrowcore.utils.atomic import write_json_atomic
 from test_app import HOME, TIMEOUT, TINY, charts, texts, tiny_detector
@@ -123,7 +123,7 @@ def test_head_to_head_differences_and_gallery_of_fixed_and_broken(app):
     assert points["x"][0] == "all" and "arrayminus" in points["error_y"]
     table = at.dataframe[0].value
     assert (table["CI low"] <= table["B − A"]).all() and (table["B − A"] <= table["CI high"]).all()
-    assert "twins" in table["range"].tolist()  # small twins (evaluate.instance_subsets) below the size ranges
+    assert "twins" in table["range"].tolist()  # small twins (coco_eval.instance_subsets) below the size ranges
 
     at.selectbox(key="h2h_size").set_value("all").run()
     listed = at.dataframe[1].value

@@ -96,7 +96,7 @@ def test_eval_stops_naming_the_bomb_or_skips_and_counts_it(coco_with_bomb, check
     without["images"] = [i for i in without["images"] if i["id"] != BOMB_ID]
     without["annotations"] = [a for a in without["annotations"] if a["image_id"] != BOMB_ID]
     (tmp_path / "without.json").write_text(json.dumps(without))
-    from borrowcore.evaluation.evaluate import coco_metrics
+    from borrowcore.evaluation.coco_eval import coco_metrics
     from borrowcore.evaluation.report import load_detections
 
     expected = coco_metrics(CocoDetection(images, tmp_path / "without.json").coco, load_detections(report, out))

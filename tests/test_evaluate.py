@@ -9,7 +9,8 @@ import torch
 from pycocotools.coco import COCO
 
 from borrowcore import save_checkpoint
-from borrowcore.evaluation.evaluate import coco_metrics, evaluate_checkpoint, parse_size_bins
+from borrowcore.evaluation.coco_eval import coco_metrics, parse_size_bins
+from borrowcore.evaluation.evaluate import evaluate_checkpoint
 from borrowcore.evaluation.report import ReportError, load_detections, load_report, validate_report
 
 from conftest import make_detector
@@ -182,7 +183,7 @@ def test_tiled_eval_matches_whole_image_eval_when_one_tile_covers_the_image(tmp_
 
 
 def test_small_instance_top1_accuracy_by_hand():
-    from borrowcore.evaluation.evaluate import small_instance_accuracy
+    from borrowcore.evaluation.coco_eval import small_instance_accuracy
 
     coco = make_coco({1: [[10, 10, 20, 20], [100, 100, 20, 20], [200, 200, 20, 20], [250, 250, 100, 100]]})
     results = [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "score": 0.9},    # right, best
@@ -253,7 +254,7 @@ def hit(ann_id: int, score: float = 0.9, bbox=None) -> dict:
 
 
 def test_twins_and_orphans_by_hand():
-    from borrowcore.evaluation.evaluate import instance_subsets
+    from borrowcore.evaluation.coco_eval import instance_subsets
 
     coco = crowd_coco(CROWD)
     assert instance_subsets(coco) == {"twins": {1}, "orphans": {3, 4, 5}}
@@ -265,7 +266,7 @@ def test_twins_and_orphans_by_hand():
 
 
 def test_subset_ap_ignores_the_other_ground_truth():
-    from borrowcore.evaluation.evaluate import subset_metrics
+    from borrowcore.evaluation.coco_eval import subset_metrics
 
     coco = crowd_coco(CROWD)
     perfect = subset_metrics(coco, [hit(i) for i in (1, 3, 4, 5)])
@@ -296,7 +297,8 @@ def test_subset_ap_ignores_the_other_ground_truth():
 
 
 def test_reports_carry_subsets_and_old_reports_still_load(twins_report):
-    from borrowcore.evaluation.evaluate import format_metrics, instance_subsets, subset_metrics
+    from borrowcore.evaluation.coco_eval import instance_subsets, subset_metrics
+    from borrowcore.evaluation.evaluate import format_metrics
 
     _, _, out = twins_report
     loaded = load_report(out)

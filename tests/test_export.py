@@ -18,8 +18,9 @@ from torchvision.ops import batched_nms
 from borrowcore import CheckpointError, DetectorConfig, save_checkpoint
 from borrowcore.cli import main
 from borrowcore.data.dataset import read_image_rgb
-from borrowcore.deploy.export import (OnnxDetector, export_checkpoint, export_onnx, exportable, letterbox_to_canvas,
-                                      read_metadata, resize_to_input, select_detections, verify_export)
+from borrowcore.deploy.export import export_checkpoint, export_onnx, exportable, read_metadata
+from borrowcore.deploy.runtime import (OnnxDetector, letterbox_to_canvas, resize_to_input, select_detections,
+                                       verify_export)
 from borrowcore.models.detector import IMAGENET_MEAN, IMAGENET_STD
 
 from conftest import make_detector

@@ -16,7 +16,7 @@ from borrowcore.data.dataset import IGNORE_LABEL, CocoDetection
 from borrowcore.data.formats import LabelError, read_wider
 from borrowcore.data.presets import RandomScaledCrop
 from borrowcore.data.tiling import recipe_tile_size
-from borrowcore.evaluation.evaluate import coco_metrics
+from borrowcore.evaluation.coco_eval import coco_metrics
 from borrowcore.models.boxes import ignored_anchors
 from borrowcore.models.checkpoint import load_detector, save_checkpoint
 from borrowcore.models.config import DetectorConfig
@@ -297,7 +297,7 @@ def test_eval_of_another_detectors_results(tmp_path: Path):
 
 
 def test_best_f1_threshold_by_hand():
-    from borrowcore.evaluation.evaluate import best_f1_threshold
+    from borrowcore.evaluation.coco_eval import best_f1_threshold
 
     coco = face_ground_truth([[10, 10, 40, 40], [100, 100, 40, 40]], size=200)
     results = [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 40, 40], "score": 0.9},  # TP

@@ -374,7 +374,8 @@ def coco_eval_rows(num_images: int = 5000, seed: int = 0) -> list[dict]:
 def onnx_rows(batches: tuple[int, ...] = (1, 8), input_size: int = 300, width: float = 1.0, num_classes: int = 80,
               repeats: int = 5, warmup: int = 1) -> list[dict]:
     """onnxruntime against PyTorch eager on the same exported computation (network + box decoding)."""
-    from borrowcore.deploy.export import benchmark_onnx, export_onnx
+    from borrowcore.deploy.export import export_onnx
+    from borrowcore.deploy.runtime import benchmark_onnx
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

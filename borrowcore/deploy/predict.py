@@ -256,7 +256,7 @@ def predict_files(sources: Sequence[str | Path], out: str | Path, *, checkpoint:
     # onnxruntime's CUDA provider comes with onnxruntime-gpu only: ONNX files run on the CPU unless asked
     device = device or ("cuda" if torch.cuda.is_available() and onnx is None else "cpu")
     if onnx is not None:
-        from borrowcore.deploy.export import OnnxDetector
+        from borrowcore.deploy.runtime import OnnxDetector
 
         detector = OnnxDetector(onnx, device)
         info = {"onnx": str(onnx), "backend": "onnxruntime", "ablation": detector.metadata["ablation"],

@@ -20,7 +20,7 @@ from borrowcore.models.config import NECKS
 
 SPLITS = ("twins", "orphans", "shuffled")
 TABLE_METRICS = ("AP", "AP50", "AP_S", "AP_M", "AP_L")
-SUBSET_COLUMNS = ("AP_twins", "AP_orphans", "AP50_twins", "AP50_orphans")  # evaluate.instance_subsets; md: AP only
+SUBSET_COLUMNS = ("AP_twins", "AP_orphans", "AP50_twins", "AP50_orphans")  # coco_eval.instance_subsets; md: AP only
 
 
 def ablation_config(config_dir: Path, neck: str, data: Path, seed: int, overrides: Sequence[str] = ()) -> ExperimentConfig:
@@ -79,7 +79,7 @@ def run_ablation(data: str | Path, out: str | Path, seeds: Sequence[int] = (0, 1
 def add_small_accuracy(report_path: Path) -> None:
     """Store ``extra.small_top1`` in a report that lacks it, from its own detections."""
     from borrowcore.evaluation.analysis import report_ground_truth
-    from borrowcore.evaluation.evaluate import small_instance_accuracy
+    from borrowcore.evaluation.coco_eval import small_instance_accuracy
     from borrowcore.evaluation.report import load_detections
 
     report = load_report(report_path)
@@ -94,7 +94,7 @@ def add_subsets(report_path: Path) -> bool:
     """Store ``subsets`` (small twins and orphans) in a report that lacks it, from its own detections and
     ground truth; True when it was added."""
     from borrowcore.evaluation.analysis import report_ground_truth
-    from borrowcore.evaluation.evaluate import subset_metrics
+    from borrowcore.evaluation.coco_eval import subset_metrics
     from borrowcore.evaluation.report import load_detections
 
     report = load_report(report_path)
@@ -207,7 +207,7 @@ def best_seed(runs: Path, neck: str, split: str) -> int | None:
 def release_threshold(report_path: Path) -> float:
     """The F1-best score threshold (IoU 0.5) of a report's detections, rounded to 0.05, within [0.05, 0.95]."""
     from borrowcore.evaluation.analysis import report_ground_truth
-    from borrowcore.evaluation.evaluate import best_f1_threshold
+    from borrowcore.evaluation.coco_eval import best_f1_threshold
     from borrowcore.evaluation.report import read_json
 
     report = load_report(report_path)

@@ -119,7 +119,8 @@ def make_loader(dataset, sampler, batch_size: int, workers: int, drop_last: bool
 
 def validation_ap(detector, t, context: DistributedContext) -> float:
     """COCO AP of the detector on the validation set (every rank a shard; the same value on all ranks)."""
-    from borrowcore.evaluation.evaluate import coco_metrics, gather_results, predict
+    from borrowcore.evaluation.coco_eval import coco_metrics
+    from borrowcore.evaluation.evaluate import gather_results, predict
 
     dataset = CocoDetection(t.val_images, t.val_annotations, skip_bad=t.skip_bad)
     results, _ = predict(detector, dataset, context.device, t.batch_size, 0, context, show_progress=False)

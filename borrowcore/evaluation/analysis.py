@@ -31,8 +31,8 @@ from pycocotools.cocoeval import COCOeval
 from torchvision.ops import box_convert, box_iou
 
 from borrowcore.data.dataset import load_ground_truth
-from borrowcore.evaluation.evaluate import (COCO_RANGES, DEFAULT_SIZE_BINS, MAX_AREA, bin_label, instance_subsets,
-                                            results_to_coco, subset_evaluator)
+from borrowcore.evaluation.coco_eval import (COCO_RANGES, DEFAULT_SIZE_BINS, MAX_AREA, bin_label, instance_subsets,
+                                             results_to_coco, subset_evaluator)
 from borrowcore.evaluation.report import ReportError, load_detections, load_report, save_report
 
 CONDITIONS = ("C75", "C50", "Loc", "Sim", "Oth", "BG", "FN")
@@ -212,7 +212,7 @@ def detected_instances(coco_gt: COCO, results: list[dict], score_threshold: floa
 def compare_reports(path_a: str | Path, path_b: str | Path, coco: str | Path | None = None, bootstrap: int = 1000,
                     seed: int = 0, score_threshold: float = 0.5) -> dict[str, Any]:
     """B against A on the same images: per size range AP_B - AP_A with a paired bootstrap 95% interval
-    over images (seeded), the same for the small twins and orphans (``evaluate.instance_subsets``; the same
+    over images (seeded), the same for the small twins and orphans (``coco_eval.instance_subsets``; the same
     resamples), and the ground-truth instances B detects that A misses ("fixed") and the reverse."""
     report_a, report_b = load_report(path_a), load_report(path_b)
     if report_a["dataset"]["annotations_sha256"] != report_b["dataset"]["annotations_sha256"]:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torchvision.ops import box_convert, box_iou
 
-from borrowcore.evaluation.evaluate import COCO_RANGES
+from borrowcore.evaluation.coco_eval import COCO_RANGES
 from borrowcore.evaluation.report import ReportError, sha256_file, validate_report
 
 COCO_SIZE_METRICS = {"AP": ("AP", "AP_S", "AP_M", "AP_L"), "AR": ("AR100", "AR_S", "AR_M", "AR_L")}
@@ -99,7 +99,7 @@ def size_bin_table(reports: Sequence[tuple[str, dict]], by: str = "ablation", me
 
 def subset_table(reports: Sequence[tuple[str, dict]], by: str = "ablation", metric: str = "AP") -> list[dict]:
     """Rows (group, split, size = "twins" / "orphans", mean, std, reports, instances) of AP or AP50 on the small
-    twins and orphans (``evaluate.instance_subsets``), over the reports that hold them (none before issue 15)."""
+    twins and orphans (``coco_eval.instance_subsets``), over the reports that hold them (none before issue 15)."""
     if metric not in ("AP", "AP50"):
         raise ValueError(f"twins and orphans hold AP and AP50, not {metric!r}")
     rows = []

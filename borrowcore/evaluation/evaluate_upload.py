@@ -28,8 +28,8 @@ import torch
 
 from borrowcore.data.coco import read_coco_json
 from borrowcore.data.dataset import BadAnnotationError, CocoDetection
-from borrowcore.evaluation.evaluate import (DEFAULT_SIZE_BINS, build_report, inference_description, model_entry,
-                                            predict, timing_entry)
+from borrowcore.evaluation.coco_eval import DEFAULT_SIZE_BINS
+from borrowcore.evaluation.evaluate import build_report, inference_description, model_entry, predict, timing_entry
 
 
 class UploadError(ValueError):

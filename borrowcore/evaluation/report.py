@@ -41,7 +41,7 @@ REPORT_SPEC: dict[str, Any] = {
     "per_class": [{"name": str, "category_id": int, "AP": NUMBER, "AP50": NUMBER, "AP_S": NUMBER, "num_gt": int}],
     "pr_curves": {"recall": [NUMBER], "iou": [NUMBER], "ranges": dict},
     "timing": {"images": int, "seconds": NUMBER, "images_per_s": NUMBER, "device": str},
-    # small twins and orphans (evaluate.instance_subsets); optional: reports before issue 15 lack it
+    # small twins and orphans (coco_eval.instance_subsets); optional: reports before issue 15 lack it
     "subsets?": {name: {"AP": NUMBER, "AP50": NUMBER, "instances": int} for name in ("twins", "orphans")},
     "extra?": dict,
 }
