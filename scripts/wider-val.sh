@@ -1,4 +1,4 @@
-# Sourced by faces-eval.sh and faces-release-eval.sh (PY and WIDER set): the 199 WIDER val photos as COCO
+# Sourced by faces-eval.sh, faces-release-eval.sh and studies/faces-recipe-study.sh (PY and WIDER set): the 199 WIDER val photos as COCO
 # (data/wider/val.json) and `shifted NAME SHIFT-ARGS...`, an off-distribution copy in data/wider-NAME/.
 [ -f data/wider/val.json ] || $PY -m borrowcore convert --from wider --images $WIDER/images \
     --labels $WIDER/val_bbx_gt.txt --out data/wider/val.json

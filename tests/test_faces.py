@@ -324,15 +324,12 @@ def test_export_keeps_a_whole_image_models_anchors():
 
 @pytest.mark.skipif(not WIDER.is_dir(), reason="needs ../shared/data/wider-faces")
 def test_loss_anatomy_of_the_untrained_face_model(tmp_path: Path):
-    """scripts/loss_anatomy.py --init: with SSD's Xavier head the hard negatives start near certain faces
+    """scripts/studies/loss_anatomy.py --init: with SSD's Xavier head the hard negatives start near certain faces
     (mining picks the tail of random scores); RetinaNet's init with prior 0.25 starts every anchor at 0.25."""
     import csv
-    import importlib.util
     import json
 
-    spec = importlib.util.spec_from_file_location("loss_anatomy", Path(__file__).parents[1] / "scripts" / "loss_anatomy.py")
-    loss_anatomy = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(loss_anatomy)
+    loss_anatomy = load_script("studies/loss_anatomy")
     annotations = tmp_path / "val.json"
     annotations.write_text(json.dumps(read_wider(WIDER / "images", WIDER / "val_bbx_gt.txt")))
     config = Path(__file__).parents[1] / "configs" / "faces-full.yaml"
@@ -352,9 +349,10 @@ def test_loss_anatomy_of_the_untrained_face_model(tmp_path: Path):
 
 
 def load_script(name: str):
+    """scripts/<name>.py as a module (name: "copy_report", "studies/rescale_detections")."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "scripts" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(Path(name).name, Path(__file__).parents[1] / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -487,9 +485,9 @@ def test_yolo_peer_labels_by_hand(tmp_path: Path):
 
 
 def test_rescale_detections_by_hand():
-    """scripts/rescale_detections.py maps boxes found on a 2x copy back onto the photo: every coordinate
+    """scripts/studies/rescale_detections.py maps boxes found on a 2x copy back onto the photo: every coordinate
     halved, image, class and score kept (a wrong factor or a dropped field would score against the wrong
     faces)."""
     found = [{"image_id": 7, "category_id": 1, "bbox": [10.0, 21.0, 30.0, 44.0], "score": 0.9, "area": 1320.0}]
-    assert load_script("rescale_detections").rescaled(found, 0.5) == [
+    assert load_script("studies/rescale_detections").rescaled(found, 0.5) == [
         {"image_id": 7, "category_id": 1, "bbox": [5.0, 10.5, 15.0, 22.0], "score": 0.9}]

@@ -2,7 +2,7 @@
 (``borrowcore shift --scale``) on the original labels: the x2 copy, shrunk to 1,280 px by the face models'
 recipe, is the photo seen at 1.25x, the size YOLO11n is best at.
 
-    python scripts/rescale_detections.py runs/faces-release/full/eval_x2.json --factor 0.5 --out /tmp/full-x2.json
+    python scripts/studies/rescale_detections.py runs/faces-release/full/eval_x2.json --factor 0.5 --out /tmp/full-x2.json
     borrowcore eval --detections /tmp/full-x2.json --coco data/wider/val.json --images ... --size-bins ...
 """
 

@@ -3,14 +3,14 @@
 # (docs/results/faces-inference-recipe.md): one checkpoint under several recipes on val and on the 2x copy
 # (the faces of a close-up photo), then the table (AP50 >= 16 px and by bin, rescored from the reports) and
 # the faces found / false boxes a photo at each report's F1-best threshold.
-#   bash scripts/faces-recipe-study.sh runs/faces-release/ssd/weights.pt ssd [OUT] (SPLITS="val x2")
+#   bash scripts/studies/faces-recipe-study.sh runs/faces-release/ssd/weights.pt ssd [OUT] (SPLITS="val x2")
 set -eu
 WEIGHTS=${1:?usage: faces-recipe-study.sh WEIGHTS TAG [OUT]}
 TAG=${2:?tag}
 OUT=${3:-runs/recipe}
 PY=${PYTHON:-.venv/bin/python}
 WIDER=../shared/data/wider-faces
-. "$(dirname "$0")/wider-val.sh"
+. "$(dirname "$0")/../wider-val.sh"
 mkdir -p "$OUT"
 zoom="--recipe oversize=shrink --recipe zoom_out=[0.5]"
 set -f  # [0.5] is a YAML list

@@ -10,8 +10,8 @@ Checkpoints must hold their training state (a run's last.pt, copied as it trains
 applied, seeded by its train.seed): what the loss starts from. ``logit_spread`` is the standard deviation,
 over all anchors, of the face-vs-background log-odds: how far from a constant score the model is.
 
-    python scripts/loss_anatomy.py runs/faces3/snap-ssd2/*.pt --crops 64 --out runs/faces3/anatomy-ssd2.csv
-    python scripts/loss_anatomy.py --init configs/faces-full.yaml --set model.neck=ssd --out init.csv
+    python scripts/studies/loss_anatomy.py runs/faces3/snap-ssd2/*.pt --crops 64 --out runs/faces3/anatomy-ssd2.csv
+    python scripts/studies/loss_anatomy.py --init configs/faces-full.yaml --set model.neck=ssd --out init.csv
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 #                     K = 64 pools the 16 x 16 map to 8 x 8; K = 256 changes nothing)
 #   faces           - faces-full.pt on the 199 WIDER val photos, whole photo (up to 1024 px: layer 1 matches
 #                     maps up to 64 x 64; K = 256 pools them to 16 x 16, K = 64 to 8 x 8)
-#   bash scripts/budget-eval.sh [OUT]   (reports OUT/<set>-K<k>.json; rerun to resume)
+#   bash scripts/studies/budget-eval.sh [OUT]   (reports OUT/<set>-K<k>.json; rerun to resume)
 set -eu
 OUT=${1:-runs/budget}
 PY=${PYTHON:-.venv/bin/python}

@@ -2,7 +2,7 @@
 # The shipped aerial checkpoints off their training distribution: KIT val rescaled 2x (cars of 32-112 px,
 # the size other cameras see) and 0.5x, and recoloured (hue +0.1, saturation 0.6, brightness 0.8), each
 # at 256 px native-resolution tiles as in the main aerial result. Resumable.
-#   [PREFIX=assets/checkpoints/aerial] [NECKS="ssd full"] bash scripts/aerial-shift-eval.sh [OUT]   (evaluates PREFIX-<neck>.pt)
+#   [PREFIX=assets/checkpoints/aerial] [NECKS="ssd full"] bash scripts/studies/aerial-shift-eval.sh [OUT]   (evaluates PREFIX-<neck>.pt)
 set -eu
 OUT=${1:-runs/aerial-shift}
 PY=${PYTHON:-.venv/bin/python}

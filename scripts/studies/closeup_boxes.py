@@ -4,7 +4,7 @@ the checkpoint's default threshold, the faces of 32 px and more (in the original
 the boxes on no such face (on the crowd photos some of those are smaller faces; on the portrait and the
 group photo they are false).
 
-    python scripts/closeup_boxes.py assets/checkpoints/faces-full.pt --scales 2 3 --sides 2048 1536 1280
+    python scripts/studies/closeup_boxes.py assets/checkpoints/faces-full.pt --scales 2 3 --sides 2048 1536 1280
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from torchvision.ops import box_iou
 from borrowcore.data.images import read_image_rgb
 from borrowcore.models.checkpoint import load_detector
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def main() -> None:
