@@ -109,7 +109,9 @@ def flop_rows(num_classes: int, input_size: int, width: float) -> list[dict]:
     x = torch.zeros(1, 3, input_size, input_size)
     for neck in NECKS:
         detector = build_detector(DetectorConfig(neck=neck, num_classes=num_classes, input_size=input_size, width=width)).eval()
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        # with gradients on, attention runs as the plain product, the paper's arithmetic (inference's fused
+        # kernel pads V to the keys' width: more multiply-adds for less time, neck.attend)
+        with torch.enable_grad(), FlopCounterMode(display=False) as counter:
             output = detector.network(x, return_matching=True)
         counts = {k: sum(v.values()) for k, v in counter.get_flop_counts().items()}
         row = {"model": neck, "gmacs": round(counter.get_total_flops() / 2e9, 3)}
