@@ -63,12 +63,14 @@ def main() -> None:
     if args.yolo:
         for size in args.yolo_sizes:
             runners[f"{args.yolo} {size} px"] = yolo_runner(args.yolo, size)
+    torch.set_num_threads(args.threads)  # ultralytics sets its own count (the cores minus one) on import
     seconds: dict[str, list[float]] = {name: [] for name in runners}
     with torch.inference_mode():
         for run in runners.values():  # warm-up
             run(photos[0])
         for photo in photos:
             for name, run in runners.items():
+                torch.set_num_threads(args.threads)
                 start = time.perf_counter()
                 run(photo)
                 seconds[name].append(time.perf_counter() - start)

@@ -27,6 +27,8 @@ def test_round_trip_gives_identical_outputs(tmp_path, tiny_config):
     assert not loaded.training and loaded.class_names == detector.class_names
     assert loaded.config == detector.config
     images = torch.rand(2, 3, 128, 128)
+    assert loaded.network.backbone.to_conv4_3[0].weight.is_contiguous(memory_format=torch.channels_last)  # CPU
+    detector.to(memory_format=torch.channels_last)  # the same kernels on both sides
     with torch.no_grad():
         a, b = detector.network(images), loaded.network(images)
     assert torch.equal(a.cls_logits, b.cls_logits) and torch.equal(a.box_regression, b.box_regression)
