@@ -9,7 +9,8 @@ memory (VmHWM). A benchmark, not a test: run it with nothing else on the cores.
     python scripts/load_bench.py --people 8            # photos: the WIDER val photos, in file order
     python scripts/load_bench.py --people 8 --profile reports/bench-load/profile   # py-spy on the server
 
-It ends with PASS or FAIL against the targets: the last of N within 1.3x N times one person's time, server
+``together_cpu`` splits the CPU seconds of the N uploads between the server and the browsers, which share the
+machine's cores here (a person's own browser would not). It ends with PASS or FAIL against the targets: the last of N within 1.3x N times one person's time, server
 peak at most 2 GB, no error, no cross-talk. ``--profile`` samples the server with py-spy while the N upload
 (``pip install py-spy``): the folded stacks, and the share of samples in each of the project's functions
 (inclusive), by thread (the inference worker against the sessions' script threads).
@@ -59,6 +60,31 @@ def start_server(log_path: Path) -> tuple[subprocess.Popen, str]:
             time.sleep(0.5)
     process.kill()
     raise RuntimeError(f"streamlit did not start: {log_path.read_text()[-2000:]}")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds the processes ``pids`` (and their reaped children) have used so far."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime stime cutime cstime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def browser_pids() -> list[int]:
+    """The chromium processes running now."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if "chrom" in (entry / "comm").read_text():
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -179,7 +205,11 @@ def main() -> None:
                 if args.profile:
                     args.profile.mkdir(parents=True, exist_ok=True)
                     profiler = start_profile(server.pid, args.profile / "server.folded")
+                server_before, browsers_before, wall = cpu_seconds([server.pid]), cpu_seconds(browser_pids()), time.time()
                 together = upload_all(pages, photos[:args.people])
+                cpu = {"wall_s": round(time.time() - wall, 1),
+                       "server_cpu_s": round(cpu_seconds([server.pid]) - server_before, 1),
+                       "browsers_cpu_s": round(cpu_seconds(browser_pids()) - browsers_before, 1)}
                 if profiler is not None:
                     profiler.send_signal(2)  # SIGINT: py-spy writes its output and exits
                     profiler.wait(timeout=60)
@@ -195,7 +225,7 @@ def main() -> None:
         "together_s": sorted(r["seconds"] for r in together), "last_s": last,
         "last_over_people_times_alone": round(last / (args.people * alone["seconds"]), 2),
         "errors": sum(r["error"] for r in together), "cross_talk": sum(bool(r["cross_talk"]) for r in together),
-        "server_peak_mb": round(peak), "sessions": together,
+        "server_peak_mb": round(peak), "together_cpu": cpu, "sessions": together,
     }
     result["pass"] = all(result[key] <= limit for key, limit in TARGETS.items())
     if args.profile:
