@@ -177,3 +177,23 @@ def test_how_it_ran_names_the_matching_of_old_and_new_reports():
     assert how_it_ran(report("borrow", budget)) == budget
     assert how_it_ran(report("ssd", "resize to 300")) == "resize to 300"
     assert how_it_ran({}) == "not recorded"
+
+
+def test_the_same_photo_under_two_names_has_one_digest(tmp_path):
+    """The cache key of an upload or sample is the hash of its bytes alone: renaming a photo finds its results."""
+    import io
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from borrowcore.data.images import image_digest
+    from viewer.queries import collect_images
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(buffer, "PNG")
+    data = buffer.getvalue()
+    (tmp_path / "sample.png").write_bytes(data)
+    uploads = [SimpleNamespace(name=name, getvalue=lambda: data) for name in ("a.png", "b.png")]
+    images, problems = collect_images(uploads, ["sample"], {"sample": tmp_path / "sample.png"})
+    assert not problems and len(images) == 3
+    assert {digest for digest, _, _ in images.values()} == {image_digest(data)}

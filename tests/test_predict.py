@@ -176,9 +176,10 @@ def test_class_filter():
 
 
 def test_tiled_predict_on_a_large_image(checkpoint, tmp_path, monkeypatch):
-    """The detector sees the 10 tiles of 128 px that cover a 200 x 420 image (overlap 0.25: x 0, 96, 192, 288,
-    292; y 0, 72), and the file holds what detect_tiled made of them (conf, classes and edge merging applied):
-    a predict that ignored its tile size would show the detector one image, or tiles of another size."""
+    """The detector sees the 8 tiles of 160 px that cover a 200 x 420 image (overlap 0.25: x 0, 120, 240, 260;
+    y 0, 40), and the file holds what detect_tiled made of them (conf, classes and edge merging applied):
+    a predict that ignored its tile size would show the detector one image, or tiles of another size (its
+    input size, 128, is not the tile size)."""
     import borrowcore.deploy.predict as predict_module
     from borrowcore.data.tiling import tile_windows
 
@@ -201,14 +202,14 @@ def test_tiled_predict_on_a_large_image(checkpoint, tmp_path, monkeypatch):
     cv2.imwrite(str(large), rng.integers(0, 256, (200, 420, 3), dtype=np.uint8))
     out = tmp_path / "out"
     summary = predict_files([large], out, checkpoint=checkpoint, device="cpu", conf=0.25, batch_size=4,
-                            tile_size=128, overlap=0.25, merge_edges=True, classes=["car", "sign"], progress=False)
+                            tile_size=160, overlap=0.25, merge_edges=True, classes=["car", "sign"], progress=False)
     data = json.loads((out / "detections.json").read_text())
-    assert data["info"]["tile_size"] == 128 and data["info"]["merge_edges"] is True
+    assert data["info"]["tile_size"] == 160 and data["info"]["merge_edges"] is True
     assert summary["detections"] == len(data["annotations"]) > 0
     assert len(calls) == 1, "predict cut no tiles"
     [(shape, seen, found)] = calls
-    assert shape == (3, 200, 420) and len(tile_windows(200, 420, 128, 0.25)) == 10
-    assert seen == [(3, 128, 128)] * 10
+    assert shape == (3, 200, 420) and len(tile_windows(200, 420, 160, 0.25)) == 8
+    assert seen == [(3, 160, 160)] * 8
     keep = (found["scores"] > 0.25) & ((found["labels"] == 1) | (found["labels"] == 3))
     assert keep.sum() < len(keep)  # the class filter had something to drop
     boxes = found["boxes"][keep]

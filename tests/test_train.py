@@ -269,6 +269,19 @@ def test_every_shipped_config_loads_and_builds_its_augmentation(path, tmp_path):
     boxes = out["boxes"].as_subclass(torch.Tensor)
     assert out["boxes"].canvas_size == (size, size) and len(boxes) == len(out["labels"]) <= 1
     assert (boxes >= 0).all() and (boxes <= size).all() and (boxes[:, 2:] > boxes[:, :2]).all()
+    # the scale-jittered presets crop at the config's zoom range, not the preset's default
+    from borrowcore.data.presets import RandomScaledCrop
+
+    crops = [t for t in preset.transforms if isinstance(t, RandomScaledCrop)]
+    if config.train.augmentation in ("faces", "tiles-jitter"):
+        assert [tuple(c.scale_range) for c in crops] == [tuple(config.train.scale_range)]
+
+
+def test_a_misspelt_config_field_is_named_not_ignored(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("model:\n  neck: full\n  prior_probability: 0.25\n")
+    with pytest.raises(ValueError, match=r"unknown DetectorConfig field\(s\) \['prior_probability'\]"):
+        load_config(path)
 
 
 def test_aerial_jitter_is_the_aerial_recipe_with_scale_jitter():
