@@ -133,7 +133,7 @@ waiting = st.empty()
 
 
 def show_wait(position: int) -> None:
-    waiting.info(f"Running the detector on this image…" if position == 0 else
+    waiting.info("Running the detector on this image…" if position == 0 else
                  f"Waiting for the detector: {position} image{'s' if position > 1 else ''} ahead of yours "
                  f"(one at a time, shared by everyone using BorrowScope)", icon=":material/hourglass_top:")
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from borrowcore.cli import main
-from borrowcore.engine.ablation import format_table, run_ablation
+from borrowcore.engine.ablation import format_table
 from borrowcore.evaluation.compare import mean_std
 
 from test_train import ROOT, TINY

@@ -1,0 +1,5 @@
+import sys
+
+from borrowcore.cli import main
+
+sys.exit(main())
