@@ -29,5 +29,5 @@ from borrowcore.version import __version__
 __all__ = [
     "BorrowNeck", "BorrowSSD", "CheckpointError", "Detector", "DetectorConfig", "ExperimentConfig",
     "FeatureFusionBlock", "FeatureMatchingBlock", "FeatureRepresentingBlock", "MatchingScores",
-    "TrainConfig", "build_detector", "load_config", "load_detector", "save_checkpoint", "save_config",
+    "TrainConfig", "__version__", "build_detector", "load_config", "load_detector", "save_checkpoint", "save_config",
 ]
