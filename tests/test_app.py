@@ -460,6 +460,25 @@ def test_model_is_shared_and_inference_runs_one_at_a_time(assets):
     assert all(torch.equal(v, detector.state_dict()[k]) for k, v in before.items())
 
 
+def test_a_waiting_person_is_told_each_new_position_once(assets):
+    """Each on_wait call redraws the person's page: while the queue stands still, no redraws."""
+    from viewer.models import explain_image, file_key, inference_queue, load_model
+
+    path = assets / "checkpoints" / "tiny-full.pt"
+    detector, gate = load_model(path), threading.Event()
+    blocker = inference_queue().submit(("blocker", time.time()), lambda: gate.wait(5))  # someone else's image
+    told = []
+    waiting = threading.Thread(target=explain_image, args=(file_key(path), f"digest-wait-{time.time()}", detector,
+                                                           torch.zeros((3, 64, 64), dtype=torch.uint8)),
+                               kwargs={"on_wait": told.append, "poll_s": 0.002})
+    waiting.start()
+    time.sleep(0.2)  # about a hundred polls one place behind the blocker
+    gate.set()
+    waiting.join(10)
+    assert blocker.result(5) and not waiting.is_alive()
+    assert told[0] == 1 and told[1:] in ([], [0])
+
+
 def test_inference_queue_runs_in_order_joins_duplicates_caches_and_bounds():
     from viewer.models import InferenceQueue, QueueFull
 

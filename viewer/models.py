@@ -214,12 +214,17 @@ def inference_queue() -> InferenceQueue:
 def explain_image(model: str, digest: str, detector: Detector, image: torch.Tensor,
                   on_wait: Callable[[int], None] | None = None, poll_s: float = 0.2) -> Explanation:
     """Detections and matching scores of one image through the server's queue, cached by (checkpoint key,
-    image hash, matching). ``on_wait(position)`` is called while the request waits or runs."""
+    image hash, matching). ``on_wait(position)`` is called while the request waits or runs, once each time
+    its position changes: each call redraws the waiting message in the person's browser, and eight people
+    waiting need not redraw it forty times a second between them."""
     key = (model, digest, detector.config.describe_matching() if hasattr(detector, "config") else "")
     work = inference_queue()
     future = work.submit(key, lambda: explain(detector, image, summaries=True))  # the layer views too
+    shown = None
     while on_wait is not None and not future.done():
-        on_wait(work.position(future))
+        if (position := work.position(future)) != shown:
+            on_wait(position)
+            shown = position
         time.sleep(poll_s)
     return future.result()
 
