@@ -130,6 +130,25 @@ def test_a_detached_matching_loss_trains_theta_and_phi_but_not_the_backbone(tiny
     assert values[True] == pytest.approx(values[False], rel=1e-6)
 
 
+def test_matching_loss_area_ratio_zero_makes_peers_targets(tiny_config):
+    """Two faces of one size: no larger instance, so the paper's targets (ratio 2) give no loss; with
+    matching_loss_area_ratio 0 each is the other's target, and the config reaches the loss."""
+    from borrowcore import DetectorConfig
+    from borrowcore.models.detector import build_detector
+
+    target = {"boxes": torch.tensor([[0.0, 0, 40, 40], [60, 60, 100, 100]]), "labels": torch.tensor([1, 1])}
+    image = torch.rand(3, 128, 128)
+    losses = {}
+    for ratio in (2.0, 0.0):
+        torch.manual_seed(0)
+        detector = build_detector(DetectorConfig(**{**tiny_config.__dict__, "matching_loss": 1.0,
+                                                    "matching_loss_area_ratio": ratio})).train()
+        losses[ratio] = detector([image], [target])["loss_match"].item()
+    assert losses[2.0] == 0.0 and losses[0.0] > 0
+    with pytest.raises(ValueError, match="matching_loss_area_ratio"):
+        DetectorConfig(**{**tiny_config.__dict__, "matching_loss_area_ratio": -1.0})
+
+
 def test_training_logs_what_the_neck_learns(tmp_path):
     """A short run of full with the matching loss on the tiny benchmark: loss_match in the step log with the
     gradient norms by part, and each validation the fusion weight norms and the borrow precision by layer."""

@@ -51,6 +51,9 @@ class DetectorConfig:
     # true (with matching_loss): the matching loss trains theta and phi only; the backbone maps under them take
     # no gradient from it, so it cannot pull the detection features towards matching (docs/method.md)
     matching_loss_detach: bool = False
+    # L_match's targets: the instances of the query's class with at least this many times its area (2: the
+    # paper's larger instances); 0: every other instance of its class, those of its own size included (peers)
+    matching_loss_area_ratio: float = 2.0
     anchor_scale: float = 4.0  # S_k = anchor_scale * stride_k (Table 1: 32, 64, 128, 256)
     aspect_ratios: list[float] = field(default_factory=lambda: [1.5, 3.0])  # each r gives r and 1/r
     # octaves above the coarsest layer's sizes on that layer (S_N 2^i, S'_N 2^i, i = 1..top_octaves; 0: SPEC §3)
@@ -121,6 +124,9 @@ class DetectorConfig:
             raise ValueError(f"matching_top_k must be >= 0 (0: every key), got {self.matching_top_k}")
         if self.matching_loss_background < 0:
             raise ValueError(f"matching_loss_background is a loss weight >= 0 (0: off), got {self.matching_loss_background}")
+        if self.matching_loss_area_ratio < 0:
+            raise ValueError(f"matching_loss_area_ratio must be >= 0 (0: every other instance of the class), "
+                             f"got {self.matching_loss_area_ratio}")
         if self.matching_loss < 0:
             raise ValueError(f"matching_loss is a loss weight >= 0 (0: off), got {self.matching_loss}")
         if self.width <= 0:

@@ -17,7 +17,7 @@ from torchvision.ops import batched_nms, box_area
 
 from borrowcore.models.anchors import AnchorGenerator
 from borrowcore.models.backbone import VGGBackbone, scaled_channels
-from borrowcore.models.borrow_targets import matching_loss
+from borrowcore.models.borrow_targets import LARGER_AREA_RATIO, matching_loss
 from borrowcore.models.boxes import BoxCoder, drop_inside
 from borrowcore.models.config import DetectorConfig
 from borrowcore.models.head import SSDHead
@@ -74,6 +74,8 @@ class Detector(nn.Module):
         matching_loss: > 0, the weight of the supervised matching loss (``borrow_targets.matching_loss``),
             added to the loss parts as ``loss_match`` when the neck borrows; 0: off (the paper).
         matching_loss_background: its background term's weight relative to it (``L_bg``); 0: off.
+        matching_loss_area_ratio: its targets are the instances of the class with at least this many times
+            the query's area (2: the larger ones); 0: every other one.
         matching_loss_detach: the matching loss trains theta and phi only, not the backbone under them
             (``BorrowNeck.forward``'s ``detach_matching``).
     """
@@ -83,7 +85,7 @@ class Detector(nn.Module):
                  std: tuple[float, ...] = IMAGENET_STD, whole_image: bool = False, shrink_above: int = 0,
                  zoom_out: tuple[float, ...] = (), zoom_out_min: int = 256, drop_inside: float = 0.0,
                  matching_loss: float = 0.0, matching_loss_background: float = 0.0,
-                 matching_loss_detach: bool = False) -> None:
+                 matching_loss_detach: bool = False, matching_loss_area_ratio: float = LARGER_AREA_RATIO) -> None:
         super().__init__()
         self.whole_image = whole_image
         self.shrink_above = shrink_above  # whole-image mode: photos with a longer side above it are scaled to it
@@ -93,6 +95,7 @@ class Detector(nn.Module):
         self.matching_loss = matching_loss
         self.matching_loss_background = matching_loss_background
         self.matching_loss_detach = matching_loss_detach
+        self.matching_loss_area_ratio = matching_loss_area_ratio
         self.precision = "fp32"  # inference on the CPU: "fp32", or "bf16" autocast (load_detector's precision)
         self.network = network
         self.anchors = anchors
@@ -179,7 +182,8 @@ class Detector(nn.Module):
         if output.matching:
             per_layer = [h * w * a for (h, w), a in zip(output.grid_sizes, self.anchors.anchors_per_layer())]
             losses["loss_match"] = self.matching_loss * matching_loss(
-                output.matching, anchors, per_layer, targets, background_weight=self.matching_loss_background)
+                output.matching, anchors, per_layer, targets, min_area_ratio=self.matching_loss_area_ratio,
+                background_weight=self.matching_loss_background)
         return losses
 
     def forward(self, images: list[Tensor] | Tensor, targets: list[dict[str, Tensor]] | None = None,
@@ -258,6 +262,7 @@ def build_detector(config: DetectorConfig, class_names: list[str] | None = None)
                         zoom_out=config.zoom_out, zoom_out_min=config.zoom_out_min, drop_inside=config.drop_inside,
                         matching_loss=config.matching_loss,
                         matching_loss_background=config.matching_loss_background,
-                        matching_loss_detach=config.matching_loss_detach)
+                        matching_loss_detach=config.matching_loss_detach,
+                        matching_loss_area_ratio=config.matching_loss_area_ratio)
     detector.config = config  # what a checkpoint records to rebuild it
     return detector

@@ -8,11 +8,11 @@ For each small face (sqrt(area) < 32 px in the photo) whose best anchor lies on 
 cells there (``cells_in_box``), their S_hat rows averaged, and that row's mass split over the deeper cells by
 where their centres lie, in this order (a cell counts once, in the first class it falls in):
 - ``own``: in the face's box widened 3x about its centre (what a local context would read);
-- ``larger``: in a face of at least twice its area (its twins; none for an orphan);
+- ``larger``: in a face whose side is at least twice its own and 48 px (what makes it a twin; an orphan has
+  none), the twins of `borrowcore eval`'s subsets (``coco_eval.instance_subsets``);
 - ``other faces``: in any other face (similar size or smaller);
 - ``background``: in no face. Ignore regions count as faces.
-``chance`` columns: each class's share of the deeper cells (a uniform row's split). A twin has a larger face
-in the photo, an orphan none: the split of `borrowcore eval`'s subsets.
+``chance`` columns: each class's share of the deeper cells (a uniform row's split).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from torchvision.ops import box_area
 
 from borrowcore.data.dataset import CocoDetection
 from borrowcore.models.borrow_targets import (
-    best_anchor_layers, cells_in_box, is_larger_instance, points_in_boxes, source_cell_centres,
+    best_anchor_layers, cells_in_box, points_in_boxes, source_cell_centres,
 )
 from borrowcore.models.checkpoint import load_detector
 
@@ -57,7 +57,7 @@ def where_borrowed(detector, dataset, photos: int, small_side: float = 32.0) -> 
         if not len(boxes):
             continue
         sides = box_area(target["boxes"].as_subclass(torch.Tensor).float()).sqrt()
-        areas, real = box_area(boxes), labels > 0
+        real = labels > 0
         layers = best_anchor_layers(boxes, anchors, per_layer)
         inside = {layer: points_in_boxes(source_cell_centres(m), boxes) for layer, m in by_layer.items()}
         for i in ((sides < small_side) & real).nonzero().squeeze(1).tolist():
@@ -67,7 +67,7 @@ def where_borrowed(detector, dataset, photos: int, small_side: float = 32.0) -> 
             m = by_layer[layer]
             row = m.rows(cells_in_box(m.query_grid, m.query_stride, boxes[i])).mean(0)  # (d_n,)
             centres = source_cell_centres(m)
-            larger = real & (labels == labels[i]) & is_larger_instance(areas, areas[i])
+            larger = real & (labels == labels[i]) & (sides >= max(2 * float(sides[i]), 48.0))
             larger[i] = False
             own = points_in_boxes(centres, widened(boxes[i], 3.0).reshape(1, 4))[:, 0]
             in_larger = inside[layer][:, larger].any(1) & ~own
