@@ -69,7 +69,7 @@ eval)
   done
   for report in "$RUNS"/*/seed*/eval_val.json; do
     arm=$(basename "$(dirname "$(dirname "$report")")"); seed=$(basename "$(dirname "$report")")
-    for base in context full; do
+    for base in ${BASES:-context full}; do  # BASES=context: against context only
       [ "$arm" = "$base" ] && continue
       other=$RUNS/$base/$seed/eval_val.json
       out=$RUNS/compare-$base-$arm-$seed.json
