@@ -121,6 +121,8 @@ def test_eval_checkpoint_writes_a_valid_report(twins_report):
     assert loaded["model"]["ablation"] == "full" and len(loaded["model"]["checkpoint_sha256"]) == 64
     detections = load_detections(loaded, out)
     assert {d["image_id"] for d in detections} <= {img["id"] for img in json.loads((TINY / "twins.json").read_text())["images"]}
+    # the results as the model gave them: not the id, area and polygon pycocotools adds to what it is handed
+    assert detections and all(set(d) == {"image_id", "category_id", "bbox", "score"} for d in detections)
     # recomputing from the stored detections gives the stored numbers
     from borrowcore.data.dataset import CocoDetection
 

@@ -37,10 +37,12 @@ def parse_size_bins(text: str) -> tuple[tuple[float, float], ...]:
 
 
 def results_to_coco(coco_gt: COCO, results: list[dict]) -> COCO:
-    """A COCO object of detections; an empty one when there are none (loadRes cannot take [])."""
+    """A COCO object of detections; an empty one when there are none (loadRes cannot take []). ``results`` are
+    left as they are: loadRes writes an id, an area and a box-shaped polygon into each dict it is given, which
+    would then be saved with the detections (twice their size)."""
     if results:
         with contextlib.redirect_stdout(io.StringIO()):
-            return coco_gt.loadRes(results)
+            return coco_gt.loadRes([dict(r) for r in results])
     coco_dt = COCO()
     coco_dt.dataset = {"images": coco_gt.dataset["images"], "categories": coco_gt.dataset["categories"], "annotations": []}
     with contextlib.redirect_stdout(io.StringIO()):
