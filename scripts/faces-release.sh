@@ -8,7 +8,8 @@
 # A finished run holds RUNS/<neck>/weights.pt (the EMA) and is skipped. save copies last.pt, log.jsonl and
 # config.yaml of every unfinished run into state/; of a finished run only weights.pt, log.jsonl and config.yaml
 # (its resume state is not kept: state/ holds runs in flight); commit that once a session. A finished run that
-# ships as assets/checkpoints/faces-<neck>.pt keeps only its log and config: train rebuilds weights.pt from it.
+# ships as assets/checkpoints/faces-<neck>.pt keeps only its config: train rebuilds weights.pt from the shipped
+# checkpoint and takes its log from assets/logs/.
 # The run is the same whichever machine resumes it (tests/test_train.py pins kill-and-resume).
 set -euo pipefail
 cmd=${1:?usage: faces-release.sh train|save [necks]}
@@ -57,7 +58,8 @@ for neck in $necks; do
   if [ -f "$STATE/$neck/config.yaml" ] && [ ! -f "$STATE/$neck/last.pt" ] && [ -f "$shipped" ]; then
     # finished and shipped: the shipped file holds the same tensors under the release recipe; weights.pt gets
     # them back with the run's own recipe (its config.yaml), as training wrote it
-    mkdir -p "$out"; cp "$STATE/$neck/log.jsonl" "$STATE/$neck/config.yaml" "$out/"
+    mkdir -p "$out"; cp "$STATE/$neck/config.yaml" "$out/"
+    cp "assets/logs/faces-$neck-seed0.log.jsonl" "$out/log.jsonl"  # its log ships beside the checkpoint
     $py - "$shipped" "$out/config.yaml" "$out/weights.pt" <<'PY'
 import sys, yaml
 from borrowcore.models.checkpoint import RECIPE_FIELDS, atomic_save, read_checkpoint
