@@ -163,6 +163,9 @@ def _ap_on_sample(evaluator: COCOeval, image_ids: list[int], positions: np.ndarr
     sample._paramsEval = copy.copy(evaluator._paramsEval)
     resampled_ids = [image_ids[i] for i in positions]
     sample.params.imgIds = sample._paramsEval.imgIds = resampled_ids
+    # AP is read at the largest maxDets only: accumulating the others (1, 10) would triple the work for nothing
+    # (the per-image results hold the detections up to the largest, whatever the list)
+    sample.params.maxDets = sample._paramsEval.maxDets = evaluator.params.maxDets[-1:]
     sample.evalImgs = [per_image[k][a][i] for k in range(len(per_image)) for a in range(len(per_image[k])) for i in positions]
     with contextlib.redirect_stdout(io.StringIO()):
         sample.accumulate()

@@ -1,0 +1,251 @@
+"""Several people at once: N browsers upload N different held-out photos to Inspect at the same moment.
+
+Starts `streamlit run viewer/Home.py` on the bundled assets, drives Debian's chromium through Playwright
+(one browser context per person: separate sessions), and prints JSON: one person's time alone, each
+person's time from the upload to their detections when all N upload together, the last one against
+N times one person's, errors, cross-talk (a page showing another person's photo) and the server's peak
+memory (VmHWM). A benchmark, not a test: run it with nothing else on the cores.
+
+    python scripts/load_bench.py --people 8            # photos: the WIDER val photos, in file order
+    python scripts/load_bench.py --people 8 --profile reports/bench-load/profile   # py-spy on the server
+
+``together_cpu`` splits the CPU seconds of the N uploads between the server and the browsers, which share the
+machine's cores here (a person's own browser would not); ``alone_cpu`` the one person's, to compare with 1/N of
+them. It ends with PASS or FAIL against the targets: the last of N within 1.3x N times one person's time,
+server peak at most 2 GB, no error, no cross-talk. ``--profile`` samples the server with py-spy while the N upload
+(``pip install py-spy``): the folded stacks, and the share of samples in each of the project's functions
+(inclusive), by thread (the inference worker against the sessions' script threads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WIDER = ROOT.parent / "shared" / "data" / "wider-faces"
+ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking", "--disable-sync"]
+DETECTIONS = re.compile(r"Detections: (\d+) at score")
+
+
+def val_photos(count: int) -> list[Path]:
+    lines = (WIDER / "val_bbx_gt.txt").read_text().splitlines()
+    names = [line.strip() for line in lines if line.strip().endswith(".jpg")]
+    return [WIDER / "images" / name for name in names[:count]]
+
+
+def start_server(log_path: Path) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "viewer/Home.py", "--server.port", str(port), "--server.headless",
+         "true", "--server.fileWatcherType", "none"], cwd=ROOT, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                return process, url
+        except OSError:
+            time.sleep(0.5)
+    process.kill()
+    raise RuntimeError(f"streamlit did not start: {log_path.read_text()[-2000:]}")
+
+
+def measured(upload, server_pid: int) -> tuple[list[dict], dict]:
+    """``upload()``'s sessions, and the wall seconds it took with the CPU seconds the server and the browsers
+    spent in them."""
+    server_before, browsers_before, wall = cpu_seconds([server_pid]), cpu_seconds(browser_pids()), time.time()
+    sessions = upload()
+    return sessions, {"wall_s": round(time.time() - wall, 1),
+                      "server_cpu_s": round(cpu_seconds([server_pid]) - server_before, 1),
+                      "browsers_cpu_s": round(cpu_seconds(browser_pids()) - browsers_before, 1)}
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds the processes ``pids`` (and their reaped children) have used so far."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime stime cutime cstime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def browser_pids() -> list[int]:
+    """The chromium processes running now."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if "chrom" in (entry / "comm").read_text():
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def open_pages(browser, url: str, count: int) -> list:
+    pages = []
+    for _ in range(count):
+        page = browser.new_context(viewport={"width": 1400, "height": 2400}).new_page()
+        page.set_default_timeout(600_000)
+        page.goto(f"{url}/inspect_image")
+        page.get_by_text("Upload images").first.wait_for()
+        pages.append(page)
+    for page in pages:  # the opening sample's render done, so that only the uploads are timed
+        page.get_by_text(DETECTIONS).first.wait_for()
+        page.locator("[data-testid='stStatusWidget']").wait_for(state="hidden")
+    return pages
+
+
+def upload_all(pages: list, photos: list[Path]) -> list[dict]:
+    """Every page uploads its photo and picks it, then each waits for its own photo's detections."""
+    starts = []
+    for page, photo in zip(pages, photos):
+        starts.append(time.perf_counter())
+        page.get_by_test_id("stFileUploader").filter(has_text="Upload images").locator(
+            "input[type='file']").set_input_files([photo])
+    for page, photo in zip(pages, photos):
+        page.get_by_test_id("stRadio").get_by_text(f"{photo.name} (uploaded)").click()
+    results = []
+    pending = list(range(len(pages)))
+    done: dict[int, float] = {}
+    while pending:
+        for i in list(pending):
+            page, photo = pages[i], photos[i]
+            text = page.inner_text("body")
+            running = page.locator("[data-testid='stStatusWidget']").count() > 0
+            # the heading names the photo its detections are of: the opening sample's stay until the rerun
+            own = re.search(rf"Detections: \d+ at score ≥ [\d.]+ in {re.escape(photo.name)}$", text, re.M)
+            if own and not running \
+                    and "Waiting for the detector" not in text and "Running the detector" not in text:
+                done[i] = time.perf_counter()
+                pending.remove(i)
+        time.sleep(0.1)
+    for i, (page, photo) in enumerate(zip(pages, photos)):
+        text = page.inner_text("body")
+        others = [p.name for p in photos if p != photo and f"{p.name} (uploaded)" in text]
+        results.append({"photo": photo.name, "seconds": round(done[i] - starts[i], 2),
+                        "detections": int(DETECTIONS.search(text).group(1)),
+                        "error": "Traceback" in text or "stException" in page.content(), "cross_talk": others})
+    return results
+
+
+TARGETS = {"last_over_people_times_alone": 1.3, "server_peak_mb": 2048, "errors": 0, "cross_talk": 0}
+
+
+def start_profile(pid: int, out: Path) -> subprocess.Popen:
+    """py-spy sampling every thread of ``pid`` into folded stacks (one "frames count" line per stack)."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    return subprocess.Popen([py_spy, "record", "--pid", str(pid), "--format", "raw", "--threads", "--idle",
+                             "--rate", "50", "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def profile_summary(folded: Path, top: int = 25) -> list[dict]:
+    """The project's functions (viewer/, pages/, borrowcore/) by their inclusive share of the busy samples of
+    each kind of thread: "inference" (the queue's worker) or "sessions" (Streamlit's script threads)."""
+    busy: dict[str, int] = {}
+    counts: dict[tuple[str, str], int] = {}
+    for line in folded.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        if not frames or not count.isdigit():
+            continue
+        idle = any(f.startswith(("wait (threading", "select (selectors", "_worker (concurrent", "sleep ("))
+                   for f in frames[-2:]) or frames[-1].startswith(("wait (", "sleep ("))
+        if idle:
+            continue
+        kind = "inference" if "borrowscope-inference" in frames[0] or any("_run (viewer/models.py" in f for f in frames) \
+            else "sessions"
+        busy[kind] = busy.get(kind, 0) + int(count)
+        seen = set()
+        for frame in frames:
+            if any(part in frame for part in ("viewer/", "pages/", "borrowcore/")) and frame not in seen:
+                seen.add(frame)
+                counts[(kind, frame)] = counts.get((kind, frame), 0) + int(count)
+    rows = [{"thread": kind, "function": frame, "share": round(n / busy[kind], 3), "samples": n}
+            for (kind, frame), n in counts.items()]
+    rows.sort(key=lambda r: -r["samples"])
+    return [{"thread": kind, "busy_samples": n} for kind, n in busy.items()] + rows[:top]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--people", type=int, default=8)
+    parser.add_argument("--profile", type=Path, help="folder for the py-spy profile of the N uploading together")
+    parser.add_argument("--json", type=Path, help="write the result here too")
+    args = parser.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        sys.exit("no chromium on PATH: apt-get install chromium")
+    photos = val_photos(args.people + 2)
+    with tempfile.TemporaryDirectory() as tmp:
+        server, url = start_server(Path(tmp) / "streamlit.log")
+        try:
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(executable_path=chromium, args=ARGS)
+                # a first person warms the server (model load, the page's default sample); then one person alone,
+                # warm, on a photo the others do not use
+                [cold] = upload_all(open_pages(browser, url, 1), photos[-2:-1])
+                page = open_pages(browser, url, 1)
+                [alone], alone_cpu = measured(lambda: upload_all(page, photos[-1:]), server.pid)
+                pages = open_pages(browser, url, args.people)
+                profiler = None
+                if args.profile:
+                    args.profile.mkdir(parents=True, exist_ok=True)
+                    profiler = start_profile(server.pid, args.profile / "server.folded")
+                together, cpu = measured(lambda: upload_all(pages, photos[:args.people]), server.pid)
+                if profiler is not None:
+                    profiler.send_signal(2)  # SIGINT: py-spy writes its output and exits
+                    profiler.wait(timeout=60)
+                browser.close()
+            peak = peak_rss_mb(server.pid)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    last = max(r["seconds"] for r in together)
+    result = {
+        "people": args.people, "cores": len(os.sched_getaffinity(0)), "cold_first_s": cold["seconds"],
+        "alone_s": alone["seconds"],
+        "together_s": sorted(r["seconds"] for r in together), "last_s": last,
+        "last_over_people_times_alone": round(last / (args.people * alone["seconds"]), 2),
+        "errors": sum(r["error"] for r in together), "cross_talk": sum(bool(r["cross_talk"]) for r in together),
+        "server_peak_mb": round(peak), "alone_cpu": alone_cpu, "together_cpu": cpu, "sessions": together,
+    }
+    result["pass"] = all(result[key] <= limit for key, limit in TARGETS.items())
+    if args.profile:
+        result["profile"] = profile_summary(args.profile / "server.folded")
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
+    failed = [f"{key} {result[key]} > {limit}" for key, limit in TARGETS.items() if result[key] > limit]
+    print("PASS" if result["pass"] else f"FAIL: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()
