@@ -262,6 +262,7 @@ def layer_view_figure(image: torch.Tensor, explanation: Explanation, maps: dict[
                                 hovertemplate="entropy %{z:.2f}<extra></extra>", colorbar={"len": 0.9}), row=1, col=2)
     gh, gw = source.values.shape
     rows, cols = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
+    # WebGL: as SVG paths, a photo's 12,288 markers cost eight browsers 35 CPU-s against 24 (docs/benchmarks.md)
     figure.add_trace(go.Scattergl(  # trace 4: its point index is the cell's row-major index
         x=(source.origin[0] + cols * source.cell_size[0]).ravel(), y=(source.origin[1] + rows * source.cell_size[1]).ravel(),
         customdata=np.stack([rows.ravel(), cols.ravel()], axis=1), mode="markers", name="cells",  # an array: no deepcopy
