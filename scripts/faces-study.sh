@@ -25,6 +25,7 @@ arm_overrides() {  # the overrides of an arm
     full-match-bg-detach) echo "model.matching_loss=1.0 model.matching_loss_background=1.0 model.matching_loss_detach=true" ;;
     full-match-bg-detach-s3fd) echo "model.matching_loss=1.0 model.matching_loss_background=1.0 model.matching_loss_detach=true model.min_anchors_per_box=3" ;;
     full-match-peers-bg-detach-s3fd) echo "model.matching_loss=1.0 model.matching_loss_background=1.0 model.matching_loss_detach=true model.matching_loss_area_ratio=0 model.min_anchors_per_box=3" ;;
+    full-match-peers-bg-detach-s3fd-fast) echo "model.matching_loss=1.0 model.matching_loss_background=1.0 model.matching_loss_detach=true model.matching_loss_area_ratio=0 model.min_anchors_per_box=3 model.matching=fast" ;;
     full-top16) echo "model.matching_top_k=16" ;;
     full-w025) echo "model.width=0.25" ;;
     full-s3fd) echo "model.min_anchors_per_box=3" ;;

@@ -241,3 +241,30 @@ def test_every_bundled_report_names_ground_truth_that_ships_or_a_command_that_ma
         report_ground_truth(missing, "/nonexistent/data/wider-x2/instances.json")
     with pytest.raises(BadAnnotationError, match="annotation file not found$"):
         report_ground_truth(missing, "/nonexistent/elsewhere.json")
+
+
+def test_seeds_pooled_compare_is_the_mean_over_seeds_with_one_resample(tmp_path):
+    """With more pairs (other seeds) AP A and AP B are the seed means and each draw resamples the images once
+    for all pairs: the same pair twice gives the one-pair numbers; a pair and its swap cancel in every draw."""
+    path_a, path_b = hand_pair(tmp_path)
+    one = compare_reports(path_a, path_b, bootstrap=50, seed=3)
+    twice = compare_reports(path_a, path_b, bootstrap=50, seed=3, more_pairs=[(path_a, path_b)])
+    assert twice["ranges"] == one["ranges"] and twice["subsets"] == one["subsets"]
+    assert twice["pairs"] == [[path_a, path_b]] * 2
+    cancelled = compare_reports(path_a, path_b, bootstrap=50, seed=3, more_pairs=[(path_b, path_a)])["ranges"]["all"]
+    assert cancelled["AP_a"] == pytest.approx((one["ranges"]["all"]["AP_a"] + one["ranges"]["all"]["AP_b"]) / 2)
+    assert cancelled["diff"] == pytest.approx(0.0) and cancelled["ci"] == [pytest.approx(0.0), pytest.approx(0.0)]
+
+
+def test_seeds_pooled_compare_refuses_reports_on_other_size_bins(tmp_path):
+    from borrowcore.evaluation.report import ReportError, load_report
+
+    path_a, path_b = hand_pair(tmp_path)
+    other = load_report(path_b)
+    other["size_bins"] = other["size_bins"][:-1]
+    save_report(other, tmp_path / "other.json")
+    (tmp_path / "other.detections.json.gz").write_bytes((tmp_path / "b.detections.json.gz").read_bytes())
+    other["detections"] = "other.detections.json.gz"
+    save_report(other, tmp_path / "other.json")
+    with pytest.raises(ReportError, match="other.json have different size bins"):
+        compare_reports(path_a, path_b, bootstrap=5, more_pairs=[(path_a, str(tmp_path / "other.json"))])

@@ -140,6 +140,9 @@ def add_compare(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("compare", help="two reports on the same images, head to head by size")
     p.add_argument("a", help="report A (the baseline)")
     p.add_argument("b", help="report B")
+    p.add_argument("--pair", nargs=2, action="append", default=[], metavar=("A", "B"),
+                   help="the same two arms at another training seed (repeat it): AP is then the mean over the seeds, "
+                        "each bootstrap draw resampling the images once for all of them")
     p.add_argument("--coco", help="ground truth (default: the path recorded in report A)")
     p.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap draws over images")
     p.add_argument("--seed", type=int, default=0)
@@ -154,7 +157,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from borrowcore.evaluation.analysis import compare_reports, format_comparison
     from borrowcore.utils.atomic import write_json_atomic
 
-    comparison = compare_reports(args.a, args.b, args.coco, args.bootstrap, args.seed, args.score_threshold)
+    comparison = compare_reports(args.a, args.b, args.coco, args.bootstrap, args.seed, args.score_threshold,
+                                 [tuple(pair) for pair in args.pair])
     print(format_comparison(comparison))
     if args.out:
         write_json_atomic(comparison, args.out)

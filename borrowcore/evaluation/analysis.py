@@ -213,34 +213,58 @@ def detected_instances(coco_gt: COCO, results: list[dict], score_threshold: floa
 
 
 def compare_reports(path_a: str | Path, path_b: str | Path, coco: str | Path | None = None, bootstrap: int = 1000,
-                    seed: int = 0, score_threshold: float = 0.5) -> dict[str, Any]:
+                    seed: int = 0, score_threshold: float = 0.5,
+                    more_pairs: Sequence[tuple[str | Path, str | Path]] = ()) -> dict[str, Any]:
     """B against A on the same images: per size range AP_B - AP_A with a paired bootstrap 95% interval
     over images (seeded), the same for the small twins and orphans (``coco_eval.instance_subsets``; the same
-    resamples), and the ground-truth instances B detects that A misses ("fixed") and the reverse."""
-    report_a, report_b = load_report(path_a), load_report(path_b)
-    if report_a["dataset"]["annotations_sha256"] != report_b["dataset"]["annotations_sha256"]:
-        raise ReportError(f"{path_a} and {path_b} were evaluated on different ground truth "
-                          f"({report_a['dataset']['annotations']} vs {report_b['dataset']['annotations']})")
+    resamples), and the ground-truth instances B detects that A misses ("fixed") and the reverse.
+
+    ``more_pairs``: the same two arms at other training seeds, (A, B) each. AP A and AP B are then the means
+    over the seeds and every bootstrap draw resamples the images once for all of them, so the interval is of
+    the seed-mean difference over images (the seeds themselves are not resampled: three seeds do not make a
+    distribution). Fixed and broken are of the first pair."""
+    def edges(report: dict) -> list[tuple[float, float]]:
+        return [(row["min"], row["max"]) for row in report["size_bins"]]
+
+    pairs = [(path_a, path_b), *more_pairs]
+    reports = [(load_report(a), load_report(b)) for a, b in pairs]
+    report_a = reports[0][0]
+    for (pa, pb), (ra, rb) in zip(pairs, reports):
+        for path, report in ((pa, ra), (pb, rb)):
+            if report["dataset"]["annotations_sha256"] != report_a["dataset"]["annotations_sha256"]:
+                raise ReportError(f"{path_a} and {path} were evaluated on different ground truth "
+                                  f"({report_a['dataset']['annotations']} vs {report['dataset']['annotations']})")
+            if edges(report) != edges(report_a):
+                raise ReportError(f"{path_a} and {path} have different size bins: evaluate both with the same --size-bins")
     coco_gt = report_ground_truth(report_a, coco)
-    results_a, results_b = load_detections(report_a, path_a), load_detections(report_b, path_b)
     bins = [(row["min"], row["max"] if row["max"] < MAX_AREA ** 0.5 else math.inf) for row in report_a["size_bins"]]
     ranges = _ranges(bins)
-    eval_a, eval_b = _bootstrap_evaluator(coco_gt, results_a, ranges), _bootstrap_evaluator(coco_gt, results_b, ranges)
-    image_ids = _prepare_bootstrap(eval_a)
-    _prepare_bootstrap(eval_b)
     subsets = instance_subsets(coco_gt)  # one more evaluator per subset, resampled with the same images
-    evals_a = [eval_a] + [subset_evaluator(coco_gt, eval_a.cocoDt, keep) for keep in subsets.values()]
-    evals_b = [eval_b] + [subset_evaluator(coco_gt, eval_b.cocoDt, keep) for keep in subsets.values()]
-    for evaluator in evals_a[1:] + evals_b[1:]:
-        _prepare_bootstrap(evaluator)
-    everything = np.arange(len(image_ids))
-    ap_a, ap_b = _ap_on_samples(evals_a, image_ids, everything), _ap_on_samples(evals_b, image_ids, everything)
+
+    def evaluators(results: list[dict]) -> list[COCOeval]:
+        full = _bootstrap_evaluator(coco_gt, results, ranges)
+        out = [full] + [subset_evaluator(coco_gt, full.cocoDt, keep) for keep in subsets.values()]
+        for evaluator in out:
+            _prepare_bootstrap(evaluator)
+        return out
+
+    detections = [(load_detections(ra, pa), load_detections(rb, pb)) for (pa, pb), (ra, rb) in zip(pairs, reports)]
+    results_a, results_b = detections[0]
+    arms = [(evaluators(da), evaluators(db)) for da, db in detections]
+    image_ids = list(arms[0][0][0].params.imgIds)
+
+    def mean_ap(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # a range without ground truth in this resample is -1 for every seed alike (the same images): the mean too
+        ap_a = np.mean([_ap_on_samples(evals_a, image_ids, positions) for evals_a, _ in arms], axis=0)
+        ap_b = np.mean([_ap_on_samples(evals_b, image_ids, positions) for _, evals_b in arms], axis=0)
+        return ap_a, ap_b
+
+    ap_a, ap_b = mean_ap(np.arange(len(image_ids)))
     rng = np.random.default_rng(seed)
     draws_a, draws_b = np.empty((bootstrap, len(ap_a))), np.empty((bootstrap, len(ap_b)))  # AP per draw and range
     for i in range(bootstrap):
         positions = rng.integers(0, len(image_ids), len(image_ids))  # the same images for A and B: paired
-        draws_a[i] = _ap_on_samples(evals_a, image_ids, positions)
-        draws_b[i] = _ap_on_samples(evals_b, image_ids, positions)
+        draws_a[i], draws_b[i] = mean_ap(positions)
     out_ranges = {}
     for a, label in enumerate([label for label, _, _ in ranges] + list(subsets)):
         if ap_a[a] < 0 or ap_b[a] < 0:
@@ -267,14 +291,16 @@ def compare_reports(path_a: str | Path, path_b: str | Path, coco: str | Path | N
                          "size": float(math.sqrt(ann["area"]))})
         return rows
 
-    return {"a": str(path_a), "b": str(path_b), "bootstrap": bootstrap, "seed": seed, "score_threshold": score_threshold,
-            "ranges": out_ranges, "subsets": out_subsets, "fixed": instances(hit_b - hit_a),
-            "broken": instances(hit_a - hit_b)}
+    return {"a": str(path_a), "b": str(path_b), "pairs": [[str(a), str(b)] for a, b in pairs], "bootstrap": bootstrap,
+            "seed": seed, "score_threshold": score_threshold, "ranges": out_ranges, "subsets": out_subsets,
+            "fixed": instances(hit_b - hit_a), "broken": instances(hit_a - hit_b)}
 
 
 def format_comparison(comparison: dict[str, Any]) -> str:
-    lines = [f"A = {comparison['a']}", f"B = {comparison['b']}",
-             f"{'range':<10}{'AP A':>8}{'AP B':>8}{'B - A':>8}   95% CI ({comparison['bootstrap']} paired bootstrap draws)"]
+    pairs = comparison.get("pairs", [[comparison["a"], comparison["b"]]])
+    lines = [f"A = {a}" for a, _ in pairs] + [f"B = {b}" for _, b in pairs]
+    seeds = f", the mean of {len(pairs)} seeds" if len(pairs) > 1 else ""
+    lines.append(f"{'range':<10}{'AP A':>8}{'AP B':>8}{'B - A':>8}   95% CI ({comparison['bootstrap']} paired bootstrap draws{seeds})")
     for label, row in [*comparison["ranges"].items(), *comparison.get("subsets", {}).items()]:  # small twins, orphans
         if row["AP_a"] < 0:
             lines.append(f"{label:<10}{'n/a':>8}{'n/a':>8}")
@@ -283,6 +309,6 @@ def format_comparison(comparison: dict[str, Any]) -> str:
         lines.append(f"{label:<10}{100 * row['AP_a']:8.1f}{100 * row['AP_b']:8.1f}{100 * row['diff']:+8.1f}   "
                      f"[{100 * row['ci'][0]:+.1f}, {100 * row['ci'][1]:+.1f}]"
                      + (f"  ({dropped} draws without ground truth here dropped)" if dropped else ""))
-    lines.append(f"fixed by B (B detects, A misses): {len(comparison['fixed'])}; "
+    lines.append(f"fixed by B (B detects, A misses{' at the first seed' if seeds else ''}): {len(comparison['fixed'])}; "
                  f"broken by B (A detects, B misses): {len(comparison['broken'])}")
     return "\n".join(lines)
