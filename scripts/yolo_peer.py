@@ -70,6 +70,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30, help="the budget (fit it to the wall clock to match)")
     parser.add_argument("--imgsz", type=int, default=640, help="training size (ultralytics' default)")
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--cos-lr", dest="cos_lr", action="store_true",
+                        help="cosine learning-rate annealing to the last epoch (ultralytics' cos_lr; default: linear)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--predict-imgsz", dest="predict_imgsz", type=int, nargs="+", default=[640, 1024, 1280],
                         help="prediction sizes tried on val (the photos are 1024 px wide)")
@@ -127,8 +129,8 @@ def main() -> None:
                 clock.update(now)
             model.add_callback("on_model_save", keep)
         model.train(data=str(data), epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, workers=0, device="cpu",
-                    pretrained=False, plots=False, val=False, seed=args.seed, project=str(out), name="train",
-                    exist_ok=True, resume=str(weights) if weights.exists() else False, verbose=False)
+                    pretrained=False, plots=False, val=False, seed=args.seed, cos_lr=args.cos_lr, project=str(out),
+                    name="train", exist_ok=True, resume=str(weights) if weights.exists() else False, verbose=False)
         (out / "train" / "done").write_text(json.dumps({"seconds_last_part": round(time.time() - start, 1),
                                                         "threads": args.threads}))
         if args.state:  # the finished weights replace the resume state (5 MB, not 16)

@@ -235,7 +235,8 @@ def compare_reports(path_a: str | Path, path_b: str | Path, coco: str | Path | N
                 raise ReportError(f"{path_a} and {path} were evaluated on different ground truth "
                                   f"({report_a['dataset']['annotations']} vs {report['dataset']['annotations']})")
             if edges(report) != edges(report_a):
-                raise ReportError(f"{path_a} and {path} have different size bins: evaluate both with the same --size-bins")
+                raise ReportError(f"{path_a} and {path} have different size bins: "
+                                  "evaluate both with the same --size-bins")
     coco_gt = report_ground_truth(report_a, coco)
     bins = [(row["min"], row["max"] if row["max"] < MAX_AREA ** 0.5 else math.inf) for row in report_a["size_bins"]]
     ranges = _ranges(bins)
@@ -300,7 +301,8 @@ def format_comparison(comparison: dict[str, Any]) -> str:
     pairs = comparison.get("pairs", [[comparison["a"], comparison["b"]]])
     lines = [f"A = {a}" for a, _ in pairs] + [f"B = {b}" for _, b in pairs]
     seeds = f", the mean of {len(pairs)} seeds" if len(pairs) > 1 else ""
-    lines.append(f"{'range':<10}{'AP A':>8}{'AP B':>8}{'B - A':>8}   95% CI ({comparison['bootstrap']} paired bootstrap draws{seeds})")
+    lines.append(f"{'range':<10}{'AP A':>8}{'AP B':>8}{'B - A':>8}   "
+                 f"95% CI ({comparison['bootstrap']} paired bootstrap draws{seeds})")
     for label, row in [*comparison["ranges"].items(), *comparison.get("subsets", {}).items()]:  # small twins, orphans
         if row["AP_a"] < 0:
             lines.append(f"{label:<10}{'n/a':>8}{'n/a':>8}")
