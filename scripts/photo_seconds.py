@@ -5,6 +5,7 @@ model alike: each checkpoint at each ``--precisions`` (the CPU inference precisi
 photos. Run it on idle cores (pause training first: `pkill -STOP -f "borrowcore train"`).
 
     python scripts/photo_seconds.py assets/checkpoints/faces-{ssd,full}.pt --photos 40 --json OUT
+    python scripts/photo_seconds.py assets/checkpoints/faces-{ssd,full}.pt --key-budgets 2048 --photos 60 --json OUT
     PYTHONPATH=.peer python scripts/photo_seconds.py assets/checkpoints/faces-full.pt --precisions fp32 bf16 \
         --yolo state/faces-release/yolo11n/final.pt --yolo-sizes 1280 --photos 40 --json OUT
 """
@@ -47,6 +48,8 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=40, help="the first N photos of the COCO file")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--exact", action="store_true", help="exact matching for borrow / full checkpoints")
+    parser.add_argument("--key-budgets", dest="key_budgets", nargs="*", type=int, default=[],
+                        help="borrow / full checkpoints also with fast matching at these keys per deeper map")
     parser.add_argument("--precisions", nargs="+", default=["auto"], choices=["auto", "bf16", "fp32"])
     parser.add_argument("--yolo", type=Path, help="an ultralytics checkpoint, timed beside the others")
     parser.add_argument("--yolo-sizes", nargs="+", type=int, default=[1280])
@@ -60,6 +63,9 @@ def main() -> None:
         for precision in args.precisions:
             detector = load_detector(path, exact=args.exact or None, precision=precision)
             runners[f"{path} {detector.precision}"] = lambda photo, d=detector: d([photo])
+            for budget in args.key_budgets if detector.network.neck.borrows else []:
+                detector = load_detector(path, key_budget=budget, precision=precision)
+                runners[f"{path} {detector.precision} {budget} keys"] = lambda photo, d=detector: d([photo])
     if args.yolo:
         for size in args.yolo_sizes:
             runners[f"{args.yolo} {size} px"] = yolo_runner(args.yolo, size)
