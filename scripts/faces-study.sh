@@ -5,7 +5,9 @@
 #        on 2 cores run two queues side by side with OMP_NUM_THREADS=1, about an hour a run)
 #   bash scripts/faces-study.sh eval [RUNS]    every finished run: eval_val.json (whole photo, the release
 #        inference recipe, borrow precision by layer), then RUNS/compare-<a>-<b>.json, paired bootstrap of b - a
-#        for each arm against context and against full at the same seed
+#        for each arm against context and against full at the same seed (BASES="context": context only);
+#        PAIRS="context-s3fd:full-match-peers-bg-detach-s3fd": only these pairs, each seed and the seeds together
+#        (borrowcore compare --pair)
 #   bash scripts/faces-study.sh save [RUNS]    what to commit: a finished, evaluated run's log, config, report and
 #        detections to reports/faces-study/ (not its weights); an unfinished run's resume state (last.pt), or a
 #        finished unevaluated one's weights.pt, to state/faces-study/. `train` takes them up on another machine
@@ -68,15 +70,31 @@ eval)
         --recipe oversize=shrink --recipe max_whole_side=1280 --recipe "zoom_out=[0.5]" --recipe drop_inside=0.8 --precision fp32 \
         ${borrowing[@]+"${borrowing[@]}"}
   done
-  for report in "$RUNS"/*/seed*/eval_val.json; do
-    arm=$(basename "$(dirname "$(dirname "$report")")"); seed=$(basename "$(dirname "$report")")
-    for base in ${BASES:-context full}; do  # BASES=context: against context only
-      [ "$arm" = "$base" ] && continue
-      other=$RUNS/$base/$seed/eval_val.json
-      out=$RUNS/compare-$base-$arm-$seed.json
-      [ -f "$other" ] && [ ! -f "$out" ] && $PY -m borrowcore compare "$other" "$report" --out "$out" >/dev/null
+  if [ -n "${PAIRS:-}" ]; then  # PAIRS="a:b ...": only these, at each seed both have, then the seeds together
+    for pair in $PAIRS; do
+      a=${pair%:*} b=${pair#*:} more=() seeds=""
+      for report in "$RUNS/$b"/seed*/eval_val.json; do
+        seed=$(basename "$(dirname "$report")"); other=$RUNS/$a/$seed/eval_val.json
+        [ -f "$other" ] || continue
+        out=$RUNS/compare-$a-$b-$seed.json
+        [ -f "$out" ] || $PY -m borrowcore compare "$other" "$report" --out "$out" >/dev/null
+        [ -z "$seeds" ] && first=("$other" "$report") || more+=(--pair "$other" "$report")
+        seeds=$seeds${seed#seed}
+      done
+      out=$RUNS/compare-$a-$b-seeds$seeds.json  # about 6 CPU-minutes a seed
+      [ ${#more[@]} -gt 0 ] && [ ! -f "$out" ] && $PY -m borrowcore compare "${first[@]}" "${more[@]}" --out "$out"
     done
-  done
+  else
+    for report in "$RUNS"/*/seed*/eval_val.json; do  # every arm against each of BASES: about 5 CPU-minutes a pair
+      arm=$(basename "$(dirname "$(dirname "$report")")"); seed=$(basename "$(dirname "$report")")
+      for base in ${BASES:-context full}; do  # BASES=context: against context only
+        [ "$arm" = "$base" ] && continue
+        other=$RUNS/$base/$seed/eval_val.json
+        out=$RUNS/compare-$base-$arm-$seed.json
+        [ -f "$other" ] && [ ! -f "$out" ] && $PY -m borrowcore compare "$other" "$report" --out "$out" >/dev/null
+      done
+    done
+  fi
   arms=$(for d in "$RUNS"/*/; do basename "$d"; done)
   $PY -m borrowcore table --runs "$RUNS" --splits val --fine-bins --no-borrow-columns --necks $arms ;;
 save)
