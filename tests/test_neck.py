@@ -11,7 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import borrowcore.models.neck
 from borrowcore import DetectorConfig, build_detector
 from borrowcore.models.config import NECKS
-from borrowcore.models.neck import attend, pool_to_budget
+from borrowcore.models.neck import attend, cat_as_conv_reads, pool_to_budget
 
 # the full neck's parameters at width 0.125 (c_n = 64, 64, 128, 64; c = 32), as shipped checkpoints hold them
 FULL_NECK_STATE = {
@@ -190,6 +190,27 @@ def test_attention_in_blocks_equals_the_whole_matrix():
         torch.testing.assert_close(attend(queries, keys, values, max_scores), whole, rtol=1e-5, atol=1e-6)
     with torch.no_grad():  # inference: SDPA with the values zero-padded to the keys' width, cut back
         torch.testing.assert_close(attend(queries, keys, values), whole, rtol=1e-5, atol=1e-6)
+
+
+def test_fusion_concatenation_is_channels_last_and_in_the_convs_dtype():
+    """FFB's concatenation: the same values as torch.cat, channels-last when X(n) is, even when Z(n) is a
+    batch-1 view whose strides leave torch.cat channels-first; under autocast in the dtype its 1x1 conv reads,
+    so the conv gives the numbers it gives on the float32 concatenation."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 6, 5, 7, generator=g).to(memory_format=torch.channels_last)
+    padded = torch.randn(1, 35, 8, generator=g)  # attend's output at inference: (B, m, e) cut back to c = 3
+    borrowed = padded[..., :3].transpose(1, 2).unflatten(2, (5, 7))
+    context = torch.randn(1, 4, 5, 7, generator=g).to(memory_format=torch.channels_last)
+    assert not torch.cat([x, borrowed, context], dim=1).is_contiguous(memory_format=torch.channels_last)
+    fused = cat_as_conv_reads([x, borrowed, context])
+    assert fused.is_contiguous(memory_format=torch.channels_last) and fused.stride(0) == 13 * 5 * 7
+    assert torch.equal(fused, torch.cat([x, borrowed, context], dim=1))
+    conv = nn.Conv2d(13, 6, 1).to(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = cat_as_conv_reads([x, borrowed.bfloat16(), context.bfloat16()])
+        assert fused.dtype == torch.bfloat16
+        assert torch.equal(conv(fused), conv(torch.cat([x, borrowed.bfloat16(), context.bfloat16()], dim=1)))
+    assert cat_as_conv_reads([x.contiguous(), context.contiguous()]).is_contiguous()  # channels-first stays so
 
 
 @pytest.mark.parametrize("return_matching", [False, True])

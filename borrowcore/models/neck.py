@@ -114,6 +114,25 @@ def conv1x1_together(x: Tensor, convs: list[nn.Conv2d]) -> list[Tensor]:
     return list(F.conv2d(x, weight, bias).split([conv.out_channels for conv in convs], dim=1))
 
 
+def cat_as_conv_reads(parts: list[Tensor]) -> Tensor:
+    """torch.cat(parts, dim=1) in the dtype and memory format the convolution that reads it computes in.
+
+    Under autocast a convolution casts its input to the autocast dtype, so casting the parts first gives the
+    same numbers without the full-precision copy of the concatenation (X(1) and X(2) leave L2Norm in float32,
+    Z(n) and the context are bf16). And when the first part is channels-last the concatenation is made
+    channels-last: torch.cat falls back to channels-first when a part's strides are ambiguous (Z(n) at batch
+    1), and the convolution then copied the whole concatenation back. Together these were a fifth of the
+    neck's CPU time at a 1024 x 768 photo (docs/benchmarks.md).
+    """
+    device = parts[0].device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        parts = [part.to(dtype) for part in parts]
+    if parts[0].dim() == 4 and not parts[0].is_contiguous() and parts[0].is_contiguous(memory_format=torch.channels_last):
+        return torch.cat([part.permute(0, 2, 3, 1) for part in parts], dim=-1).permute(0, 3, 1, 2)
+    return torch.cat(parts, dim=1)
+
+
 def keep_top_k(scores: Tensor, top_k: int) -> Tensor:
     """Scores (..., d) with all but each row's ``top_k`` largest set to -inf (softmax gives them 0); ties at
     the k-th score are all kept. ``top_k`` 0, or >= d, keeps every score."""
@@ -290,7 +309,7 @@ class FeatureFusionBlock(nn.Module):
                 raise ValueError("this FeatureFusionBlock has a deconvolution: pass Y(n+1)")
             context = self.deconv(deeper_output, output_size=x.shape[-2:])  # (B, c, h_n, w_n)
             parts.append(F.relu(context))
-        return x + self.combine(torch.cat(parts, dim=1))  # §3.3 residual
+        return x + self.combine(cat_as_conv_reads(parts))  # §3.3 residual
 
 
 class BorrowNeck(nn.Module):
