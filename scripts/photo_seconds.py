@@ -51,6 +51,8 @@ def main() -> None:
     parser.add_argument("--key-budgets", dest="key_budgets", nargs="*", type=int, default=[],
                         help="borrow / full checkpoints also with fast matching at these keys per deeper map")
     parser.add_argument("--precisions", nargs="+", default=["auto"], choices=["auto", "bf16", "fp32"])
+    parser.add_argument("--batch-norms", dest="batch_norms", nargs="+", default=["folded"], choices=["folded", "trained"],
+                        help="BatchNorm folded into the convs (the default of predict, eval and the app) or as trained")
     parser.add_argument("--yolo", type=Path, help="an ultralytics checkpoint, timed beside the others")
     parser.add_argument("--yolo-sizes", nargs="+", type=int, default=[1280])
     parser.add_argument("--json", type=Path)
@@ -61,11 +63,14 @@ def main() -> None:
     runners = {}
     for path in args.checkpoints:
         for precision in args.precisions:
-            detector = load_detector(path, exact=args.exact or None, precision=precision)
-            runners[f"{path} {detector.precision}"] = lambda photo, d=detector: d([photo])
-            for budget in args.key_budgets if detector.network.neck.borrows else []:
-                detector = load_detector(path, key_budget=budget, precision=precision)
-                runners[f"{path} {detector.precision} {budget} keys"] = lambda photo, d=detector: d([photo])
+            for batch_norm in args.batch_norms:
+                fold_bn = batch_norm == "folded"
+                detector = load_detector(path, exact=args.exact or None, precision=precision, fold_bn=fold_bn)
+                name = f"{path} {detector.precision}" + ("" if fold_bn else " BN as trained")
+                runners[name] = lambda photo, d=detector: d([photo])
+                for budget in args.key_budgets if detector.network.neck.borrows else []:
+                    detector = load_detector(path, key_budget=budget, precision=precision, fold_bn=fold_bn)
+                    runners[f"{name} {budget} keys"] = lambda photo, d=detector: d([photo])
     if args.yolo:
         for size in args.yolo_sizes:
             runners[f"{args.yolo} {size} px"] = yolo_runner(args.yolo, size)

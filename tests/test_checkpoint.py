@@ -2,9 +2,11 @@ import pickle
 
 import pytest
 import torch
+from torch import nn
 
 from borrowcore import CheckpointError, DetectorConfig, load_detector, save_checkpoint
-from borrowcore.models.checkpoint import load_state, read_checkpoint
+from borrowcore.evaluation.evaluate import model_entry
+from borrowcore.models.checkpoint import fold_batch_norm, load_state, read_checkpoint
 
 from conftest import make_detector
 
@@ -23,7 +25,7 @@ def test_round_trip_gives_identical_outputs(tmp_path, tiny_config):
             block.combine.weight.normal_(std=0.1)
     path = tmp_path / "model.pt"
     save_checkpoint(path, detector, train_state={"step": 7, "rng": torch.get_rng_state()})
-    loaded = load_detector(path)
+    loaded = load_detector(path, fold_bn=False)  # the modules as trained: bit for bit
     assert not loaded.training and loaded.class_names == detector.class_names
     assert loaded.config == detector.config
     images = torch.rand(2, 3, 128, 128)
@@ -114,7 +116,7 @@ def test_load_at_another_input_size_keeps_the_weights(tmp_path, tiny_config):
     detector = make_detector(tiny_config).eval()
     path = tmp_path / "model.pt"
     save_checkpoint(path, detector)
-    larger = load_detector(path, input_size=256)
+    larger = load_detector(path, input_size=256, fold_bn=False)  # the state_dict as trained
     assert larger.input_size == 256 and larger.config.input_size == 256
     assert larger.config.width == tiny_config.width
     for name, value in detector.state_dict().items():
@@ -188,7 +190,7 @@ def test_nms_iou_can_be_set_at_load_and_on_release(tmp_path, tiny_config):
     path = tmp_path / "nms.pt"
     detector = make_detector(tiny_config)
     save_checkpoint(path, detector)
-    loaded = load_detector(path, nms_iou=0.3)
+    loaded = load_detector(path, nms_iou=0.3, fold_bn=False)  # the state_dict as trained
     assert loaded.config.nms_iou == 0.3 and loaded.postprocess.nms_iou == 0.3
     assert load_detector(path).postprocess.nms_iou == tiny_config.nms_iou == 0.45  # the file is unchanged
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), detector.state_dict().values()))
@@ -236,3 +238,50 @@ def test_cpu_inference_precision(tmp_path, tiny_config, monkeypatch):
         assert resolve_precision("auto") == expected and resolve_precision("fp32") == "fp32"
     with pytest.raises(ValueError, match="precision must be one of"):
         resolve_precision("fp16")
+
+
+def test_fold_batch_norm_by_hand():
+    """A 1x1 conv x -> 2x, then BatchNorm with mean 1, var 3, eps 1, gamma 4, beta 5: 4 (2x - 1) / 2 + 5 = 4x + 3,
+    one conv of weight 4 and bias 3; the ReLU after it stays."""
+    conv = nn.Conv2d(1, 1, 1, bias=False)
+    norm = nn.BatchNorm2d(1, eps=1.0)
+    with torch.no_grad():
+        conv.weight.fill_(2.0)
+        norm.running_mean.fill_(1.0), norm.running_var.fill_(3.0), norm.weight.fill_(4.0), norm.bias.fill_(5.0)
+    block = nn.Sequential(nn.Sequential(conv, norm, nn.ReLU())).eval()  # nested, as in the backbone
+    assert fold_batch_norm(block) == 1
+    folded = block[0]
+    assert isinstance(folded[1], nn.Identity) and isinstance(folded[2], nn.ReLU)
+    assert folded[0].weight.item() == 4.0 and folded[0].bias.item() == 3.0
+    x = torch.tensor([-2.0, 0.0, 1.5]).view(3, 1, 1, 1)
+    assert torch.equal(block(x).flatten(), torch.tensor([0.0, 3.0, 9.0]))
+    with pytest.raises(ValueError, match="eval-mode"):
+        fold_batch_norm(nn.Sequential(nn.Conv2d(1, 1, 1), nn.BatchNorm2d(1)))  # training mode
+
+
+def test_load_detector_folds_batch_norm_by_default(tmp_path, tiny_config):
+    """Every BatchNorm of the detector folded, the same outputs as the modules as trained up to rounding (with
+    statistics far from a fresh BatchNorm's, so a wrong fold cannot pass), and reports say which ran."""
+    detector = make_detector(tiny_config).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in detector.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.copy_(torch.randn(module.num_features, generator=g))
+                module.running_var.copy_(torch.rand(module.num_features, generator=g) * 2 + 0.25)
+                module.weight.copy_(torch.rand(module.num_features, generator=g) + 0.5)
+                module.bias.copy_(torch.randn(module.num_features, generator=g) * 0.1)
+        for block in detector.network.neck.fusion:
+            block.combine.weight.normal_(std=0.1, generator=g)
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, detector)
+    folded, kept = load_detector(path, precision="fp32"), load_detector(path, precision="fp32", fold_bn=False)
+    norms = sum(isinstance(m, nn.BatchNorm2d) for m in kept.modules())
+    assert norms == 17 and not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert model_entry(folded)["batch_norm_folded"] and not model_entry(kept)["batch_norm_folded"]
+    images = torch.rand(2, 3, 128, 128, generator=g)
+    with torch.no_grad():
+        a, b = kept.network(images), folded.network(images)
+    assert a.cls_logits.std() > 0.1  # the statistics move the outputs: a fold that ignored them would differ
+    torch.testing.assert_close(b.cls_logits, a.cls_logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(b.box_regression, a.box_regression, rtol=1e-4, atol=1e-4)

@@ -41,7 +41,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                             conf=args.conf, batch_size=args.batch, tile_size=args.tile, overlap=args.overlap,
                             merge_edges=args.merge_edges, save_images=args.save_images, classes=args.classes,
                             key_budget=args.key_budget, exact=args.exact or None,
-                            recipe=parse_recipe(args.recipe) or None, precision=args.precision)
+                            recipe=parse_recipe(args.recipe) or None, precision=args.precision,
+                            fold_bn=args.fold_bn)
     if summary["skipped"]:
         for skipped in json.loads(Path(summary["detections_file"]).read_text())["skipped"]:
             print(f"predict: skipped {skipped['path']}: {skipped['reason']}", file=sys.stderr)

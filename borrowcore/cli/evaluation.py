@@ -62,7 +62,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                      workers=args.workers, tile=args.tile, overlap=args.overlap,
                                      input_size=args.input_size, key_budget=args.key_budget,
                                      exact=args.exact or None, nms_iou=args.nms_iou,
-                                     recipe=parse_recipe(args.recipe), precision=args.precision,
+                                     recipe=parse_recipe(args.recipe), precision=args.precision, fold_bn=args.fold_bn,
                                      borrow_precision=args.borrow_precision,
                                      skip_bad=args.skip_bad)
     if report is not None:
@@ -100,7 +100,8 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     from borrowcore.models.checkpoint import load_detector
     from borrowcore.utils.atomic import write_json_atomic
 
-    detector = load_detector(args.checkpoint, device=args.device, exact=args.exact or None)
+    # as trained: the diagnosis runs a training batch through the BatchNorms
+    detector = load_detector(args.checkpoint, device=args.device, exact=args.exact or None, fold_bn=False)
     val_set = CocoDetection(args.images, args.coco)
     train_batch = None
     if args.train_coco:

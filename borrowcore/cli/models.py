@@ -26,7 +26,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     if args.checkpoint:
         from borrowcore.models.checkpoint import load_detector
 
-        detector = load_detector(args.checkpoint)
+        detector = load_detector(args.checkpoint, fold_bn=False)  # the modules and parameters as trained
         config = detector.config
     else:
         config = load_config(args.config).model if args.config else DetectorConfig()

@@ -19,10 +19,14 @@ def add_matching_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_precision_argument(p: argparse.ArgumentParser) -> None:
-    """--precision, of inference on the CPU (``checkpoint.resolve_precision``)."""
+    """--precision, of inference on the CPU (``checkpoint.resolve_precision``), and --no-fold-bn
+    (``checkpoint.fold_batch_norm``)."""
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                    help="CPU inference: bf16 autocast or fp32; auto (default) takes bf16 where the CPU computes it "
                         "natively (AVX-512 BF16, AMX)")
+    p.add_argument("--no-fold-bn", dest="fold_bn", action="store_false",
+                   help="keep each BatchNorm as trained instead of folding it into the conv before it (the default: "
+                        "the same detections up to rounding, faster)")
 
 
 def add_recipe_argument(p: argparse.ArgumentParser, help: str | None = None) -> None:

@@ -244,9 +244,10 @@ def predict(detector: Callable[[list[Tensor]], list[dict[str, Tensor]]], class_n
 def predict_files(sources: Sequence[str | Path], out: str | Path, *, checkpoint: str | Path | None = None,
                   onnx: str | Path | None = None, device: str | None = None, amp: bool = True,
                   key_budget: int | None = None, exact: bool | None = None, recipe: dict[str, Any] | None = None,
-                  precision: str = "auto", **kwargs: Any) -> dict[str, Any]:
+                  precision: str = "auto", fold_bn: bool = True, **kwargs: Any) -> dict[str, Any]:
     """``borrowcore predict`` as a function: a checkpoint (PyTorch; exact matching or ``key_budget`` keys per
-    deeper map, and the ``recipe`` overrides, in place of its own when given; CPU inference at ``precision``)
+    deeper map, and the ``recipe`` overrides, in place of its own when given; CPU inference at ``precision``;
+    BatchNorms folded unless ``fold_bn`` is False)
     or an exported file (onnxruntime)."""
     if (checkpoint is None) == (onnx is None):
         raise ValueError("give either a checkpoint or an ONNX file")
@@ -266,11 +267,11 @@ def predict_files(sources: Sequence[str | Path], out: str | Path, *, checkpoint:
         from borrowcore.models.checkpoint import load_detector
 
         model = load_detector(checkpoint, device, key_budget=key_budget, exact=exact, recipe=recipe,
-                              precision=precision)
+                              precision=precision, fold_bn=fold_bn)
         detector = EagerDetector(model, device, amp)
         info = {"checkpoint": str(checkpoint), "backend": "pytorch", "ablation": model.config.neck,
                 "matching": model.config.describe_matching(),
                 "input_size": model.input_size, "device": str(device), "amp": detector.amp,
-                "precision": model.precision}
+                "precision": model.precision, "batch_norm_folded": model.batch_norm_folded}
         nms_iou = detector.nms_iou
     return predict(detector, detector.class_names, sources, out, nms_iou=nms_iou, model_info=info, **kwargs)

@@ -134,7 +134,8 @@ def model_entry(detector: torch.nn.Module, checkpoint: str | Path = "") -> dict:
             "checkpoint_sha256": sha256_file(checkpoint) if checkpoint else "",
             "ablation": config.neck if config is not None else "",
             "matching": config.describe_matching() if config is not None else "",
-            "precision": getattr(detector, "precision", "fp32")}
+            "precision": getattr(detector, "precision", "fp32"),
+            "batch_norm_folded": getattr(detector, "batch_norm_folded", False)}
 
 
 def timing_entry(images: int, seconds: float, device: str | torch.device) -> dict:
@@ -225,14 +226,16 @@ def inference_description(detector: torch.nn.Module, tile: int | None, overlap: 
 def evaluate_checkpoint(checkpoint: str | Path, annotations: str | Path, images: str | Path,
                         out: str | Path | None = None, device: str | None = None, input_size: int | None = None,
                         key_budget: int | None = None, exact: bool | None = None, nms_iou: float | None = None,
-                        recipe: dict | None = None, precision: str = "auto", **kwargs) -> dict | None:
+                        recipe: dict | None = None, precision: str = "auto", fold_bn: bool = True,
+                        **kwargs) -> dict | None:
     """``borrowcore eval`` as a function: load the checkpoint (at ``input_size``, with exact matching or
     ``key_budget`` keys per deeper map, at ``nms_iou`` and with the ``recipe`` overrides when given, at the CPU
-    inference ``precision``), evaluate, write the report."""
+    inference ``precision``, its BatchNorms folded unless ``fold_bn`` is False), evaluate, write the report."""
     from borrowcore.models.checkpoint import load_detector
 
     context = init_distributed(device)
-    detector = load_detector(checkpoint, context.device, input_size, key_budget, exact, nms_iou, recipe, precision)
+    detector = load_detector(checkpoint, context.device, input_size, key_budget, exact, nms_iou, recipe, precision,
+                             fold_bn)
     try:
         return evaluate_detector(detector, annotations, images, out, checkpoint=checkpoint, device=context.device,
                                  context=context, **kwargs)
