@@ -8,6 +8,8 @@ photos. Run it on idle cores (pause training first: `pkill -STOP -f "borrowcore 
     python scripts/photo_seconds.py assets/checkpoints/faces-{ssd,full}.pt --key-budgets 2048 --photos 60 --json OUT
     PYTHONPATH=.peer python scripts/photo_seconds.py assets/checkpoints/faces-full.pt --precisions fp32 bf16 \
         --yolo state/faces-release/yolo11n/final.pt --yolo-sizes 1280 --photos 40 --json OUT
+    python scripts/photo_seconds.py assets/checkpoints/faces-{ssd,full}.pt --one-pass \
+        --onnx ssd.onnx full.onnx --photos 60 --json OUT   # exported with `borrowcore export ... --canvas 768 1024`
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="+", default=["auto"], choices=["auto", "bf16", "fp32"])
     parser.add_argument("--batch-norms", dest="batch_norms", nargs="+", default=["folded"], choices=["folded", "trained"],
                         help="BatchNorm folded into the convs (the default of predict, eval and the app) or as trained")
+    parser.add_argument("--one-pass", dest="one_pass", action="store_true",
+                        help="each checkpoint also with its whole-size pass only (zoom_out []): what the half-size pass costs")
+    parser.add_argument("--onnx", nargs="*", type=Path, default=[],
+                        help="exported graphs (`borrowcore export --canvas H W`), run by onnxruntime on --threads threads")
     parser.add_argument("--yolo", type=Path, help="an ultralytics checkpoint, timed beside the others")
     parser.add_argument("--yolo-sizes", nargs="+", type=int, default=[1280])
     parser.add_argument("--json", type=Path)
@@ -71,6 +77,15 @@ def main() -> None:
                 for budget in args.key_budgets if detector.network.neck.borrows else []:
                     detector = load_detector(path, key_budget=budget, precision=precision, fold_bn=fold_bn)
                     runners[f"{name} {budget} keys"] = lambda photo, d=detector: d([photo])
+                if args.one_pass:
+                    detector = load_detector(path, exact=args.exact or None, precision=precision, fold_bn=fold_bn,
+                                             recipe={"zoom_out": []})
+                    runners[f"{name} whole-size pass only"] = lambda photo, d=detector: d([photo])
+    for path in args.onnx:
+        from borrowcore.deploy.runtime import OnnxDetector
+
+        # spin=False: onnxruntime's threads otherwise busy-wait after each run, slowing whichever model runs next
+        runners[f"{path} onnxruntime"] = lambda photo, d=OnnxDetector(path, "cpu", threads=args.threads, spin=False): d([photo])
     if args.yolo:
         for size in args.yolo_sizes:
             runners[f"{args.yolo} {size} px"] = yolo_runner(args.yolo, size)

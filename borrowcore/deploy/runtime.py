@@ -97,7 +97,7 @@ class OnnxDetector:
     selection in PyTorch; a file with a fixed batch is fed in chunks of that batch (the last one padded).
     """
 
-    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None, spin: bool = True) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -113,6 +113,8 @@ class OnnxDetector:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        if not spin:  # idle threads sleep instead of busy-waiting for the next run (other work shares the cores)
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         if str(device).startswith("cuda"):
             if "CUDAExecutionProvider" not in ort.get_available_providers():
